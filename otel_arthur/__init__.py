@@ -1,0 +1,1 @@
+"""otel-arthur: LLM generation spans from OpenTelemetry into Arthur inference records."""
