@@ -1,0 +1,129 @@
+"""record -> row: which Arthur attribute each record field lands in, and values coerced to its type.
+
+Rules (the seed ``ArthurCallbackHandler``'s, extended): the prompt goes to the model's first
+PIPELINE_INPUT attribute of value type UNSTRUCTURED_TEXT, the completion to its first
+PREDICTED_VALUE UNSTRUCTURED_TEXT attribute, every other field to the attribute of the same name.
+``ARTHUR_ATTRIBUTE_MAP`` overrides any of these. A field with no attribute is skipped, and said
+once when the binding is made, not per record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from otel_arthur.client import ArthurModel, ModelAttribute, PermanentError
+from otel_arthur.fields import COMPLETION, FIELDS, PROMPT, Stage, ValueType
+from otel_arthur.mapping import InferenceRecord
+
+_logger = logging.getLogger(__name__)
+
+
+class BindingError(PermanentError):
+    """The model cannot hold these records (no text input or output attribute, bad override)."""
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not an integer")
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(number)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not finite")
+    return number
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise TypeError(f"{value!r} is not a boolean")
+
+
+_COERCE: dict[str, Callable[[Any], Any]] = {
+    ValueType.STRING: str,
+    ValueType.UNSTRUCTURED_TEXT: str,
+    ValueType.TIMESTAMP: str,
+    ValueType.INTEGER: _to_int,
+    ValueType.FLOAT: _to_float,
+    ValueType.BOOLEAN: _to_bool,
+}
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Field -> attribute for one model. ``to_row`` is the only per-record work."""
+
+    model_id: str
+    targets: Mapping[str, ModelAttribute]
+    skipped: tuple[str, ...]
+
+    def to_row(self, record: InferenceRecord) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for name, value in record.fields.items():
+            target = self.targets.get(name)
+            if target is None:
+                continue
+            try:
+                data[target.name] = _COERCE.get(target.value_type, _identity)(value)
+            except (TypeError, ValueError):
+                _logger.debug("field %s: %r does not fit %s %s", name, value, target.value_type, target.name)
+        return {
+            "partner_inference_id": record.partner_inference_id,
+            "inference_timestamp": record.inference_timestamp,
+            "inference_data": data,
+        }
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _first_text_attribute(model: ArthurModel, stage: str) -> ModelAttribute | None:
+    return next(
+        (a for a in model.attributes if a.stage == stage and a.value_type == ValueType.UNSTRUCTURED_TEXT), None
+    )
+
+
+def bind(model: ArthurModel, attribute_map: Mapping[str, str] | None = None) -> Binding:
+    """Make the binding for ``model``; raises ``BindingError`` when it cannot take prompts and completions."""
+    overrides = dict(attribute_map or {})
+    unknown_fields = sorted(set(overrides) - set(FIELDS))
+    if unknown_fields:
+        raise BindingError(f"ARTHUR_ATTRIBUTE_MAP names unknown fields {unknown_fields}; known: {sorted(FIELDS)}")
+    by_name = {a.name: a for a in model.attributes}
+    missing = sorted(a for a in overrides.values() if a not in by_name)
+    if missing:
+        raise BindingError(f"ARTHUR_ATTRIBUTE_MAP names attributes model {model.partner_model_id!r} lacks: {missing}")
+
+    targets: dict[str, ModelAttribute] = {}
+    defaults = {
+        PROMPT: _first_text_attribute(model, Stage.PIPELINE_INPUT),
+        COMPLETION: _first_text_attribute(model, Stage.PREDICTED_VALUE),
+    }
+    for name in FIELDS:
+        target = by_name[overrides[name]] if name in overrides else defaults.get(name, by_name.get(name))
+        if target is not None:
+            targets[name] = target
+    for name, stage in ((PROMPT, Stage.PIPELINE_INPUT), (COMPLETION, Stage.PREDICTED_VALUE)):
+        if name not in targets:
+            raise BindingError(
+                f"model {model.partner_model_id!r} has no {stage} {ValueType.UNSTRUCTURED_TEXT} attribute for the {name}"
+            )
+
+    skipped = tuple(name for name in FIELDS if name not in targets)
+    if skipped:
+        _logger.info("Model %r has no attribute for %s: those fields are skipped", model.partner_model_id, ", ".join(skipped))
+    return Binding(model_id=model.id, targets=targets, skipped=skipped)

@@ -1,0 +1,53 @@
+"""``otel-arthur``: command-line front door. Each subcommand lives with the code it drives."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# subcommand -> module providing ``add_arguments(parser)`` and ``run(args) -> int``; imported only
+# when chosen, so ``--help`` stays fast and the exporter never pays for the servers or the SDK.
+_SUBCOMMANDS = {
+    "local-arthur": ("otel_arthur.local.arthur_cli", "Run a local server speaking Arthur's v3 API."),
+    "local-openai": ("otel_arthur.local.openai_cli", "Run a local OpenAI-compatible chat completions server."),
+    "create-model": ("otel_arthur.onboarding", "Onboard an Arthur generative-text model for these records."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-arthur",
+        description="Carry LLM generation spans from OpenTelemetry into Arthur inference records.",
+    )
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level and show tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, summary) in _SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(module=module)
+        importlib.import_module(module).add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    module = importlib.import_module(args.module)
+    try:
+        return module.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line; the traceback only when asked for
+        if args.debug:
+            raise
+        logging.getLogger("otel_arthur").error("%s: %s", type(exc).__name__, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

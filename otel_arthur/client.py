@@ -1,0 +1,319 @@
+"""A small native client for the part of Arthur's v3 API that delivery needs.
+
+It speaks exactly what ``arthurai`` 3.33.3 speaks (tests/test_conformance.py proves it): the raw API
+key in ``Authorization`` or a JWT from ``POST /login``'s ``Authorization`` cookie, renewed
+5 minutes before its ``exp``; ``Arthur-Organization-ID`` from ``GET /users/me`` (or
+``/users/me/auth_info`` on 403) unless configured; ``GET /models/{id}?id_type=…&expand=attributes``;
+``POST /models/{id}/inferences`` answered by a strict 207. It costs one pooled ``requests.Session``
+instead of the SDK's ~5 s and ~367 MB import.
+
+Errors say what a caller should do next: ``PermanentError`` (fix something; retrying the same
+request cannot help), ``RetryableError`` (try again later), ``ThrottledError`` (no sooner than
+``retry_after``). No secret ever appears in a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import Any
+
+import requests
+
+from otel_arthur import __version__
+from otel_arthur.config import ArthurSettings
+
+_logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v3"
+ORGANIZATION_HEADER = "Arthur-Organization-ID"
+JSON = "application/json"
+USER_AGENT = f"otel-arthur/{__version__}"
+REFRESH_BEFORE_EXPIRY = 300.0  # seconds; the SDK renews its JWT 5 minutes before exp
+_RETRYABLE_STATUS = {HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS}
+
+
+class ArthurError(Exception):
+    """Base of the client's errors."""
+
+
+class PermanentError(ArthurError):
+    """Arthur refused the request and will refuse it again: bad credentials, unknown model, 4xx."""
+
+
+class AuthenticationError(PermanentError):
+    """401: the API key or login/password was refused."""
+
+
+class ModelNotFoundError(PermanentError):
+    """404 for the configured model id (as Arthur id and as partner model id)."""
+
+
+class RetryableError(ArthurError):
+    """A connection error, a timeout, 408 or 5xx: the same request may succeed later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ThrottledError(RetryableError):
+    """429: retry no sooner than ``retry_after`` seconds (from ``Retry-After``) when given."""
+
+
+@dataclass(frozen=True)
+class ModelAttribute:
+    name: str
+    value_type: str
+    stage: str
+
+
+@dataclass(frozen=True)
+class ArthurModel:
+    """The fields of an Arthur model that binding records to it needs."""
+
+    id: str
+    partner_model_id: str
+    attributes: tuple[ModelAttribute, ...]
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """One entry of the 207's ``results``, in request order."""
+
+    status: int
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 300
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim (epoch seconds) of a JWT, read without verifying it, as the SDK does."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+def parse_multistatus(response: requests.Response) -> list[RecordResult]:
+    """The SDK's strictness on a 207 body: counts keys exact, a status per result, failures agree."""
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise RetryableError("Arthur's 207 body is not JSON") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("counts"), dict):
+        raise RetryableError("Arthur's 207 body has no 'counts' object")
+    counts = body["counts"]
+    if set(counts) != {"success", "failure", "total"}:
+        raise RetryableError(f"Arthur's 207 counts keys {sorted(counts)} are invalid")
+    results = body.get("results")
+    if not isinstance(results, list) or not all(isinstance(r, dict) and "status" in r for r in results):
+        raise RetryableError("Arthur's 207 'results' is not a list of objects with 'status'")
+    parsed = [RecordResult(int(r["status"]), str(r.get("message", ""))) for r in results]
+    if sum(not r.ok for r in parsed) != counts["failure"]:
+        raise RetryableError(
+            f"Arthur's 207 failure count {counts['failure']} does not match its results"
+        )
+    return parsed
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+class ArthurClient:
+    """Thread-safe client over one pooled session. Authenticates lazily, on the first request."""
+
+    def __init__(self, settings: ArthurSettings, session: requests.Session | None = None) -> None:
+        self._settings = settings
+        self._base = settings.url + API_PREFIX
+        self._session = session or requests.Session()
+        self._session.verify = settings.verify_ssl
+        self._session.headers.update({"Accept": JSON, "User-Agent": USER_AGENT})
+        self._auth_lock = threading.Lock()
+        self._token: str | None = settings.api_key
+        self._token_refresh_at = float("inf")  # an API key never expires
+        self._organization_id = settings.organization_id
+
+    def __repr__(self) -> str:
+        auth = "api_key" if self._settings.has_api_key else f"login={self._settings.login!r}"
+        return f"ArthurClient(url={self._settings.url!r}, {auth})"
+
+    # -- authentication -------------------------------------------------------------------
+
+    def _login(self) -> None:
+        response = self._request_raw(
+            "POST", "/login", json={"login": self._settings.login, "password": self._settings.password}
+        )
+        if response.status_code == HTTPStatus.UNAUTHORIZED:
+            raise AuthenticationError(f"Arthur refused login {self._settings.login!r} (401)")
+        self._raise_for_status(response, "login")
+        token = response.cookies.get("Authorization")
+        if not token:
+            raise PermanentError("Arthur's login response set no Authorization cookie")
+        expiry = jwt_expiry(token)
+        if expiry is None:
+            raise PermanentError("Arthur's login token has no readable 'exp' claim")
+        self._token = token
+        self._token_refresh_at = expiry - REFRESH_BEFORE_EXPIRY
+
+    def _resolve_organization(self) -> str:
+        response = self._request_raw("GET", "/users/me", headers={"Authorization": self._token})
+        if response.status_code == HTTPStatus.FORBIDDEN:
+            response = self._request_raw("GET", "/users/me/auth_info", headers={"Authorization": self._token})
+            self._raise_for_status(response, "organization lookup")
+            organizations = response.json().get("organization_ids") or []
+            if len(organizations) != 1:
+                raise PermanentError(
+                    f"these credentials reach {len(organizations)} organizations: set ARTHUR_ORGANIZATION_ID"
+                )
+            return str(organizations[0])
+        if response.status_code == HTTPStatus.UNAUTHORIZED:
+            raise AuthenticationError("Arthur refused the API key (401)")
+        self._raise_for_status(response, "organization lookup")
+        organization = response.json().get("organization_id")
+        if not organization:
+            raise PermanentError("Arthur's /users/me names no organization: set ARTHUR_ORGANIZATION_ID")
+        return str(organization)
+
+    def _auth_headers(self) -> dict[str, str]:
+        with self._auth_lock:
+            if self._token is None or time.time() >= self._token_refresh_at:
+                self._login()
+            if self._organization_id is None:
+                self._organization_id = self._resolve_organization()
+            assert self._token is not None
+            return {"Authorization": self._token, ORGANIZATION_HEADER: self._organization_id}
+
+    def _forget_token(self) -> None:
+        if not self._settings.has_api_key:
+            with self._auth_lock:
+                self._token = None
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _request_raw(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self._session.request(method, self._base + path, timeout=self._settings.timeout, **kwargs)
+        except requests.Timeout:
+            raise RetryableError(f"{method} {path}: timed out after {self._settings.timeout:g}s") from None
+        except requests.ConnectionError as exc:
+            raise RetryableError(f"{method} {path}: cannot connect to {self._settings.url} ({type(exc).__name__})") from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"{method} {path}: {type(exc).__name__}") from None
+
+    def _request(self, method: str, path: str, *, data: bytes | None = None, **kwargs: Any) -> requests.Response:
+        """An authenticated request; a 401 on a JWT logs in once more (it can be revoked before exp)."""
+        extra = {"Content-Type": JSON} if data is not None else {}
+        response = self._request_raw(method, path, data=data, headers=self._auth_headers() | extra, **kwargs)
+        if response.status_code == HTTPStatus.UNAUTHORIZED and not self._settings.has_api_key:
+            self._forget_token()
+            response = self._request_raw(method, path, data=data, headers=self._auth_headers() | extra, **kwargs)
+        if response.status_code == HTTPStatus.UNAUTHORIZED:
+            raise AuthenticationError(f"Arthur refused the credentials for {method} {path} (401)")
+        return response
+
+    @staticmethod
+    def _raise_for_status(response: requests.Response, what: str) -> None:
+        status = response.status_code
+        if status < 300:
+            return
+        detail = _error_detail(response)
+        if status == HTTPStatus.TOO_MANY_REQUESTS:
+            raise ThrottledError(f"{what}: Arthur is throttling (429){detail}",
+                                 parse_retry_after(response.headers.get("Retry-After")))
+        if status >= 500 or status in _RETRYABLE_STATUS:
+            raise RetryableError(f"{what}: Arthur answered {status}{detail}",
+                                 parse_retry_after(response.headers.get("Retry-After")))
+        raise PermanentError(f"{what}: Arthur answered {status}{detail}")
+
+    # -- API ------------------------------------------------------------------------------
+
+    @property
+    def organization_id(self) -> str:
+        self._auth_headers()
+        assert self._organization_id is not None
+        return self._organization_id
+
+    def get_model(self, model_id: str) -> ArthurModel:
+        """Fetch by Arthur id or partner model id, trying the likelier kind first."""
+        id_types = ("id", "partner_model_id") if _is_uuid(model_id) else ("partner_model_id", "id")
+        for id_type in id_types:
+            response = self._request(
+                "GET", f"/models/{model_id}", params={"id_type": id_type, "expand": "attributes"}
+            )
+            if response.status_code == HTTPStatus.NOT_FOUND:
+                continue
+            self._raise_for_status(response, f"fetching model {model_id!r}")
+            return _parse_model(response.json())
+        raise ModelNotFoundError(f"Arthur has no model {model_id!r} (as id or partner_model_id)")
+
+    def send_inferences(self, model_id: str, rows: list[dict[str, Any]], body: bytes | None = None) -> list[RecordResult]:
+        """POST nested rows; one ``RecordResult`` per row, in order. ``body`` may carry the rows pre-encoded."""
+        data = body if body is not None else encode_rows(rows)
+        response = self._request("POST", f"/models/{model_id}/inferences", data=data)
+        if response.status_code != HTTPStatus.MULTI_STATUS:
+            self._raise_for_status(response, "sending inferences")
+            raise RetryableError(f"sending inferences: Arthur answered {response.status_code}, expected 207")
+        results = parse_multistatus(response)
+        if len(results) != len(rows):
+            raise RetryableError(f"Arthur's 207 has {len(results)} results for {len(rows)} rows")
+        return results
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def encode_rows(rows: list[dict[str, Any]]) -> bytes:
+    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _error_detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("detail") or body.get("error")
+        if message:
+            return f": {str(message)[:200]}"
+    return ""
+
+
+def _parse_model(body: dict[str, Any]) -> ArthurModel:
+    try:
+        attributes = tuple(
+            ModelAttribute(a["name"], a["value_type"], a["stage"]) for a in body.get("attributes") or ()
+        )
+        return ArthurModel(id=body["id"], partner_model_id=body["partner_model_id"], attributes=attributes)
+    except (KeyError, TypeError) as exc:
+        raise PermanentError(f"Arthur's model body lacks {exc}") from None

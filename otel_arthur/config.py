@@ -1,0 +1,181 @@
+"""One home for settings: constructor argument -> ``ARTHUR_*`` environment variable -> default.
+
+Environment variable names are the ``arthurai`` SDK's own where it has one, so an environment
+already set up for the SDK works unchanged. A bad environment value is logged and the default
+used; a bad explicit argument raises ``ValueError`` (the OpenTelemetry SDK's rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+_logger = logging.getLogger(__name__)
+
+# The SDK's names.
+ARTHUR_ENDPOINT_URL = "ARTHUR_ENDPOINT_URL"
+ARTHUR_API_KEY = "ARTHUR_API_KEY"
+ARTHUR_LOGIN = "ARTHUR_LOGIN"
+ARTHUR_PASSWORD = "ARTHUR_PASSWORD"
+ARTHUR_ORGANIZATION_ID = "ARTHUR_ORGANIZATION_ID"
+VERIFY_SSL = "VERIFY_SSL"
+# Ours.
+ARTHUR_MODEL_ID = "ARTHUR_MODEL_ID"
+ARTHUR_ALLOW_INSECURE = "ARTHUR_ALLOW_INSECURE"
+ARTHUR_TIMEOUT = "ARTHUR_TIMEOUT"
+ARTHUR_ATTRIBUTE_MAP = "ARTHUR_ATTRIBUTE_MAP"
+ARTHUR_BATCH_MAX_RECORDS = "ARTHUR_BATCH_MAX_RECORDS"
+ARTHUR_BATCH_MAX_BYTES = "ARTHUR_BATCH_MAX_BYTES"
+
+DEFAULT_TIMEOUT = 10.0  # seconds, per HTTP request to Arthur
+DEFAULT_BATCH_MAX_RECORDS = 500
+DEFAULT_BATCH_MAX_BYTES = 4 * 1024 * 1024  # JSON body size of one inferences POST
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+class ConfigurationError(ValueError):
+    """Settings that cannot work (no URL, no credentials, plain http without consent)."""
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    _logger.warning("Ignoring %s=%r: expected true or false; using %s", name, raw, default)
+    return default
+
+
+def _env_number(name: str, default: float, kind: type[int] | type[float]) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        _logger.warning("Ignoring %s=%r: expected a positive number; using %s", name, raw, default)
+        return default
+    return value
+
+
+def parse_attribute_map(text: str) -> dict[str, str]:
+    """``"field=attribute,field2=attribute2"`` -> ``{"field": "attribute", ...}``."""
+    mapping: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, attribute = item.partition("=")
+        if not sep or not name.strip() or not attribute.strip():
+            raise ValueError(f"attribute map entry {item.strip()!r} is not field=attribute")
+        mapping[name.strip()] = attribute.strip()
+    return mapping
+
+
+@dataclass(frozen=True)
+class ArthurSettings:
+    """Where Arthur is, how to authenticate, which model. Secrets are kept out of ``repr``."""
+
+    url: str
+    model_id: str
+    api_key: str | None = field(default=None, repr=False)
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    organization_id: str | None = None
+    allow_insecure: bool = False
+    verify_ssl: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+    attribute_map: Mapping[str, str] = field(default_factory=dict)
+    batch_max_records: int = DEFAULT_BATCH_MAX_RECORDS
+    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+
+    @property
+    def has_api_key(self) -> bool:
+        return self.api_key is not None
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        login: str | None = None,
+        password: str | None = None,
+        organization_id: str | None = None,
+        model_id: str | None = None,
+        allow_insecure: bool | None = None,
+        verify_ssl: bool | None = None,
+        timeout: float | None = None,
+        attribute_map: Mapping[str, str] | None = None,
+        batch_max_records: int | None = None,
+        batch_max_bytes: int | None = None,
+    ) -> ArthurSettings:
+        """Fill each setting from its argument, else its environment variable, else its default.
+
+        Raises ``ConfigurationError`` naming what is missing or unsafe; never prompts.
+        """
+        url = url if url is not None else _env(ARTHUR_ENDPOINT_URL)
+        model_id = model_id if model_id is not None else _env(ARTHUR_MODEL_ID)
+        if url is None:
+            raise ConfigurationError(f"no Arthur URL: pass url= or set {ARTHUR_ENDPOINT_URL}")
+        if model_id is None:
+            raise ConfigurationError(f"no Arthur model: pass model_id= or set {ARTHUR_MODEL_ID}")
+        allow_insecure = allow_insecure if allow_insecure is not None else _env_bool(ARTHUR_ALLOW_INSECURE, False)
+        scheme = urlsplit(url).scheme
+        if scheme not in ("https", "http") or not urlsplit(url).netloc:
+            raise ConfigurationError(f"Arthur URL {url!r} is not an http(s) URL")
+        if scheme == "http" and not allow_insecure:
+            raise ConfigurationError(
+                f"Arthur URL {url!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it"
+            )
+
+        api_key = api_key if api_key is not None else _env(ARTHUR_API_KEY)
+        if api_key is None:  # the SDK's rule: login/password only when there is no key
+            login = login if login is not None else _env(ARTHUR_LOGIN)
+            password = password if password is not None else _env(ARTHUR_PASSWORD)
+            if login is None:
+                raise ConfigurationError(f"no Arthur credentials: set {ARTHUR_API_KEY}, or {ARTHUR_LOGIN} and {ARTHUR_PASSWORD}")
+            if password is None:
+                raise ConfigurationError(f"{ARTHUR_LOGIN} is set but {ARTHUR_PASSWORD} is not (the exporter never prompts)")
+
+        if attribute_map is None:
+            raw_map = _env(ARTHUR_ATTRIBUTE_MAP)
+            try:
+                attribute_map = parse_attribute_map(raw_map) if raw_map else {}
+            except ValueError as exc:
+                _logger.warning("Ignoring %s: %s", ARTHUR_ATTRIBUTE_MAP, exc)
+                attribute_map = {}
+        for name, value in (("timeout", timeout), ("batch_max_records", batch_max_records), ("batch_max_bytes", batch_max_bytes)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+
+        return cls(
+            url=url.rstrip("/"),
+            model_id=model_id,
+            api_key=api_key,
+            login=login,
+            password=password,
+            organization_id=organization_id if organization_id is not None else _env(ARTHUR_ORGANIZATION_ID),
+            allow_insecure=allow_insecure,
+            verify_ssl=verify_ssl if verify_ssl is not None else _env_bool(VERIFY_SSL, True),
+            timeout=timeout if timeout is not None else _env_number(ARTHUR_TIMEOUT, DEFAULT_TIMEOUT, float),
+            attribute_map=dict(attribute_map),
+            batch_max_records=int(batch_max_records if batch_max_records is not None
+                                  else _env_number(ARTHUR_BATCH_MAX_RECORDS, DEFAULT_BATCH_MAX_RECORDS, int)),
+            batch_max_bytes=int(batch_max_bytes if batch_max_bytes is not None
+                                else _env_number(ARTHUR_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_BYTES, int)),
+        )

@@ -1,0 +1,194 @@
+"""Attribute names that LLM instrumentors put on generation spans: data, no logic.
+
+One class per convention, constants named after their values (OpenInference's own style), and a
+``Convention`` table row per convention that says where each record field is found. The mapper
+(``otel_arthur.mapping``) walks these rows; supporting another convention means adding a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class GenAI:
+    """OpenTelemetry GenAI semantic conventions, as OpenLLMetry >= 0.55 emits them."""
+
+    OPERATION_NAME = "gen_ai.operation.name"
+    """chat / text_completion / generate_content for generations; invoke_agent, execute_task… otherwise."""
+    INPUT_MESSAGES = "gen_ai.input.messages"
+    """JSON: [{"role", "parts": [{"type": "text", "content"}]}]."""
+    OUTPUT_MESSAGES = "gen_ai.output.messages"
+    """JSON: [{"role", "parts": [...], "finish_reason"}]."""
+    SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+    """JSON: [{"type": "text", "content"}], the system prompt kept apart from the messages."""
+    REQUEST_MODEL = "gen_ai.request.model"
+    RESPONSE_MODEL = "gen_ai.response.model"
+    REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+    PROVIDER_NAME = "gen_ai.provider.name"
+    SYSTEM = "gen_ai.system"
+    """The provider, before gen_ai.provider.name replaced it."""
+    USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+    USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+    USAGE_TOTAL_TOKENS = "gen_ai.usage.total_tokens"
+    """Not in the semconv; OpenLLMetry adds it."""
+    RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+    """A sequence, one per choice."""
+    CONVERSATION_ID = "gen_ai.conversation.id"
+    ERROR_TYPE = "error.type"
+    GENERATION_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
+
+
+class Traceloop:
+    """OpenLLMetry's own attributes, beside the GenAI ones."""
+
+    SESSION_ID = "traceloop.association.properties.session_id"
+    """Any LangChain metadata key lands under traceloop.association.properties.*."""
+    USER_ID = "traceloop.association.properties.user_id"
+
+
+class LegacyOpenLLMetry:
+    """OpenLLMetry <= 0.54: flat, indexed prompt and completion attributes."""
+
+    REQUEST_TYPE = "llm.request.type"
+    """chat / completion for generations."""
+    PROMPT_PREFIX = "gen_ai.prompt"
+    """gen_ai.prompt.{i}.role / .content, system at 0."""
+    COMPLETION_PREFIX = "gen_ai.completion"
+    """gen_ai.completion.{i}.role / .content / .finish_reason."""
+    USAGE_TOTAL_TOKENS = "llm.usage.total_tokens"
+    USAGE_PROMPT_TOKENS = "gen_ai.usage.prompt_tokens"
+    USAGE_COMPLETION_TOKENS = "gen_ai.usage.completion_tokens"
+    GENERATION_REQUEST_TYPES = frozenset({"chat", "completion"})
+
+
+class OpenInference:
+    """OpenInference (Arize) conventions."""
+
+    SPAN_KIND = "openinference.span.kind"
+    """LLM for generations; CHAIN, TOOL, RETRIEVER… otherwise."""
+    INPUT_MESSAGES_PREFIX = "llm.input_messages"
+    """llm.input_messages.{i}.message.role / .message.content."""
+    OUTPUT_MESSAGES_PREFIX = "llm.output_messages"
+    MODEL_NAME = "llm.model_name"
+    PROVIDER = "llm.provider"
+    INVOCATION_PARAMETERS = "llm.invocation_parameters"
+    """JSON of the request parameters: model, temperature, …"""
+    TOKEN_COUNT_PROMPT = "llm.token_count.prompt"
+    TOKEN_COUNT_COMPLETION = "llm.token_count.completion"
+    TOKEN_COUNT_TOTAL = "llm.token_count.total"
+    FINISH_REASON = "llm.finish_reason"
+    SESSION_ID = "session.id"
+    USER_ID = "user.id"
+    GENERATION_KINDS = frozenset({"LLM"})
+
+
+class Messages:
+    """How a convention lays out a list of chat messages."""
+
+    JSON = "json"
+    """One attribute holding a JSON list of {"role", "parts": [{"type", "content"}]}."""
+    INDEXED = "indexed"
+    """Flat attributes {prefix}.{i}{infix}.role / .content, i = 0, 1, …"""
+
+
+@dataclass(frozen=True)
+class Convention:
+    """Where one convention keeps each piece of a generation. Keys are tried in order."""
+
+    name: str
+    marker: str
+    """The attribute whose value says "this span is a generation"…"""
+    generation_values: frozenset[str]
+    """…when it is one of these."""
+    message_layout: str
+    input_messages: str
+    output_messages: str
+    message_infix: str = ""
+    system_instructions: str | None = None
+    model: tuple[str, ...] = ()
+    provider: tuple[str, ...] = ()
+    prompt_tokens: tuple[str, ...] = ()
+    completion_tokens: tuple[str, ...] = ()
+    total_tokens: tuple[str, ...] = ()
+    temperature: tuple[str, ...] = ()
+    finish_reason: tuple[str, ...] = ()
+    session_id: tuple[str, ...] = ()
+    user_id: tuple[str, ...] = ()
+    invocation_parameters: str | None = None
+    """A JSON attribute holding request parameters, consulted for model and temperature."""
+    scalars: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scalars", {
+            "model": self.model,
+            "provider": self.provider,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "temperature": self.temperature,
+            "finish_reason": self.finish_reason,
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+        })
+
+
+GENAI = Convention(
+    name="genai",
+    marker=GenAI.OPERATION_NAME,
+    generation_values=GenAI.GENERATION_OPERATIONS,
+    message_layout=Messages.JSON,
+    input_messages=GenAI.INPUT_MESSAGES,
+    output_messages=GenAI.OUTPUT_MESSAGES,
+    system_instructions=GenAI.SYSTEM_INSTRUCTIONS,
+    model=(GenAI.RESPONSE_MODEL, GenAI.REQUEST_MODEL),
+    provider=(GenAI.PROVIDER_NAME, GenAI.SYSTEM),
+    prompt_tokens=(GenAI.USAGE_INPUT_TOKENS,),
+    completion_tokens=(GenAI.USAGE_OUTPUT_TOKENS,),
+    total_tokens=(GenAI.USAGE_TOTAL_TOKENS, LegacyOpenLLMetry.USAGE_TOTAL_TOKENS),
+    temperature=(GenAI.REQUEST_TEMPERATURE,),
+    finish_reason=(GenAI.RESPONSE_FINISH_REASONS,),
+    session_id=(GenAI.CONVERSATION_ID, Traceloop.SESSION_ID),
+    user_id=(Traceloop.USER_ID,),
+)
+
+LEGACY_OPENLLMETRY = Convention(
+    name="openllmetry-legacy",
+    marker=LegacyOpenLLMetry.REQUEST_TYPE,
+    generation_values=LegacyOpenLLMetry.GENERATION_REQUEST_TYPES,
+    message_layout=Messages.INDEXED,
+    input_messages=LegacyOpenLLMetry.PROMPT_PREFIX,
+    output_messages=LegacyOpenLLMetry.COMPLETION_PREFIX,
+    model=(GenAI.RESPONSE_MODEL, GenAI.REQUEST_MODEL),
+    provider=(GenAI.SYSTEM,),
+    prompt_tokens=(LegacyOpenLLMetry.USAGE_PROMPT_TOKENS, GenAI.USAGE_INPUT_TOKENS),
+    completion_tokens=(LegacyOpenLLMetry.USAGE_COMPLETION_TOKENS, GenAI.USAGE_OUTPUT_TOKENS),
+    total_tokens=(LegacyOpenLLMetry.USAGE_TOTAL_TOKENS,),
+    temperature=(GenAI.REQUEST_TEMPERATURE,),
+    finish_reason=(f"{LegacyOpenLLMetry.COMPLETION_PREFIX}.0.finish_reason",),
+    session_id=(Traceloop.SESSION_ID,),
+    user_id=(Traceloop.USER_ID,),
+)
+
+OPENINFERENCE = Convention(
+    name="openinference",
+    marker=OpenInference.SPAN_KIND,
+    generation_values=OpenInference.GENERATION_KINDS,
+    message_layout=Messages.INDEXED,
+    input_messages=OpenInference.INPUT_MESSAGES_PREFIX,
+    output_messages=OpenInference.OUTPUT_MESSAGES_PREFIX,
+    message_infix=".message",
+    model=(OpenInference.MODEL_NAME,),
+    provider=(OpenInference.PROVIDER,),
+    prompt_tokens=(OpenInference.TOKEN_COUNT_PROMPT,),
+    completion_tokens=(OpenInference.TOKEN_COUNT_COMPLETION,),
+    total_tokens=(OpenInference.TOKEN_COUNT_TOTAL,),
+    finish_reason=(OpenInference.FINISH_REASON,),
+    session_id=(OpenInference.SESSION_ID,),
+    user_id=(OpenInference.USER_ID,),
+    invocation_parameters=OpenInference.INVOCATION_PARAMETERS,
+)
+
+# Tried in this order; the first whose marker matches claims the span. OpenInference first: its
+# marker is unambiguous. The GenAI row before the legacy one: OpenLLMetry >= 0.55 spans may keep
+# some legacy names too.
+CONVENTIONS: tuple[Convention, ...] = (OPENINFERENCE, GENAI, LEGACY_OPENLLMETRY)

@@ -1,0 +1,68 @@
+"""record -> Arthur: bind records to the model and POST them in batches split by count and bytes.
+
+``ArthurSender`` is the transport end of the delivery chain. It binds lazily (the first send
+fetches the model, on whatever thread sends, never the application's) and answers with one
+``RecordResult`` per record, or raises the client's ``PermanentError`` / ``RetryableError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+
+from otel_arthur.binding import Binding, bind
+from otel_arthur.client import ArthurClient, RecordResult, encode_rows
+from otel_arthur.config import ArthurSettings
+from otel_arthur.mapping import InferenceRecord
+
+_logger = logging.getLogger(__name__)
+
+
+def split_batches(bodies: Sequence[bytes], max_records: int, max_bytes: int) -> Iterator[range]:
+    """Index ranges of consecutive rows whose JSON array stays within both limits.
+
+    A single row larger than ``max_bytes`` travels alone rather than being lost.
+    """
+    start, size = 0, 2  # the brackets of the JSON array
+    for index, body in enumerate(bodies):
+        added = len(body) + (1 if index > start else 0)
+        if index > start and (index - start >= max_records or size + added > max_bytes):
+            yield range(start, index)
+            start, size, added = index, 2, len(body)
+        size += added
+    if start < len(bodies):
+        yield range(start, len(bodies))
+
+
+class ArthurSender:
+    """Sends records to the configured model through the native client."""
+
+    def __init__(self, settings: ArthurSettings, client: ArthurClient | None = None) -> None:
+        self._settings = settings
+        self._client = client or ArthurClient(settings)
+        self._binding: Binding | None = None
+        self._bind_lock = threading.Lock()
+
+    @property
+    def binding(self) -> Binding:
+        """Fetch the model and bind to it, once; raises the client's errors until it succeeds."""
+        if self._binding is None:
+            with self._bind_lock:
+                if self._binding is None:
+                    model = self._client.get_model(self._settings.model_id)
+                    self._binding = bind(model, self._settings.attribute_map)
+        return self._binding
+
+    def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
+        binding = self.binding
+        rows = [binding.to_row(record) for record in records]
+        bodies = [encode_rows([row])[1:-1] for row in rows]  # each row's JSON, for sizing and joining
+        results: list[RecordResult] = []
+        for batch in split_batches(bodies, self._settings.batch_max_records, self._settings.batch_max_bytes):
+            body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
+            results.extend(self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body))
+        return results
+
+    def close(self) -> None:
+        self._client.close()

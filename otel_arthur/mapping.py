@@ -1,0 +1,190 @@
+"""span -> classify -> record: pure functions from a finished span to an Arthur inference record.
+
+``map_span`` returns ``None`` for anything that is not an LLM generation, after at most one
+attribute lookup per convention, so non-LLM spans cost next to nothing. Generations become an
+``InferenceRecord`` whose ``fields`` use the names of ``otel_arthur.fields.FIELDS``; a value the
+span does not carry stays absent (usage that was not reported is not 0).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+
+from otel_arthur.conventions import CONVENTIONS, GenAI, Convention, Messages
+from otel_arthur.fields import COMPLETION, PROMPT
+
+SERVICE_NAME = "service.name"
+
+# LangChain's get_buffer_string prefixes, which the seed's ArthurCallbackHandler logged.
+_ROLE_PREFIXES = {
+    "system": "System",
+    "user": "Human",
+    "human": "Human",
+    "assistant": "AI",
+    "ai": "AI",
+    "tool": "Tool",
+    "function": "Function",
+}
+
+Message = tuple[str, str]  # (role, text)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRecord:
+    """One generation, ready to bind to a model: identity, time, and named field values."""
+
+    partner_inference_id: str
+    inference_timestamp: str
+    fields: dict[str, Any]
+
+
+def classify(attributes: Mapping[str, Any]) -> Convention | None:
+    """The convention that marks these attributes as a generation, or None."""
+    for convention in CONVENTIONS:
+        value = attributes.get(convention.marker)
+        if value is not None:
+            return convention if value in convention.generation_values else None
+    return None
+
+
+def partner_inference_id(trace_id: int, span_id: int) -> str:
+    """Deterministic identity: a retried or re-exported span can never become a second inference."""
+    return f"{trace_id:032x}-{span_id:016x}"
+
+
+def map_span(span: ReadableSpan) -> InferenceRecord | None:
+    attributes = span.attributes or {}
+    convention = classify(attributes)
+    if convention is None or span.context is None or span.start_time is None:
+        return None
+
+    fields: dict[str, Any] = {}
+    for name, keys in convention.scalars.items():
+        value = _first(attributes, keys)
+        if value is not None:
+            fields[name] = value
+    if isinstance(fields.get("finish_reason"), Sequence) and not isinstance(fields["finish_reason"], str):
+        fields["finish_reason"] = fields["finish_reason"][0] if fields["finish_reason"] else None
+
+    inputs, outputs = _messages(attributes, convention)
+    if convention.system_instructions:
+        system = _parts_text(_json(attributes.get(convention.system_instructions)))
+        if system:
+            inputs.insert(0, ("system", system))
+    if inputs:
+        fields[PROMPT] = render_messages(inputs)
+    if outputs:
+        fields[COMPLETION] = outputs[0][1]
+    if fields.get("finish_reason") is None and convention.message_layout == Messages.JSON:
+        fields["finish_reason"] = _output_finish_reason(attributes.get(convention.output_messages))
+    if convention.invocation_parameters:
+        parameters = _json(attributes.get(convention.invocation_parameters))
+        if isinstance(parameters, dict):
+            fields.setdefault("model", parameters.get("model") or parameters.get("model_name"))
+            fields.setdefault("temperature", parameters.get("temperature"))
+
+    if span.end_time is not None:
+        fields["duration"] = (span.end_time - span.start_time) / 1e9
+    fields["trace_id"] = f"{span.context.trace_id:032x}"
+    fields["span_id"] = f"{span.context.span_id:016x}"
+    if span.resource is not None:
+        fields["service_name"] = span.resource.attributes.get(SERVICE_NAME)
+    if span.status.status_code is StatusCode.ERROR:
+        fields["error"] = span.status.description or attributes.get(GenAI.ERROR_TYPE) or "error"
+
+    return InferenceRecord(
+        partner_inference_id=partner_inference_id(span.context.trace_id, span.context.span_id),
+        inference_timestamp=_iso(span.start_time),
+        fields={k: clean_text(v) if isinstance(v, str) else v for k, v in fields.items() if v is not None},
+    )
+
+
+def render_messages(messages: Sequence[Message]) -> str:
+    """``System: …\\nHuman: …\\nAI: …``, as LangChain's get_buffer_string renders a chat history."""
+    return "\n".join(f"{_ROLE_PREFIXES.get(role.lower(), role)}: {text}" for role, text in messages)
+
+
+def clean_text(text: str) -> str:
+    """Lone surrogates cannot be encoded as UTF-8; replace them rather than fail the batch later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _iso(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat()
+
+
+def _json(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _messages(attributes: Mapping[str, Any], convention: Convention) -> tuple[list[Message], list[Message]]:
+    if convention.message_layout == Messages.JSON:
+        return (_json_messages(attributes.get(convention.input_messages)),
+                _json_messages(attributes.get(convention.output_messages)))
+    return (_indexed_messages(attributes, convention.input_messages, convention.message_infix),
+            _indexed_messages(attributes, convention.output_messages, convention.message_infix))
+
+
+def _parts_text(parts: Any) -> str:
+    """Text of a GenAI ``parts`` list (or a bare string); non-text parts are left out."""
+    if isinstance(parts, str):
+        return parts
+    if not isinstance(parts, list):
+        return ""
+    return "".join(
+        str(part.get("content", "")) for part in parts
+        if isinstance(part, dict) and part.get("type", "text") == "text"
+    )
+
+
+def _json_messages(raw: Any) -> list[Message]:
+    messages = _json(raw)
+    if not isinstance(messages, list):
+        return []
+    return [
+        (str(m.get("role") or "unknown"), _parts_text(m.get("parts", m.get("content"))))
+        for m in messages if isinstance(m, dict)
+    ]
+
+
+def _output_finish_reason(raw: Any) -> str | None:
+    messages = _json(raw)
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        return messages[0].get("finish_reason")
+    return None
+
+
+def _indexed_messages(attributes: Mapping[str, Any], prefix: str, infix: str) -> list[Message]:
+    messages: list[Message] = []
+    index = 0
+    while True:
+        base = f"{prefix}.{index}{infix}"
+        role, content = attributes.get(f"{base}.role"), attributes.get(f"{base}.content")
+        if role is None and content is None:
+            return messages
+        messages.append((str(role or "unknown"), "" if content is None else str(content)))
+        index += 1

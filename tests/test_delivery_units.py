@@ -1,0 +1,126 @@
+"""Pure pieces of delivery: 207 parsing, Retry-After, JWT expiry, batch splitting, binding."""
+
+import base64
+import json
+import time
+from email.utils import formatdate
+
+import pytest
+
+from otel_arthur.binding import BindingError, bind
+from otel_arthur.client import (
+    ArthurModel, ModelAttribute, RetryableError, jwt_expiry, parse_multistatus, parse_retry_after,
+)
+from otel_arthur.delivery import split_batches
+from otel_arthur.fields import FIELDS
+from otel_arthur.mapping import InferenceRecord
+
+
+class FakeResponse:
+    def __init__(self, body):
+        self._body = body
+
+    def json(self):
+        if isinstance(self._body, Exception):
+            raise self._body
+        return self._body
+
+
+def test_multistatus_parsed_in_order():
+    body = {"counts": {"success": 1, "failure": 1, "total": 2},
+            "results": [{"status": 200, "message": "success"}, {"status": 400, "message": "bad"}]}
+    results = parse_multistatus(FakeResponse(body))
+    assert [(r.status, r.message, r.ok) for r in results] == [(200, "success", True), (400, "bad", False)]
+
+
+@pytest.mark.parametrize("body", [
+    ValueError("not json"),
+    [],
+    {"results": []},
+    {"counts": {"success": 0, "failure": 0}, "results": []},
+    {"counts": {"success": 0, "failure": 0, "total": 0, "extra": 1}, "results": []},
+    {"counts": {"success": 1, "failure": 0, "total": 1}, "results": [{"message": "no status"}]},
+    {"counts": {"success": 1, "failure": 0, "total": 1}, "results": [{"status": 500, "message": "x"}]},
+])
+def test_multistatus_strictness_matches_the_sdk(body):
+    with pytest.raises(RetryableError):
+        parse_multistatus(FakeResponse(body))
+
+
+def test_retry_after_seconds_and_http_date():
+    assert parse_retry_after("7") == 7.0
+    now = time.time()
+    assert 25 <= parse_retry_after(formatdate(now + 30, usegmt=True), now=now) <= 31
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def _jwt(claims):
+    encode = lambda obj: base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{encode({'alg': 'HS256'})}.{encode(claims)}.sig"
+
+
+def test_jwt_expiry_read_without_verification():
+    assert jwt_expiry(_jwt({"exp": 1700000000})) == 1700000000.0
+    assert jwt_expiry(_jwt({"sub": "x"})) is None
+    assert jwt_expiry("garbage") is None
+
+
+def test_batches_respect_count_and_bytes():
+    bodies = [b"x" * 10] * 7
+    assert [list(r) for r in split_batches(bodies, 3, 10_000)] == [[0, 1, 2], [3, 4, 5], [6]]
+    # [ + 10 + , + 10 + ] = 23 bytes for two rows; a 30-byte limit holds two, not three
+    assert [len(r) for r in split_batches(bodies, 100, 30)] == [2, 2, 2, 1]
+    # a row bigger than the limit still travels, alone
+    assert [list(r) for r in split_batches([b"y" * 100, b"z"], 100, 30)] == [[0], [1]]
+    assert list(split_batches([], 10, 10)) == []
+
+
+def _model(*attributes):
+    return ArthurModel("model-uuid", "partner", tuple(ModelAttribute(*a) for a in attributes))
+
+
+TEXT_MODEL = (("input_text", "UNSTRUCTURED_TEXT", "PIPELINE_INPUT"),
+              ("output_text", "UNSTRUCTURED_TEXT", "PREDICTED_VALUE"))
+
+
+def test_binding_follows_the_seed_handlers_rules():
+    model = _model(("first", "STRING", "PIPELINE_INPUT"), *TEXT_MODEL,
+                   ("prompt_tokens", "INTEGER", "NON_INPUT_DATA"), ("duration", "FLOAT", "NON_INPUT_DATA"),
+                   ("latency_s", "FLOAT", "NON_INPUT_DATA"))
+    binding = bind(model, {"duration": "latency_s"})
+    record = InferenceRecord("t-s", "2026-01-01T00:00:00+00:00",
+                             {"prompt": "Human: hi", "completion": "hello", "prompt_tokens": 3.0,
+                              "duration": 1, "model": "gpt"})
+    row = binding.to_row(record)
+    assert row == {"partner_inference_id": "t-s", "inference_timestamp": "2026-01-01T00:00:00+00:00",
+                   "inference_data": {"input_text": "Human: hi", "output_text": "hello",
+                                      "prompt_tokens": 3, "latency_s": 1.0}}
+    assert "model" in binding.skipped and "prompt_tokens" not in binding.skipped
+
+
+def test_binding_skips_are_logged_once(caplog):
+    caplog.set_level("INFO", logger="otel_arthur.binding")
+    binding = bind(_model(*TEXT_MODEL))
+    for _ in range(3):
+        binding.to_row(InferenceRecord("i", "t", {"prompt": "p", "completion": "c", "duration": 1.0}))
+    lines = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1 and "duration" in lines[0].getMessage()
+    assert set(binding.skipped) == set(FIELDS) - {"prompt", "completion"}
+
+
+def test_value_that_does_not_fit_its_type_is_left_out():
+    model = _model(*TEXT_MODEL, ("prompt_tokens", "INTEGER", "NON_INPUT_DATA"))
+    row = bind(model).to_row(InferenceRecord("i", "t", {"prompt": "p", "prompt_tokens": 2.5}))
+    assert row["inference_data"] == {"input_text": "p"}
+
+
+@pytest.mark.parametrize("attributes, overrides, message", [
+    ((TEXT_MODEL[1],), None, "PIPELINE_INPUT"),
+    ((TEXT_MODEL[0],), None, "PREDICTED_VALUE"),
+    (TEXT_MODEL, {"nonsense": "input_text"}, "unknown fields"),
+    (TEXT_MODEL, {"duration": "missing_attr"}, "lacks"),
+])
+def test_unusable_model_is_a_binding_error(attributes, overrides, message):
+    with pytest.raises(BindingError, match=message):
+        bind(_model(*attributes), overrides)
