@@ -7,6 +7,7 @@ One class per convention, constants named after their values (OpenInference's ow
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -77,6 +78,8 @@ class OpenInference:
     TOKEN_COUNT_COMPLETION = "llm.token_count.completion"
     TOKEN_COUNT_TOTAL = "llm.token_count.total"
     FINISH_REASON = "llm.finish_reason"
+    METADATA = "metadata"
+    """JSON of the LangChain run metadata (session_id, user_id, …)."""
     SESSION_ID = "session.id"
     USER_ID = "user.id"
     GENERATION_KINDS = frozenset({"LLM"})
@@ -114,8 +117,8 @@ class Convention:
     finish_reason: tuple[str, ...] = ()
     session_id: tuple[str, ...] = ()
     user_id: tuple[str, ...] = ()
-    invocation_parameters: str | None = None
-    """A JSON attribute holding request parameters, consulted for model and temperature."""
+    json_sources: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    """JSON attributes consulted for fields still missing: attribute -> {field: keys inside it}."""
     scalars: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -185,10 +188,13 @@ OPENINFERENCE = Convention(
     finish_reason=(OpenInference.FINISH_REASON,),
     session_id=(OpenInference.SESSION_ID,),
     user_id=(OpenInference.USER_ID,),
-    invocation_parameters=OpenInference.INVOCATION_PARAMETERS,
+    json_sources={
+        OpenInference.INVOCATION_PARAMETERS: {"model": ("model", "model_name"), "temperature": ("temperature",)},
+        OpenInference.METADATA: {"session_id": ("session_id", "conversation_id", "thread_id"),
+                                 "user_id": ("user_id",)},
+    },
 )
 
-# Tried in this order; the first whose marker matches claims the span. OpenInference first: its
-# marker is unambiguous. The GenAI row before the legacy one: OpenLLMetry >= 0.55 spans may keep
-# some legacy names too.
+# Tried in this order; the first whose marker has a generation value claims the span. The GenAI
+# row before the legacy one: a span carrying both layouts is read the current way.
 CONVENTIONS: tuple[Convention, ...] = (OPENINFERENCE, GENAI, LEGACY_OPENLLMETRY)

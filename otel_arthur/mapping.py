@@ -48,9 +48,10 @@ class InferenceRecord:
 def classify(attributes: Mapping[str, Any]) -> Convention | None:
     """The convention that marks these attributes as a generation, or None."""
     for convention in CONVENTIONS:
-        value = attributes.get(convention.marker)
-        if value is not None:
-            return convention if value in convention.generation_values else None
+        # Conventions share marker names across versions (legacy OpenLLMetry sets
+        # gen_ai.operation.name=llm_request), so a non-matching value moves on to the next row.
+        if attributes.get(convention.marker) in convention.generation_values:
+            return convention
     return None
 
 
@@ -84,11 +85,12 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
         fields[COMPLETION] = outputs[0][1]
     if fields.get("finish_reason") is None and convention.message_layout == Messages.JSON:
         fields["finish_reason"] = _output_finish_reason(attributes.get(convention.output_messages))
-    if convention.invocation_parameters:
-        parameters = _json(attributes.get(convention.invocation_parameters))
-        if isinstance(parameters, dict):
-            fields.setdefault("model", parameters.get("model") or parameters.get("model_name"))
-            fields.setdefault("temperature", parameters.get("temperature"))
+    for source, wanted in convention.json_sources.items():
+        document = _json(attributes.get(source))
+        if isinstance(document, dict):
+            for name, keys in wanted.items():
+                if fields.get(name) is None:
+                    fields[name] = _first(document, keys)
 
     if span.end_time is not None:
         fields["duration"] = (span.end_time - span.start_time) / 1e9

@@ -1,0 +1,130 @@
+"""span -> record, from real spans recorded with each convention (tests/fixtures/spans)."""
+
+from datetime import datetime
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, Status, StatusCode
+
+from otel_arthur.mapping import classify, map_span, partner_inference_id, render_messages
+from spanfixtures import load_spans
+
+PROMPT = ("System: You are a helpful assistant. Answer in one sentence.\n"
+          "Human: What is OpenTelemetry?\n"
+          "AI: OpenTelemetry is an open standard for traces, metrics and logs.\n"
+          "Human: How does it help with LLM apps?")
+COMPLETION = "Echo: How does it help with LLM apps?"
+USAGE = {"prompt_tokens": 29, "completion_tokens": 8, "total_tokens": 37}
+
+
+def generations(name):
+    spans = load_spans(name)
+    return [(span, record) for span, record in ((s, map_span(s)) for s in spans) if record is not None]
+
+
+@pytest.mark.parametrize("fixture, has_user", [
+    ("openllmetry_chat", True),
+    ("openllmetry_stream", True),
+    ("openllmetry_chain", True),
+    ("openllmetry_legacy", True),
+    ("openinference_chat", True),
+    ("openinference_stream", True),
+])
+def test_each_convention_yields_the_same_record(fixture, has_user):
+    [(span, record)] = generations(fixture)
+    fields = record.fields
+    assert fields["prompt"] == PROMPT
+    assert fields["completion"] == COMPLETION
+    assert {k: fields[k] for k in USAGE} == USAGE
+    assert fields["finish_reason"] == "stop"
+    assert fields["temperature"] == 0.1
+    assert fields["provider"] == "openai"
+    assert fields["model"].startswith("gpt-4o-mini")
+    assert fields["session_id"] == "sess-1"
+    assert fields.get("user_id") == ("user-1" if has_user else None)
+    assert fields["service_name"] == "fixture-chat"
+    assert fields["duration"] == (span.end_time - span.start_time) / 1e9 > 0
+    assert fields["trace_id"] == f"{span.context.trace_id:032x}"
+    assert fields["span_id"] == f"{span.context.span_id:016x}"
+    assert record.partner_inference_id == f"{fields['trace_id']}-{fields['span_id']}"
+    assert datetime.fromisoformat(record.inference_timestamp).timestamp() == pytest.approx(span.start_time / 1e9)
+    assert "error" not in fields
+
+
+def test_non_streaming_keeps_the_response_model():
+    [(_, record)] = generations("openllmetry_chat")
+    assert record.fields["model"] == "gpt-4o-mini-local"  # the server's answer, not the request's
+
+
+def test_chain_spans_are_not_generations():
+    spans = load_spans("openllmetry_chain")
+    mapped = {span.name: map_span(span) for span in spans}
+    assert mapped["RunnableSequence.workflow"] is None
+    assert mapped["execute_task ChatPromptTemplate"] is None
+    assert mapped["ChatOpenAI.chat"] is not None
+
+
+def test_failed_call_carries_the_error_and_no_invented_usage():
+    [(_, record)] = generations("openllmetry_error")
+    assert "500" in record.fields["error"]
+    assert record.fields["prompt"].endswith("[error 500]")
+    for absent in ("completion", "prompt_tokens", "completion_tokens", "total_tokens", "finish_reason"):
+        assert absent not in record.fields
+
+
+def test_genai_semconv_with_and_without_content():
+    without, with_content = (record for _, record in generations("genai_semconv"))
+    assert "prompt" not in without.fields and "completion" not in without.fields
+    assert without.fields["prompt_tokens"] == 29 and without.fields["finish_reason"] == "stop"
+    assert without.fields["session_id"] == "sess-1"
+    assert with_content.fields["prompt"] == PROMPT and with_content.fields["completion"] == COMPLETION
+
+
+def _span(attributes, status=Status(StatusCode.UNSET)):
+    return ReadableSpan(
+        name="span", context=SpanContext(0xABC, 0xDEF, is_remote=False), attributes=attributes,
+        start_time=1_700_000_000_000_000_000, end_time=1_700_000_001_500_000_000, status=status,
+        resource=Resource.create({"service.name": "svc"}),
+    )
+
+
+@pytest.mark.parametrize("attributes", [
+    {},
+    {"http.method": "POST", "url.full": "http://x"},
+    {"db.system": "sqlite"},
+    {"gen_ai.operation.name": "invoke_agent"},
+    {"openinference.span.kind": "CHAIN"},
+    {"llm.request.type": "embedding"},
+])
+def test_other_spans_are_ignored(attributes):
+    assert classify(attributes) is None
+    assert map_span(_span(attributes)) is None
+
+
+def test_unknown_content_is_replaced_not_fatal():
+    record = map_span(_span({
+        "gen_ai.operation.name": "chat",
+        "gen_ai.input.messages": '[{"role": "user", "parts": [{"type": "text", "content": "bad \\ud800 text"}]}]',
+        "gen_ai.output.messages": "not json",
+    }))
+    assert record.fields["prompt"] == "Human: bad ? text"
+    record.fields["prompt"].encode("utf-8")
+    assert "completion" not in record.fields
+    assert record.fields["duration"] == 1.5
+    assert record.inference_timestamp == "2023-11-14T22:13:20+00:00"
+
+
+def test_identity_is_deterministic():
+    assert partner_inference_id(0xABC, 0xDEF) == partner_inference_id(0xABC, 0xDEF)
+    assert partner_inference_id(0xABC, 0xDEF) != partner_inference_id(0xABC, 0xDEE)
+    assert map_span(_span({"llm.request.type": "chat"})).partner_inference_id == \
+        "00000000000000000000000000000abc-0000000000000def"
+
+
+def test_rendering_matches_get_buffer_string():
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, get_buffer_string
+
+    history = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("bye")]
+    ours = render_messages([("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "bye")])
+    assert ours == get_buffer_string(history)
