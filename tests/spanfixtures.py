@@ -1,0 +1,97 @@
+"""Span fixtures as JSON: the one home of the format that ``fixtures/record_spans.py`` writes.
+
+A file is a JSON list of spans, each::
+
+    {"name", "kind": "CLIENT", "trace_id": "<32 hex>", "span_id": "<16 hex>", "parent_span_id": "<16 hex>"|null,
+     "start_time_unix_nano", "end_time_unix_nano", "status": {"code": "ERROR", "description": str|null},
+     "attributes": {...}, "resource": {...}, "events": [{"name", "time_unix_nano", "attributes"}]}
+
+JSON has no tuples, so sequence attribute values are lists on disk and tuples again once loaded, as
+the SDK holds them. Loading rebuilds real ``ReadableSpan`` objects, so mapper tests feed the mapper
+exactly what an exporter would receive.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+SPANS_DIR = Path(__file__).parent / "fixtures" / "spans"
+
+
+def _to_json(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in (attributes or {}).items()}
+
+
+def _from_json(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in attributes.items()}
+
+
+def dump_span(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    assert context is not None and span.start_time is not None and span.end_time is not None, "span not ended"
+    return {
+        "name": span.name,
+        "kind": span.kind.name,
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "start_time_unix_nano": span.start_time,
+        "end_time_unix_nano": span.end_time,
+        "status": {"code": span.status.status_code.name, "description": span.status.description},
+        "attributes": _to_json(span.attributes),
+        "resource": _to_json(span.resource.attributes),
+        "events": [
+            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": _to_json(e.attributes)} for e in span.events
+        ],
+    }
+
+
+def dump_spans(spans: Iterable[ReadableSpan]) -> list[dict[str, Any]]:
+    """Spans in start order, so a file reads top-down like the trace."""
+    return [dump_span(s) for s in sorted(spans, key=lambda s: s.start_time or 0)]
+
+
+def _context(trace_id: int, span_id: str) -> SpanContext:
+    return SpanContext(trace_id, int(span_id, 16), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+
+def load_span(data: Mapping[str, Any]) -> ReadableSpan:
+    trace_id = int(data["trace_id"], 16)
+    parent = data["parent_span_id"]
+    return ReadableSpan(
+        name=data["name"],
+        context=_context(trace_id, data["span_id"]),
+        parent=_context(trace_id, parent) if parent else None,
+        resource=Resource(_from_json(data["resource"])),
+        attributes=_from_json(data["attributes"]),
+        events=[Event(e["name"], _from_json(e["attributes"]), e["time_unix_nano"]) for e in data["events"]],
+        kind=SpanKind[data["kind"]],
+        status=Status(StatusCode[data["status"]["code"]], data["status"]["description"]),
+        start_time=data["start_time_unix_nano"],
+        end_time=data["end_time_unix_nano"],
+    )
+
+
+def load_spans(name: str) -> list[ReadableSpan]:
+    """The spans of ``fixtures/spans/<name>.json`` (the ``.json`` may be given or left off)."""
+    return [load_span(s) for s in read_json(name)]
+
+
+def read_json(name: str) -> list[dict[str, Any]]:
+    path = SPANS_DIR / (name if name.endswith(".json") else f"{name}.json")
+    data: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def write_json(name: str, spans: Sequence[ReadableSpan]) -> Path:
+    path = SPANS_DIR / (name if name.endswith(".json") else f"{name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dump_spans(spans), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
