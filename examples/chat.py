@@ -13,6 +13,7 @@ instrumentation has already installed a tracer provider.
 from __future__ import annotations
 
 import os
+import sys
 
 from langchain_core.callbacks import StreamingStdOutCallbackHandler
 from langchain_core.language_models import BaseChatModel
@@ -55,6 +56,8 @@ def run(llm: BaseChatModel) -> None:
             user_input = input("\n>>> Input >>>\n>>>: ")
         except EOFError:
             break
+        if not sys.stdin.isatty():
+            print(user_input)  # piped input is not echoed by a terminal: keep the transcript readable
         if user_input.strip() == "q":
             break
         history.append(HumanMessage(content=user_input))

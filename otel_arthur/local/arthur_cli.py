@@ -1,0 +1,78 @@
+"""``otel-arthur local-arthur``: serve the local Arthur v3 API in the foreground until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+
+from otel_arthur.local.arthur import (
+    API_PREFIX,
+    DEFAULT_API_KEY,
+    DEFAULT_LOGIN,
+    DEFAULT_ORGANIZATION_ID,
+    DEFAULT_PASSWORD,
+    LOCAL_PREFIX,
+    create_app,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+DEFAULT_DB = os.path.join(tempfile.gettempdir(), "otel-arthur", "local-arthur.sqlite3")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind (default: %(default)s)")
+    parser.add_argument(
+        "--db", default=DEFAULT_DB, help="SQLite file holding models and inferences, or :memory: (default: %(default)s)"
+    )
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="API key clients must send (default: %(default)s)")
+    parser.add_argument("--login", default=DEFAULT_LOGIN, help="login accepted by /login (default: %(default)s)")
+    parser.add_argument("--password", default=DEFAULT_PASSWORD, help="password for --login (default: %(default)s)")
+    parser.add_argument(
+        "--organization-id", default=DEFAULT_ORGANIZATION_ID, help="the one organization (default: %(default)s)"
+    )
+    parser.add_argument("--certfile", help="PEM certificate: serve HTTPS (default: none, plain HTTP)")
+    parser.add_argument("--keyfile", help="PEM private key for --certfile (default: none)")
+
+
+def _origin(value: str, default: str, flag: str) -> str:
+    """Where a credential came from, for the log: never the value itself."""
+    return "built-in default" if value == default else f"from {flag}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # the server extra; imported here so the CLI's --help never needs it
+
+    if (args.certfile is None) != (args.keyfile is None):
+        raise ValueError("--certfile and --keyfile go together")
+    if args.db != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+    app = create_app(
+        args.db,
+        api_key=args.api_key,
+        login=args.login,
+        password=args.password,
+        organization_id=args.organization_id,
+    )
+    scheme = "https" if args.certfile else "http"
+    logger.info("local Arthur at %s://%s:%d%s, stored in %s", scheme, args.host, args.port, API_PREFIX, args.db)
+    logger.info(
+        "accepting login %r (password %s), API key %s, organization %s; local views under %s/",
+        args.login,
+        _origin(args.password, DEFAULT_PASSWORD, "--password"),
+        _origin(args.api_key, DEFAULT_API_KEY, "--api-key"),
+        args.organization_id,
+        LOCAL_PREFIX,
+    )
+    try:
+        uvicorn.run(
+            app, host=args.host, port=args.port, ssl_certfile=args.certfile, ssl_keyfile=args.keyfile, log_level="info"
+        )
+    finally:
+        app.state.store.close()
+    return 0

@@ -1,0 +1,222 @@
+"""``otel-arthur create-model``: onboard the Arthur model that otel-arthur's records land in.
+
+A generative-text model (input NLP, output TOKEN_SEQUENCE) built with the ``arthurai`` SDK's
+``build_token_sequence_model``: ``prompt`` (PIPELINE_INPUT) and ``completion`` (PREDICTED_VALUE), both
+UNSTRUCTURED_TEXT, plus every other field of :data:`otel_arthur.fields.FIELDS` as NON_INPUT_DATA of
+its listed value type. With a partner model id it is idempotent: an existing model is reused.
+
+Importing ``arthurai`` costs about 5 s and 370 MB, so it happens only inside the functions that need
+it; importing this module (as ``otel-arthur --help`` does) stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
+
+from otel_arthur.config import (
+    ARTHUR_ALLOW_INSECURE,
+    ARTHUR_API_KEY,
+    ARTHUR_ENDPOINT_URL,
+    ARTHUR_LOGIN,
+    ARTHUR_ORGANIZATION_ID,
+    ARTHUR_PASSWORD,
+    VERIFY_SSL,
+    ConfigurationError,
+)
+from otel_arthur.fields import COMPLETION, FIELDS, PROMPT
+
+if TYPE_CHECKING:
+    from arthurai import ArthurAI
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DISPLAY_NAME = "otel-arthur LLM generations"
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help=f"Arthur base URL, e.g. https://app.arthur.ai (default: ${ARTHUR_ENDPOINT_URL})")
+    parser.add_argument("--api-key", help=f"API key; wins over a login (default: ${ARTHUR_API_KEY})")
+    parser.add_argument("--login", help=f"login, used when there is no API key (default: ${ARTHUR_LOGIN})")
+    parser.add_argument("--password", help=f"password for the login; never prompted for (default: ${ARTHUR_PASSWORD})")
+    parser.add_argument(
+        "--organization-id",
+        help=f"organization to create the model in (default: ${ARTHUR_ORGANIZATION_ID}, else the credentials' own)",
+    )
+    parser.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        default=None,
+        help=f"permit a plain http:// URL (default: ${ARTHUR_ALLOW_INSECURE}=true permits it, else refused)",
+    )
+    parser.add_argument(
+        "--partner-model-id",
+        help="your id for the model; if a model with it exists, its id is printed and nothing is created "
+        "(default: none, the SDK derives one from the display name and the time)",
+    )
+    parser.add_argument(
+        "--display-name",
+        help=f"name shown in Arthur (default: the partner model id, else {DEFAULT_DISPLAY_NAME!r})",
+    )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach Arthur, resolved flag -> environment -> default. Secrets are kept out of ``repr``."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    organization_id: str | None = None
+    allow_insecure: bool = False
+    verify_ssl: bool = True
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    raw = (_env(name) or "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    if raw:
+        logger.warning("Ignoring %s=%r: expected true or false; using %s", name, raw, default)
+    return default
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
+    """``(api_key, login, password)``: a flag beats the environment; at one level an API key beats a login."""
+    if args.api_key is not None:
+        return args.api_key, None, None
+    login = args.login
+    if login is None:
+        if _env(ARTHUR_API_KEY) is not None:
+            return _env(ARTHUR_API_KEY), None, None
+        login = _env(ARTHUR_LOGIN)
+    if login is None:
+        raise ConfigurationError(
+            f"no Arthur credentials: pass --api-key or --login/--password, or set {ARTHUR_API_KEY} "
+            f"or {ARTHUR_LOGIN}/{ARTHUR_PASSWORD}"
+        )
+    password = args.password if args.password is not None else _env(ARTHUR_PASSWORD)
+    if password is None:
+        # the SDK would block on getpass(); a command run from scripts must fail instead
+        raise ConfigurationError(f"login {login!r} has no password: pass --password or set {ARTHUR_PASSWORD}")
+    return None, login, password
+
+
+def resolve_connection(args: argparse.Namespace) -> Connection:
+    url = args.url if args.url is not None else _env(ARTHUR_ENDPOINT_URL)
+    if url is None:
+        raise ConfigurationError(f"no Arthur URL: pass --url or set {ARTHUR_ENDPOINT_URL}")
+    allow_insecure = args.allow_insecure if args.allow_insecure is not None else _env_flag(ARTHUR_ALLOW_INSECURE, False)
+    if urlsplit(url).scheme == "http" and not allow_insecure:
+        # the SDK refuses too, but only after sending the credentials to users/me over plain http
+        raise ConfigurationError(
+            f"Arthur URL {url!r} is plain http: pass --allow-insecure or set {ARTHUR_ALLOW_INSECURE}=true"
+        )
+    api_key, login, password = _credentials(args)
+    return Connection(
+        url=url,
+        api_key=api_key,
+        login=login,
+        password=password,
+        organization_id=args.organization_id if args.organization_id is not None else _env(ARTHUR_ORGANIZATION_ID),
+        allow_insecure=allow_insecure,
+        # Passed to the SDK explicitly: with a login, the SDK hands its token refresher the raw
+        # argument, so VERIFY_SSL=false read by the SDK alone fails against a self-signed server.
+        verify_ssl=_env_flag(VERIFY_SSL, True),
+    )
+
+
+def connect(connection: Connection) -> ArthurAI:
+    """An ``ArthurAI`` client for ``connection`` (imports ``arthurai``)."""
+    from arthurai import ArthurAI
+
+    return ArthurAI(
+        url=connection.url,
+        access_key=connection.api_key,
+        login=connection.login,
+        password=connection.password,
+        organization_id=connection.organization_id,
+        allow_insecure=connection.allow_insecure,
+        verify_ssl=connection.verify_ssl,
+    )
+
+
+def find_model_id(client: ArthurAI, partner_model_id: str) -> str | None:
+    """The id of the model with this partner model id, or None when Arthur has none (404)."""
+    from arthurai.client.validation import validate_response_status
+
+    # ArthurAI.get_model raises the same ResponseClientError for 404 as for 401/403: ask directly.
+    response = client.client.get(
+        f"/models/{quote(partner_model_id, safe='')}",
+        params={"id_type": "partner_model_id"},
+        return_raw_response=True,
+        validate_response_status=False,
+    )
+    if response.status_code == HTTPStatus.NOT_FOUND:
+        return None
+    validate_response_status(response, HTTPStatus.OK)
+    return response.json()["id"]
+
+
+def create_model(client: ArthurAI, partner_model_id: str | None = None, display_name: str | None = None) -> str:
+    """Onboard the generative-text model for otel-arthur's records and return its Arthur id.
+
+    With ``partner_model_id`` an existing model of that id is returned instead of creating another.
+    """
+    from arthurai.common.constants import InputType, OutputType, Stage
+
+    if partner_model_id is not None:
+        existing = find_model_id(client, partner_model_id)
+        if existing is not None:
+            logger.info("Model %r already exists: %s", partner_model_id, existing)
+            return existing
+    if partner_model_id is None and display_name is None:
+        display_name = DEFAULT_DISPLAY_NAME
+    model = client.model(
+        partner_model_id=partner_model_id,
+        display_name=display_name,
+        input_type=InputType.NLP,
+        output_type=OutputType.TokenSequence,
+    )
+    with warnings.catch_warnings():
+        # its attribute review uses pandas APIs deprecated since; noise for our users
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model.build_token_sequence_model(input_column=PROMPT, output_text_column=COMPLETION)
+    for name, spec in FIELDS.items():
+        if name not in (PROMPT, COMPLETION):
+            model.add_attribute(name=name, value_type=spec.value_type, stage=Stage.NonInputData)
+    model_id = model.save()
+    logger.info("Created model %r with %d attributes: %s", model.partner_model_id, len(FIELDS), model_id)
+    return model_id
+
+
+def run(args: argparse.Namespace) -> int:
+    connection = resolve_connection(args)  # fail on settings before paying for the SDK import
+    logger.info("Connecting to Arthur at %s (importing arthurai takes a few seconds)", connection.url)
+    import arthurai  # noqa: F401  (initialises its logging, undone below)
+
+    # The SDK logs INFO to stdout through its own handlers and save() draws a spinner there; stdout
+    # carries only this command's output, the model id, so route both to our logging / stderr.
+    logging.getLogger("arthurai").handlers.clear()
+    with contextlib.redirect_stdout(sys.stderr):
+        model_id = create_model(connect(connection), args.partner_model_id, args.display_name)
+    print(model_id)
+    return 0

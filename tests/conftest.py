@@ -1,0 +1,77 @@
+"""Fixtures shared by the test modules. Keep each small and generic; module-specific ones live with their tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from otel_arthur.local import arthur
+
+
+@pytest.fixture
+def arthur_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment without the developer's ``ARTHUR_*`` / ``VERIFY_SSL``, restored afterwards.
+
+    The arthurai SDK reads those variables whenever an argument is missing, and sets
+    ``ARTHUR_LAST_MODEL_ID`` itself; both are undone when the test ends.
+    """
+    for name in list(os.environ):
+        if name.startswith("ARTHUR_") or name == "VERIFY_SSL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ARTHUR_LAST_MODEL_ID", "")  # recorded as unset, so removed at teardown
+    monkeypatch.delenv("ARTHUR_LAST_MODEL_ID")
+    return monkeypatch
+
+
+@pytest.fixture(scope="module")
+def local_arthur(tmp_path_factory: pytest.TempPathFactory) -> Iterator[arthur.RunningLocalArthur]:
+    """A local Arthur v3 API over a fresh SQLite file, on a free 127.0.0.1 port; always stopped.
+
+    One per test module, so module-scoped fixtures can use it and tests share it: give each test
+    its own model (a unique partner_model_id) and read back per model. Yields ``.url``,
+    ``.api_key``, ``.login``, ``.password``, ``.organization_id``, ``.store`` and
+    ``.inferences(model_id)`` / ``.stats()``.
+    """
+    with arthur.running(tmp_path_factory.mktemp("local-arthur") / "arthur.sqlite3") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def openllmetry_provider():
+    """One tracer provider with LangChain instrumented by OpenLLMetry, for the whole session.
+
+    OpenLLMetry cannot instrument again after ``uninstrument()`` in the same process (measured:
+    the second time no spans appear), so tests add span processors to this provider instead and
+    shut them down when done (a shut-down processor ignores later spans).
+    """
+    from opentelemetry.instrumentation.langchain import LangchainInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "e2e-chat"}))
+    instrumentor = LangchainInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        yield provider
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+
+
+@pytest.fixture
+def add_processors(openllmetry_provider):
+    """``add_processors(*processors)`` attaches processors to the instrumented provider for this test only."""
+    added = []
+
+    def add(*processors):
+        for processor in processors:
+            openllmetry_provider.add_span_processor(processor)
+            added.append(processor)
+
+    try:
+        yield add
+    finally:
+        for processor in added:
+            processor.shutdown()

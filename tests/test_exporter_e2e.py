@@ -1,0 +1,212 @@
+"""End to end: real ChatOpenAI over HTTP -> real instrumentor -> ArthurSpanExporter -> local Arthur.
+
+The local OpenAI endpoint answers deterministically (``openai.complete``), so every record's
+content and usage can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_openai import ChatOpenAI
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_arthur import ArthurSpanExporter
+from otel_arthur.local import openai
+from otel_arthur.local.runner import BackgroundServer
+from otel_arthur.mapping import render_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM = "You are terse."
+
+
+@pytest.fixture(scope="module")
+def openai_server():
+    with BackgroundServer(openai.create_app()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sdk_client(local_arthur):
+    from arthurai import ArthurAI
+
+    return ArthurAI(url=local_arthur.url, access_key=local_arthur.api_key,
+                    organization_id=local_arthur.organization_id, allow_insecure=True)
+
+
+@pytest.fixture(scope="module")
+def arthur_model(sdk_client):
+    """A model onboarded by ``create-model``: every field has its attribute."""
+    from otel_arthur.onboarding import create_model
+
+    return create_model(sdk_client, "e2e-full", "e2e full")
+
+
+@pytest.fixture(scope="module")
+def minimal_arthur_model(sdk_client):
+    """A generative-text model with only the input and output text attributes."""
+    from arthurai.common.constants import InputType, OutputType
+
+    model = sdk_client.model(partner_model_id="e2e-minimal", input_type=InputType.NLP,
+                             output_type=OutputType.TokenSequence)
+    model.build_token_sequence_model(input_column="input_text", output_text_column="output_text")
+    return model.save()
+
+
+@pytest.fixture
+def instrument(local_arthur, openllmetry_provider, add_processors):
+    """Route this test's LLM spans to ``model_id``; returns (the BatchSpanProcessor to flush, captured spans)."""
+
+    def instrument_for(model_id):
+        spans = InMemorySpanExporter()
+        to_arthur = BatchSpanProcessor(ArthurSpanExporter(url=local_arthur.url, api_key=local_arthur.api_key,
+                                                          model_id=model_id, allow_insecure=True))
+        add_processors(to_arthur, SimpleSpanProcessor(spans))
+        return to_arthur, spans
+
+    return instrument_for
+
+
+def _chat(history, llm):
+    reply = llm.invoke(history)
+    history.append(reply)
+    return reply
+
+
+def _records_for(local_arthur, model_id, spans):
+    by_span = {f"{s.context.span_id:016x}": s for s in spans if s.name == "ChatOpenAI.chat"}
+    rows = [r for r in local_arthur.inferences(model_id) if r["inference_data"].get("span_id") in by_span]
+    return rows, by_span
+
+
+def _as_openai(history):
+    roles = {"system": "system", "human": "user", "ai": "assistant"}
+    return [{"role": roles[m.type], "content": m.content} for m in history]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "streaming"])
+def test_one_record_per_call_with_exact_content(streaming, instrument, openai_server, local_arthur, arthur_model):
+    to_arthur, spans = instrument(arthur_model)
+    llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", model="gpt-4o-mini",
+                     temperature=0.1, max_retries=0, streaming=streaming, stream_usage=True)
+    history = [SystemMessage(SYSTEM)]
+    expected = []
+    for question in ("What is a span?", "And a trace?", "Thanks, bye."):
+        history.append(HumanMessage(question))
+        prompt_messages = list(history)
+        _chat(history, llm)
+        expected.append((prompt_messages, openai.complete(_as_openai(prompt_messages))))
+    assert to_arthur.force_flush()
+
+    rows, by_span = _records_for(local_arthur, arthur_model, spans.get_finished_spans())
+    assert len(rows) == 3
+    rows.sort(key=lambda r: r["inference_timestamp"])
+    for row, (prompt_messages, completion) in zip(rows, expected):
+        data = row["inference_data"]
+        span = by_span[data["span_id"]]
+        roles = {"system": "system", "human": "user", "ai": "assistant"}
+        assert data["prompt"] == render_messages([(roles[m.type], m.content) for m in prompt_messages])
+        assert data["completion"] == completion.content
+        assert (data["prompt_tokens"], data["completion_tokens"], data["total_tokens"]) == \
+            (completion.prompt_tokens, completion.completion_tokens, completion.total_tokens)
+        assert data["finish_reason"] == "stop"
+        assert data["duration"] > 0
+        assert data["temperature"] == 0.1
+        assert data["service_name"] == "e2e-chat"
+        assert data["trace_id"] == f"{span.context.trace_id:032x}"
+        assert row["partner_inference_id"] == f"{data['trace_id']}-{data['span_id']}"
+    assert rows[-1]["inference_data"]["prompt"].count("AI: Echo:") == 2  # history was kept
+
+
+def test_failed_llm_call_is_recorded_with_its_error(instrument, openai_server, local_arthur, arthur_model):
+    to_arthur, spans = instrument(arthur_model)
+    llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(Exception):
+        llm.invoke([HumanMessage("boom [error 500]")])
+    assert to_arthur.force_flush()
+    rows, _ = _records_for(local_arthur, arthur_model, spans.get_finished_spans())
+    [row] = rows
+    assert "500" in row["inference_data"]["error"]
+    assert "completion" not in row["inference_data"] and "prompt_tokens" not in row["inference_data"]
+
+
+def test_openinference_instrumentor_in_its_own_process(openai_server, local_arthur, arthur_model):
+    # OpenInference and OpenLLMetry both patch LangChain as "langchain": never in one process.
+    env = os.environ | {
+        "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": local_arthur.api_key,
+        "ARTHUR_MODEL_ID": arthur_model, "ARTHUR_ALLOW_INSECURE": "true",
+        "OPENAI_BASE_URL": openai_server.url + "/v1", "OPENAI_API_KEY": "unused",
+        "OTEL_SERVICE_NAME": "openinference-app",
+    }
+    result = subprocess.run([sys.executable, str(ROOT / "tests/apps/openinference_chat.py")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    span_ids = json.loads(result.stdout)
+    rows = [r for r in local_arthur.inferences(arthur_model) if r["inference_data"].get("span_id") in span_ids]
+    assert len(rows) == 2
+    for row in rows:
+        data = row["inference_data"]
+        assert data["service_name"] == "openinference-app"
+        assert data["completion"].startswith("Echo: ")
+        assert data["prompt_tokens"] > 0 and data["session_id"] == "oi-session"
+    assert sorted(r["inference_data"]["completion"] for r in rows) == ["Echo: first", "Echo: second"]
+
+
+def test_model_lacking_optional_attributes_gets_prompt_and_completion(
+        minimal_arthur_model, local_arthur, openai_server, instrument, caplog):
+    caplog.set_level(logging.INFO, logger="otel_arthur")
+    to_arthur, _ = instrument(minimal_arthur_model)
+    llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
+    for question in ("one", "two"):
+        llm.invoke([HumanMessage(question)])
+    assert to_arthur.force_flush()
+    rows = local_arthur.inferences(minimal_arthur_model)
+    assert [set(r["inference_data"]) for r in rows] == [{"input_text", "output_text"}] * 2
+    assert sorted(r["inference_data"]["output_text"] for r in rows) == ["Echo: one", "Echo: two"]
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "prompt_tokens" in skipped[0].getMessage()
+
+
+def test_unreachable_arthur_never_raises_into_the_app(caplog):
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext
+
+    exporter = ArthurSpanExporter(url="http://127.0.0.1:9", api_key="k", model_id="m", allow_insecure=True, timeout=1)
+    span = ReadableSpan(name="chat", context=SpanContext(1, 2, False), start_time=1, end_time=2,
+                        attributes={"gen_ai.operation.name": "chat"})
+    with caplog.at_level(logging.WARNING):
+        assert exporter.export([span]) is SpanExportResult.FAILURE
+        assert exporter.export([span]) is SpanExportResult.FAILURE
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1  # one line per state change
+    exporter.shutdown()
+    exporter.shutdown()  # idempotent
+    assert exporter.export([span]) is SpanExportResult.FAILURE
+
+
+def test_missing_configuration_disables_without_raising(monkeypatch, caplog):
+    for name in ("ARTHUR_ENDPOINT_URL", "ARTHUR_API_KEY", "ARTHUR_MODEL_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level(logging.ERROR):
+        exporter = ArthurSpanExporter()
+    assert "no Arthur URL" in caplog.text
+    assert exporter.export([]) is SpanExportResult.SUCCESS
+
+
+def test_import_and_construction_stay_light():
+    code = (
+        "import sys, otel_arthur\n"
+        "otel_arthur.ArthurSpanExporter(url='https://a.example', api_key='k', model_id='m')\n"
+        "heavy = [m for m in ('arthurai', 'pandas', 'langchain', 'langchain_core', 'numpy') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
