@@ -1,0 +1,50 @@
+"""The native client against the local Arthur: login, token renewal, organization lookup, errors."""
+
+import pytest
+
+from otel_arthur import client as client_module
+from otel_arthur.client import ArthurClient, AuthenticationError, RetryableError
+from otel_arthur.config import ArthurSettings
+from otel_arthur.local import arthur
+
+
+def _client(url, **credentials):
+    return ArthurClient(ArthurSettings.resolve(url=url, model_id="m", allow_insecure=True, **credentials))
+
+
+def _logins(local_arthur):
+    return local_arthur.stats()["requests"].get("POST /api/v3/login", {}).get("200", 0)
+
+
+def test_login_once_then_reuse_the_token(local_arthur):
+    client = _client(local_arthur.url, login=arthur.DEFAULT_LOGIN, password=arthur.DEFAULT_PASSWORD)
+    before = _logins(local_arthur)
+    assert client.organization_id == arthur.DEFAULT_ORGANIZATION_ID
+    for _ in range(3):
+        with pytest.raises(client_module.ModelNotFoundError):
+            client.get_model("nope")
+    assert _logins(local_arthur) - before == 1
+
+
+def test_token_renewed_before_it_expires(local_arthur, monkeypatch):
+    # A renewal window longer than the token's life means every request must log in afresh.
+    monkeypatch.setattr(client_module, "REFRESH_BEFORE_EXPIRY", arthur.TOKEN_TTL + 60)
+    client = _client(local_arthur.url, login=arthur.DEFAULT_LOGIN, password=arthur.DEFAULT_PASSWORD)
+    before = _logins(local_arthur)
+    for _ in range(3):
+        with pytest.raises(client_module.ModelNotFoundError):
+            client.get_model("nope")
+    assert _logins(local_arthur) - before >= 3
+
+
+def test_wrong_password_is_an_authentication_error_without_the_secret(local_arthur):
+    client = _client(local_arthur.url, login=arthur.DEFAULT_LOGIN, password="hunter2-wrong")
+    with pytest.raises(AuthenticationError) as refused:
+        client.get_model("m")
+    assert "hunter2-wrong" not in str(refused.value) and "hunter2-wrong" not in repr(client)
+
+
+def test_unreachable_arthur_is_retryable():
+    client = _client("http://127.0.0.1:9", api_key="k", timeout=1)
+    with pytest.raises(RetryableError, match="cannot connect"):
+        client.get_model("m")
