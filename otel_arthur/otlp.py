@@ -1,0 +1,191 @@
+"""OTLP/HTTP trace requests -> generation spans, and the responses the OTLP spec prescribes.
+
+Pure functions, no HTTP: ``otel-arthur serve`` puts a server in front of them. Bodies are
+decoded with ``opentelemetry-proto`` (binary protobuf, or OTLP/JSON: hex ids, enums as integers),
+after bounded decompression, so a gzip bomb is refused at the limit without being inflated whole.
+Only spans that ``classify`` marks as generations become ``ReadableSpan`` objects for the mapper;
+the rest are counted and dropped on the spot.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from otel_arthur.mapping import classify
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+CONTENT_TYPES = (PROTOBUF, JSON)
+_CHUNK = 64 * 1024
+_JSON_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+_SPAN_KINDS = {ProtoSpan.SPAN_KIND_SERVER: SpanKind.SERVER, ProtoSpan.SPAN_KIND_CLIENT: SpanKind.CLIENT,
+               ProtoSpan.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, ProtoSpan.SPAN_KIND_CONSUMER: SpanKind.CONSUMER}
+_STATUS_CODES = {1: StatusCode.OK, 2: StatusCode.ERROR}
+
+
+class RequestError(ValueError):
+    """A request the client must not retry as is; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def media_type(content_type: str | None) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json``; refuses what OTLP/HTTP does not speak."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media not in CONTENT_TYPES:
+        raise RequestError(415, f"unsupported content type {media or 'none'!r}: send {PROTOBUF} or {JSON}")
+    return media
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body after ``Content-Encoding`` (identity, gzip, deflate), never more than ``limit`` bytes."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        inflated = body
+    elif encoding in ("gzip", "deflate"):
+        inflated = _inflate(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS, limit)
+    else:
+        raise RequestError(415, f"unsupported content encoding {encoding!r}: use gzip, deflate or none")
+    if len(inflated) > limit:
+        raise RequestError(413, f"request body over the {limit}-byte limit")
+    return inflated
+
+
+def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    pieces, size = [], 0
+    try:
+        data = body
+        while data:
+            piece = inflater.decompress(data, _CHUNK)
+            size += len(piece)
+            if size > limit:
+                raise RequestError(413, f"request body over the {limit}-byte limit once decompressed")
+            pieces.append(piece)
+            data = inflater.unconsumed_tail
+        if not inflater.eof:
+            raise RequestError(400, "compressed body is truncated")
+    except zlib.error as exc:
+        raise RequestError(400, f"body is not valid compressed data: {exc}") from None
+    return b"".join(pieces)
+
+
+def parse_request(body: bytes, media: str) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    try:
+        if media == PROTOBUF:
+            request.ParseFromString(body)
+        else:
+            json_format.ParseDict(_hex_ids_to_base64(json.loads(body)), request)
+    except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise RequestError(400, f"cannot decode {media} body: {str(exc)[:200]}") from None
+    return request
+
+
+def _hex_ids_to_base64(node: Any) -> Any:
+    """OTLP/JSON writes ids as hex where protobuf's JSON mapping expects base64 bytes."""
+    if isinstance(node, dict):
+        converted = {}
+        for key, value in node.items():
+            if key in _JSON_ID_FIELDS and isinstance(value, str):
+                try:
+                    value = base64.b64encode(bytes.fromhex(value)).decode()
+                except ValueError:
+                    raise RequestError(400, f"{key} {value[:40]!r} is not hex") from None
+            converted[key] = _hex_ids_to_base64(value)
+        return converted
+    if isinstance(node, list):
+        return [_hex_ids_to_base64(item) for item in node]
+    return node
+
+
+def any_value(value: AnyValue) -> Any:
+    """An OTLP ``AnyValue`` as the Python value the SDK would have recorded."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return tuple(any_value(v) for v in value.array_value.values)
+    if kind == "kvlist_value":
+        return json.dumps({kv.key: any_value(kv.value) for kv in value.kvlist_value.values}, default=str)
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    return getattr(value, kind)
+
+
+def _attributes(key_values: Any) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in key_values}
+
+
+def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpan | RequestError]:
+    """Each generation span as a ``ReadableSpan``, or a ``RequestError`` saying why it is unusable.
+
+    Non-generation spans yield nothing.
+    """
+    for resource_spans in request.resource_spans:
+        resource: Resource | None = None
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                attributes = _attributes(span.attributes)
+                if classify(attributes) is None:
+                    continue
+                if len(span.trace_id) != 16 or len(span.span_id) != 8 or not any(span.trace_id):
+                    yield RequestError(400, f"span {span.name!r} has an invalid trace or span id")
+                    continue
+                if resource is None:
+                    resource = Resource(_attributes(resource_spans.resource.attributes))
+                yield ReadableSpan(
+                    name=span.name,
+                    context=SpanContext(int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big"),
+                                        is_remote=True, trace_flags=TraceFlags(span.flags & 0xFF)),
+                    kind=_SPAN_KINDS.get(span.kind, SpanKind.INTERNAL),
+                    attributes=attributes,
+                    resource=resource,
+                    status=Status(_STATUS_CODES.get(span.status.code, StatusCode.UNSET),
+                                  span.status.message or None),
+                    start_time=span.start_time_unix_nano or None,
+                    end_time=span.end_time_unix_nano or None,
+                )
+
+
+def count_spans(request: ExportTraceServiceRequest) -> int:
+    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def encode_response(media: str, rejected_spans: int = 0, error_message: str = "") -> bytes:
+    """An ``ExportTraceServiceResponse``, in the request's own content type."""
+    response = ExportTraceServiceResponse()
+    if rejected_spans or error_message:
+        response.partial_success.rejected_spans = rejected_spans
+        response.partial_success.error_message = error_message
+    return _encode(response, media)
+
+
+def encode_status(media: str, code: int, message: str) -> bytes:
+    """A ``google.rpc.Status`` error body, as OTLP/HTTP prescribes for failures."""
+    return _encode(status_pb2.Status(code=code, message=message), media)
+
+
+def _encode(message: Any, media: str) -> bytes:
+    if media == JSON:
+        return json_format.MessageToJson(message, indent=None).encode()
+    return message.SerializeToString()
