@@ -38,7 +38,7 @@ def onboard(local: arthur.RunningLocalArthur) -> str:
     return create_model(client, PARTNER_MODEL_ID, "otel-arthur demo chat")
 
 
-def run_chat(local: arthur.RunningLocalArthur, openai_url: str, model_id: str) -> None:
+def run_chat(local: arthur.RunningLocalArthur, openai_url: str, model_id: str, spool_dir: Path) -> None:
     env = os.environ | {
         "ARTHUR_ENDPOINT_URL": local.url,
         "ARTHUR_API_KEY": local.api_key,
@@ -47,6 +47,7 @@ def run_chat(local: arthur.RunningLocalArthur, openai_url: str, model_id: str) -
         "OPENAI_BASE_URL": openai_url + "/v1",
         "OPENAI_API_KEY": "local-no-key-needed",
         "OTEL_SERVICE_NAME": "demo-chat",
+        "ARTHUR_SPOOL_DIR": str(spool_dir),  # the demo's records wait here, not in your state directory
     }
     interactive = sys.stdin.isatty()
     _logger.info("Running %s %s", CHAT.name, "interactively (q quits)" if interactive else "on a scripted conversation")
@@ -79,7 +80,7 @@ def main() -> int:
             BackgroundServer(openai.create_app()) as local_openai:
         _logger.info("Local Arthur on %s, local OpenAI on %s", local_arthur.url, local_openai.url)
         model_id = onboard(local_arthur)
-        run_chat(local_arthur, local_openai.url, model_id)
+        run_chat(local_arthur, local_openai.url, model_id, Path(workdir) / "spool")
         print_inferences(local_arthur.inferences(model_id))
     return 0
 

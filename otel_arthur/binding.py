@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from otel_arthur.client import ArthurModel, ModelAttribute, PermanentError
+from otel_arthur.client import ArthurModel, ModelAttribute, SetupError
 from otel_arthur.fields import COMPLETION, FIELDS, PROMPT, Stage, ValueType
 from otel_arthur.mapping import InferenceRecord
 
 _logger = logging.getLogger(__name__)
 
 
-class BindingError(PermanentError):
+class BindingError(SetupError):
     """The model cannot hold these records (no text input or output attribute, bad override)."""
 
 

@@ -7,9 +7,10 @@ key in ``Authorization`` or a JWT from ``POST /login``'s ``Authorization`` cooki
 ``POST /models/{id}/inferences`` answered by a strict 207. It costs one pooled ``requests.Session``
 instead of the SDK's ~5 s and ~367 MB import.
 
-Errors say what a caller should do next: ``PermanentError`` (fix something; retrying the same
-request cannot help), ``RetryableError`` (try again later), ``ThrottledError`` (no sooner than
-``retry_after``). No secret ever appears in a message.
+Errors say what a caller should do next: ``SetupError`` (Arthur refuses the credentials,
+organization or model: nothing can be delivered until the set-up is fixed), ``PermanentError``
+(Arthur refuses these records; retrying the same request cannot help), ``RetryableError`` (try
+again later), ``ThrottledError`` (no sooner than ``retry_after``). No secret ever appears in a message.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ JSON = "application/json"
 USER_AGENT = f"otel-arthur/{__version__}"
 REFRESH_BEFORE_EXPIRY = 300.0  # seconds; the SDK renews its JWT 5 minutes before exp
 _RETRYABLE_STATUS = {HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS}
+# Refusals of the caller, not of what it sent: bad credentials, a foreign organization, a missing model or path.
+_SETUP_STATUS = {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND}
 
 
 class ArthurError(Exception):
@@ -45,14 +48,21 @@ class ArthurError(Exception):
 
 
 class PermanentError(ArthurError):
-    """Arthur refused the request and will refuse it again: bad credentials, unknown model, 4xx."""
+    """Arthur refused the request and will refuse it again (a 4xx); ``SetupError`` when the set-up is at fault."""
 
 
-class AuthenticationError(PermanentError):
+class SetupError(PermanentError):
+    """Arthur refuses the set-up, not the records: credentials, organization, URL or model.
+
+    Every record would meet the same refusal, so delivery waits for the fix instead of discarding them.
+    """
+
+
+class AuthenticationError(SetupError):
     """401: the API key or login/password was refused."""
 
 
-class ModelNotFoundError(PermanentError):
+class ModelNotFoundError(SetupError):
     """404 for the configured model id (as Arthur id and as partner model id)."""
 
 
@@ -84,6 +94,9 @@ class ArthurModel:
     attributes: tuple[ModelAttribute, ...]
 
 
+NOT_SENT = 0  # a RecordResult status of ours: the request for this record got no answer (see its message)
+
+
 @dataclass(frozen=True)
 class RecordResult:
     """One entry of the 207's ``results``, in request order."""
@@ -93,7 +106,16 @@ class RecordResult:
 
     @property
     def ok(self) -> bool:
-        return self.status < 300
+        return 200 <= self.status < 300
+
+    @property
+    def retryable(self) -> bool:
+        """408, 429, 5xx or not sent: this record may be accepted if sent again."""
+        return is_retryable_status(self.status)
+
+
+def is_retryable_status(status: int) -> bool:
+    return status >= 500 or status in _RETRYABLE_STATUS or status == NOT_SENT
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -179,10 +201,10 @@ class ArthurClient:
         self._raise_for_status(response, "login")
         token = response.cookies.get("Authorization")
         if not token:
-            raise PermanentError("Arthur's login response set no Authorization cookie")
+            raise SetupError("Arthur's login response set no Authorization cookie")
         expiry = jwt_expiry(token)
         if expiry is None:
-            raise PermanentError("Arthur's login token has no readable 'exp' claim")
+            raise SetupError("Arthur's login token has no readable 'exp' claim")
         self._token = token
         self._token_refresh_at = expiry - REFRESH_BEFORE_EXPIRY
 
@@ -193,7 +215,7 @@ class ArthurClient:
             self._raise_for_status(response, "organization lookup")
             organizations = response.json().get("organization_ids") or []
             if len(organizations) != 1:
-                raise PermanentError(
+                raise SetupError(
                     f"these credentials reach {len(organizations)} organizations: set ARTHUR_ORGANIZATION_ID"
                 )
             return str(organizations[0])
@@ -202,7 +224,7 @@ class ArthurClient:
         self._raise_for_status(response, "organization lookup")
         organization = response.json().get("organization_id")
         if not organization:
-            raise PermanentError("Arthur's /users/me names no organization: set ARTHUR_ORGANIZATION_ID")
+            raise SetupError("Arthur's /users/me names no organization: set ARTHUR_ORGANIZATION_ID")
         return str(organization)
 
     def _auth_headers(self) -> dict[str, str]:
@@ -243,7 +265,9 @@ class ArthurClient:
         return response
 
     @staticmethod
-    def _raise_for_status(response: requests.Response, what: str) -> None:
+    def _raise_for_status(response: requests.Response, what: str,
+                          refusal: type[PermanentError] = SetupError) -> None:
+        """Raise what a non-2xx answer means; ``refusal`` for a 4xx that is about the request itself."""
         status = response.status_code
         if status < 300:
             return
@@ -251,10 +275,10 @@ class ArthurClient:
         if status == HTTPStatus.TOO_MANY_REQUESTS:
             raise ThrottledError(f"{what}: Arthur is throttling (429){detail}",
                                  parse_retry_after(response.headers.get("Retry-After")))
-        if status >= 500 or status in _RETRYABLE_STATUS:
+        if is_retryable_status(status):
             raise RetryableError(f"{what}: Arthur answered {status}{detail}",
                                  parse_retry_after(response.headers.get("Retry-After")))
-        raise PermanentError(f"{what}: Arthur answered {status}{detail}")
+        raise (SetupError if status in _SETUP_STATUS else refusal)(f"{what}: Arthur answered {status}{detail}")
 
     # -- API ------------------------------------------------------------------------------
 
@@ -282,7 +306,7 @@ class ArthurClient:
         data = body if body is not None else encode_rows(rows)
         response = self._request("POST", f"/models/{model_id}/inferences", data=data)
         if response.status_code != HTTPStatus.MULTI_STATUS:
-            self._raise_for_status(response, "sending inferences")
+            self._raise_for_status(response, "sending inferences", refusal=PermanentError)
             raise RetryableError(f"sending inferences: Arthur answered {response.status_code}, expected 207")
         results = parse_multistatus(response)
         if len(results) != len(rows):
@@ -316,4 +340,4 @@ def _parse_model(body: dict[str, Any]) -> ArthurModel:
         )
         return ArthurModel(id=body["id"], partner_model_id=body["partner_model_id"], attributes=attributes)
     except (KeyError, TypeError) as exc:
-        raise PermanentError(f"Arthur's model body lacks {exc}") from None
+        raise SetupError(f"Arthur's model body lacks {exc}") from None

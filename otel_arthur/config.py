@@ -29,10 +29,18 @@ ARTHUR_TIMEOUT = "ARTHUR_TIMEOUT"
 ARTHUR_ATTRIBUTE_MAP = "ARTHUR_ATTRIBUTE_MAP"
 ARTHUR_BATCH_MAX_RECORDS = "ARTHUR_BATCH_MAX_RECORDS"
 ARTHUR_BATCH_MAX_BYTES = "ARTHUR_BATCH_MAX_BYTES"
+ARTHUR_SPOOL_DIR = "ARTHUR_SPOOL_DIR"
+ARTHUR_SPOOL_MAX_BYTES = "ARTHUR_SPOOL_MAX_BYTES"
+ARTHUR_MAX_TEXT_BYTES = "ARTHUR_MAX_TEXT_BYTES"
+# The XDG base directory specification's; the spool's default lives under it.
+XDG_STATE_HOME = "XDG_STATE_HOME"
 
 DEFAULT_TIMEOUT = 10.0  # seconds, per HTTP request to Arthur
 DEFAULT_BATCH_MAX_RECORDS = 500
 DEFAULT_BATCH_MAX_BYTES = 4 * 1024 * 1024  # JSON body size of one inferences POST
+DEFAULT_SPOOL_MAX_BYTES = 512 * 1024 * 1024  # records and dead letters on disk, per spool directory
+DEFAULT_MAX_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt or completion
+SPOOL_SUBDIRECTORY = "otel-arthur"
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
@@ -73,6 +81,22 @@ def _env_number(name: str, default: float, kind: type[int] | type[float]) -> flo
     return value
 
 
+def default_spool_dir() -> str:
+    """``$XDG_STATE_HOME/otel-arthur``, else ``~/.local/state/otel-arthur`` (the XDG default).
+
+    The specification says a relative ``XDG_STATE_HOME`` is invalid and to be ignored.
+    """
+    state_home = _env(XDG_STATE_HOME)
+    if state_home is None or not os.path.isabs(state_home):
+        state_home = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state_home, SPOOL_SUBDIRECTORY)
+
+
+def _spool_dir(argument: str | os.PathLike[str] | None) -> str:
+    directory = os.fspath(argument) if argument is not None else _env(ARTHUR_SPOOL_DIR)
+    return directory if directory is not None else default_spool_dir()
+
+
 def parse_attribute_map(text: str) -> dict[str, str]:
     """``"field=attribute,field2=attribute2"`` -> ``{"field": "attribute", ...}``."""
     mapping: dict[str, str] = {}
@@ -102,6 +126,9 @@ class ArthurSettings:
     attribute_map: Mapping[str, str] = field(default_factory=dict)
     batch_max_records: int = DEFAULT_BATCH_MAX_RECORDS
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+    spool_dir: str = field(default_factory=default_spool_dir)
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
 
     @property
     def has_api_key(self) -> bool:
@@ -123,6 +150,9 @@ class ArthurSettings:
         attribute_map: Mapping[str, str] | None = None,
         batch_max_records: int | None = None,
         batch_max_bytes: int | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int | None = None,
+        max_text_bytes: int | None = None,
     ) -> ArthurSettings:
         """Fill each setting from its argument, else its environment variable, else its default.
 
@@ -159,7 +189,9 @@ class ArthurSettings:
             except ValueError as exc:
                 _logger.warning("Ignoring %s: %s", ARTHUR_ATTRIBUTE_MAP, exc)
                 attribute_map = {}
-        for name, value in (("timeout", timeout), ("batch_max_records", batch_max_records), ("batch_max_bytes", batch_max_bytes)):
+        for name, value in (("timeout", timeout), ("batch_max_records", batch_max_records),
+                            ("batch_max_bytes", batch_max_bytes), ("spool_max_bytes", spool_max_bytes),
+                            ("max_text_bytes", max_text_bytes)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
 
@@ -178,4 +210,9 @@ class ArthurSettings:
                                   else _env_number(ARTHUR_BATCH_MAX_RECORDS, DEFAULT_BATCH_MAX_RECORDS, int)),
             batch_max_bytes=int(batch_max_bytes if batch_max_bytes is not None
                                 else _env_number(ARTHUR_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_BYTES, int)),
+            spool_dir=_spool_dir(spool_dir),
+            spool_max_bytes=int(spool_max_bytes if spool_max_bytes is not None
+                                else _env_number(ARTHUR_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, int)),
+            max_text_bytes=int(max_text_bytes if max_text_bytes is not None
+                               else _env_number(ARTHUR_MAX_TEXT_BYTES, DEFAULT_MAX_TEXT_BYTES, int)),
         )

@@ -1,8 +1,12 @@
-"""record -> Arthur: bind records to the model and POST them in batches split by count and bytes.
+"""record -> Arthur: the ``Sender`` contract, and its transport end that POSTs batches split by count and bytes.
 
-``ArthurSender`` is the transport end of the delivery chain. It binds lazily (the first send
-fetches the model, on whatever thread sends, never the application's) and answers with one
-``RecordResult`` per record, or raises the client's ``PermanentError`` / ``RetryableError``.
+Delivery is a chain of senders, each wrapping the next, built in one place (``pipeline``)::
+
+    spool worker -> RetrySender (backoff, Retry-After, deadline) -> ArthurSender (bind, split, POST)
+
+``ArthurSender`` binds lazily (the first send fetches the model, on whatever thread sends, never
+the application's) and answers with one ``RecordResult`` per record, or raises the client's
+``SetupError`` / ``PermanentError`` / ``RetryableError``.
 """
 
 from __future__ import annotations
@@ -10,13 +14,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 from otel_arthur.binding import Binding, bind
-from otel_arthur.client import ArthurClient, RecordResult, encode_rows
+from otel_arthur.client import NOT_SENT, ArthurClient, ArthurError, RecordResult, encode_rows
 from otel_arthur.config import ArthurSettings
 from otel_arthur.mapping import InferenceRecord
 
 _logger = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    """One link of the delivery chain."""
+
+    def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
+        """One result per record, in order; raises ``ArthurError`` when no record got an answer."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def split_batches(bodies: Sequence[bytes], max_records: int, max_bytes: int) -> Iterator[range]:
@@ -61,7 +76,15 @@ class ArthurSender:
         results: list[RecordResult] = []
         for batch in split_batches(bodies, self._settings.batch_max_records, self._settings.batch_max_bytes):
             body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
-            results.extend(self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body))
+            try:
+                results.extend(self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body))
+            except ArthurError as exc:
+                if not results:
+                    raise
+                # Earlier requests were answered: keep their results so only the rest is sent again
+                # (where this error, should it persist, is raised by the first request).
+                results.extend([RecordResult(NOT_SENT, f"not sent: {exc}")] * (len(rows) - len(results)))
+                break
         return results
 
     def close(self) -> None:

@@ -4,29 +4,32 @@
 
 Shaped like the SDK's own OTLP exporter: constructor arguments fall back to ``ARTHUR_*``
 environment variables (``otel_arthur.config``), ``export()`` never raises and returns a
-``SpanExportResult``, ``shutdown()`` is idempotent. It runs on the span processor's worker thread,
-so the application's threads never wait for Arthur.
+``SpanExportResult``, ``shutdown()`` is idempotent. ``export()`` maps the generation spans to
+records and appends them to the on-disk spool, its only I/O; a background thread of the
+``Pipeline`` delivers them, so neither the application nor the span processor waits for Arthur,
+and nothing is lost when Arthur is down or the process dies.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import sqlite3
 from collections.abc import Mapping, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_arthur.client import ArthurError, PermanentError
 from otel_arthur.config import ArthurSettings, ConfigurationError
-from otel_arthur.delivery import ArthurSender
 from otel_arthur.mapping import map_span
+from otel_arthur.pipeline import DEFAULT_SHUTDOWN_TIMEOUT, Pipeline
+from otel_arthur.retry import RetryPolicy
+from otel_arthur.stats import PipelineStats
 
 _logger = logging.getLogger(__name__)
 
 
 class ArthurSpanExporter(SpanExporter):
-    """Picks the generation spans out of each batch, maps them to inference records, delivers them."""
+    """Picks the generation spans out of each batch, maps them to inference records, spools them for delivery."""
 
     def __init__(
         self,
@@ -43,21 +46,28 @@ class ArthurSpanExporter(SpanExporter):
         attribute_map: Mapping[str, str] | None = None,
         batch_max_records: int | None = None,
         batch_max_bytes: int | None = None,
+        spool_dir: str | None = None,
+        spool_max_bytes: int | None = None,
+        max_text_bytes: int | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self._shutdown = False
-        self._lock = threading.Lock()
-        self._reachable: bool | None = None  # last known state, so each change is logged once
+        self._settings: ArthurSettings | None = None
+        self._pipeline: Pipeline | None = None
         try:
-            self._settings: ArthurSettings | None = ArthurSettings.resolve(
+            self._settings = ArthurSettings.resolve(
                 url=url, api_key=api_key, login=login, password=password, organization_id=organization_id,
                 model_id=model_id, allow_insecure=allow_insecure, verify_ssl=verify_ssl, timeout=timeout,
                 attribute_map=attribute_map, batch_max_records=batch_max_records, batch_max_bytes=batch_max_bytes,
+                spool_dir=spool_dir, spool_max_bytes=spool_max_bytes, max_text_bytes=max_text_bytes,
             )
+            self._pipeline = Pipeline(self._settings, retry_policy=retry_policy)
         except ConfigurationError as exc:
             # Zero-code set-up constructs us with no arguments: a bad environment must not stop the app.
             _logger.error("Arthur exporter disabled: %s", exc)
-            self._settings = None
-        self._sender = ArthurSender(self._settings) if self._settings is not None else None
+        except (OSError, sqlite3.Error) as exc:
+            assert self._settings is not None
+            _logger.error("Arthur exporter disabled: cannot use the spool in %s (%s)", self._settings.spool_dir, exc)
 
     def __repr__(self) -> str:
         return f"ArthurSpanExporter({self._settings!r})"
@@ -68,42 +78,38 @@ class ArthurSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         try:
             records = [record for record in map(map_span, spans) if record is not None]
-            if not records:
-                return SpanExportResult.SUCCESS
-            if self._sender is None:
-                return SpanExportResult.FAILURE
-            with self._lock:
-                results = self._sender.send(records)
-        except ArthurError as exc:
-            self._set_reachable(False, exc)
-            return SpanExportResult.FAILURE
+            if self._pipeline is None:
+                return SpanExportResult.FAILURE if records else SpanExportResult.SUCCESS
+            self._pipeline.count_received(len(spans), len(records))
+            spooled = self._pipeline.submit(records)
         except Exception:  # never into the application
             _logger.exception("Unexpected error exporting to Arthur")
             return SpanExportResult.FAILURE
-        self._set_reachable(True)
-        rejected = [r for r in results if not r.ok]
-        if rejected:
-            _logger.warning("Arthur rejected %d of %d records: %s", len(rejected), len(results), rejected[0].message)
-        return SpanExportResult.SUCCESS
+        return SpanExportResult.SUCCESS if spooled else SpanExportResult.FAILURE
 
-    def _set_reachable(self, reachable: bool, error: ArthurError | None = None) -> None:
-        """Log once per change of state (down / back up), never once per failed batch."""
-        if reachable == self._reachable:
-            return
-        if not reachable:
-            level = logging.ERROR if isinstance(error, PermanentError) else logging.WARNING
-            _logger.log(level, "Arthur refused or unreachable, records not delivered: %s", error)
-        elif self._reachable is False:
-            _logger.info("Arthur is reachable again")
-        self._reachable = reachable
+    def stats(self) -> PipelineStats:
+        """Counters and spool gauges (``PipelineStats.samples()`` for metrics); all zero when disabled."""
+        return self._pipeline.stats() if self._pipeline is not None else PipelineStats()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True  # export() is synchronous: nothing is held between calls
+        """Wait until everything spooled so far is delivered (or dead-lettered); False on timeout."""
+        if self._pipeline is None:
+            return True
+        try:
+            return self._pipeline.force_flush(timeout_millis / 1000)
+        except Exception:  # the application's thread calls this: never into the application
+            _logger.exception("Unexpected error flushing to Arthur")
+            return False
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_millis: float | None = None) -> None:
+        """Deliver for up to the timeout (the span processor passes what is left of its own); the rest stays on disk."""
         if self._shutdown:
             _logger.warning("Exporter already shut down, ignoring call")
             return
         self._shutdown = True
-        if self._sender is not None:
-            self._sender.close()
+        if self._pipeline is None:
+            return
+        try:
+            self._pipeline.shutdown(DEFAULT_SHUTDOWN_TIMEOUT if timeout_millis is None else timeout_millis / 1000)
+        except Exception:  # at the application's exit: never into the application
+            _logger.exception("Unexpected error shutting Arthur delivery down")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,9 +18,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from otel_arthur.conventions import CONVENTIONS, GenAI, Convention, Messages
-from otel_arthur.fields import COMPLETION, PROMPT
+from otel_arthur.fields import COMPLETION, PROMPT, TRUNCATED
 
 SERVICE_NAME = "service.name"
+TRUNCATION_MARKER = " …[truncated]"  # ends a cut text, so whoever reads it in Arthur knows
 
 # LangChain's get_buffer_string prefixes, which the seed's ArthurCallbackHandler logged.
 _ROLE_PREFIXES = {
@@ -111,6 +112,22 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
 def render_messages(messages: Sequence[Message]) -> str:
     """``System: …\\nHuman: …\\nAI: …``, as LangChain's get_buffer_string renders a chat history."""
     return "\n".join(f"{_ROLE_PREFIXES.get(role.lower(), role)}: {text}" for role, text in messages)
+
+
+def limit_text(record: InferenceRecord, max_bytes: int) -> InferenceRecord:
+    """The record with a prompt or completion over ``max_bytes`` of UTF-8 cut to fit, marked ``truncated``."""
+    cut = {name: _truncate_utf8(record.fields[name], max_bytes) for name in (PROMPT, COMPLETION)
+           if isinstance(record.fields.get(name), str) and len(record.fields[name].encode("utf-8")) > max_bytes}
+    if not cut:
+        return record
+    return replace(record, fields={**record.fields, **cut, TRUNCATED: True})
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    """At most ``max_bytes`` of UTF-8, ending in ``TRUNCATION_MARKER`` when it fits; never half a character."""
+    marker = TRUNCATION_MARKER if max_bytes > len(TRUNCATION_MARKER.encode("utf-8")) else ""
+    room = max_bytes - len(marker.encode("utf-8"))
+    return text.encode("utf-8")[:room].decode("utf-8", "ignore") + marker
 
 
 def clean_text(text: str) -> str:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from arthurmodel import create_model_over_http
 
 from otel_arthur.local import arthur
+
+
+@pytest.fixture(autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test, and every process it starts, spools under a fresh state directory, never the user's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture
@@ -36,6 +43,12 @@ def local_arthur(tmp_path_factory: pytest.TempPathFactory) -> Iterator[arthur.Ru
     """
     with arthur.running(tmp_path_factory.mktemp("local-arthur") / "arthur.sqlite3") as server:
         yield server
+
+
+@pytest.fixture
+def new_model(local_arthur: arthur.RunningLocalArthur) -> Callable[..., str]:
+    """``new_model(partner_model_id=None)``: a fresh model on the module's local Arthur; its id."""
+    return lambda partner_model_id=None: create_model_over_http(local_arthur, partner_model_id)
 
 
 @pytest.fixture(scope="session")

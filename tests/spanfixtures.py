@@ -84,6 +84,34 @@ def load_spans(name: str) -> list[ReadableSpan]:
     return [load_span(s) for s in read_json(name)]
 
 
+def generation_spans() -> list[ReadableSpan]:
+    """Every recorded generation span whose record Arthur accepts (one with a prompt), across all fixture files.
+
+    Left out: generations recorded without content (GenAI semconv with capture off), whose records lack
+    the prompt that the model's PIPELINE_INPUT attribute requires.
+    """
+    from otel_arthur.fields import PROMPT
+    from otel_arthur.mapping import map_span
+
+    spans = [span for path in sorted(SPANS_DIR.glob("*.json")) for span in load_spans(path.name)]
+    return [span for span, record in zip(spans, map(map_span, spans)) if record is not None and PROMPT in record.fields]
+
+
+def reidentified(span: ReadableSpan, trace_id: int, span_id: int) -> ReadableSpan:
+    """The same span under another identity, as if its call had been made again."""
+    return ReadableSpan(
+        name=span.name,
+        context=_context(trace_id, format(span_id, "016x")),
+        resource=span.resource,
+        attributes=span.attributes,
+        events=span.events,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+    )
+
+
 def read_json(name: str) -> list[dict[str, Any]]:
     path = SPANS_DIR / (name if name.endswith(".json") else f"{name}.json")
     data: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))

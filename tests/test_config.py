@@ -73,3 +73,25 @@ def test_attribute_map_syntax():
     assert parse_attribute_map("a=b,,c = d ") == {"a": "b", "c": "d"}
     with pytest.raises(ValueError):
         parse_attribute_map("a")
+
+
+def test_spool_settings_argument_environment_default(monkeypatch, tmp_path):
+    from otel_arthur.config import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPOOL_MAX_BYTES
+
+    required = {"url": "https://a.example", "api_key": "k", "model_id": "m"}
+    monkeypatch.delenv("ARTHUR_SPOOL_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    settings = ArthurSettings.resolve(**required)
+    assert settings.spool_dir == str(tmp_path / "state" / "otel-arthur")
+    assert (settings.spool_max_bytes, settings.max_text_bytes) == (DEFAULT_SPOOL_MAX_BYTES, DEFAULT_MAX_TEXT_BYTES)
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")
+    assert ArthurSettings.resolve(**required).spool_dir.endswith("/.local/state/otel-arthur")
+    monkeypatch.setenv("ARTHUR_SPOOL_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("ARTHUR_SPOOL_MAX_BYTES", "1000")
+    monkeypatch.setenv("ARTHUR_MAX_TEXT_BYTES", "many")
+    settings = ArthurSettings.resolve(**required)
+    assert (settings.spool_dir, settings.spool_max_bytes) == (str(tmp_path / "env"), 1000)
+    assert settings.max_text_bytes == DEFAULT_MAX_TEXT_BYTES  # a bad environment value: logged, default used
+    assert ArthurSettings.resolve(**required, spool_dir=tmp_path / "arg").spool_dir == str(tmp_path / "arg")
+    with pytest.raises(ValueError):
+        ArthurSettings.resolve(**required, spool_max_bytes=0)

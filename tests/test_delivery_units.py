@@ -124,3 +124,27 @@ def test_value_that_does_not_fit_its_type_is_left_out():
 def test_unusable_model_is_a_binding_error(attributes, overrides, message):
     with pytest.raises(BindingError, match=message):
         bind(_model(*attributes), overrides)
+
+
+def test_a_split_batch_failing_half_way_reports_what_was_delivered():
+    from otel_arthur.client import NOT_SENT, RecordResult
+    from otel_arthur.config import ArthurSettings
+    from otel_arthur.delivery import ArthurSender
+
+    class HalfWay:
+        calls = 0
+
+        def get_model(self, model_id):
+            return _model(*TEXT_MODEL)
+
+        def send_inferences(self, model_id, rows, body):
+            self.calls += 1
+            if self.calls > 1:
+                raise RetryableError("cannot connect")
+            return [RecordResult(200, "success")] * len(rows)
+
+    settings = ArthurSettings.resolve(url="https://a.example", api_key="k", model_id="m", batch_max_records=2)
+    records = [InferenceRecord(f"i{n}", "t", {"prompt": "p", "completion": "c"}) for n in range(5)]
+    results = ArthurSender(settings, client=HalfWay()).send(records)
+    assert [r.status for r in results] == [200, 200, NOT_SENT, NOT_SENT, NOT_SENT]
+    assert all(r.retryable for r in results[2:]) and "cannot connect" in results[2].message

@@ -64,14 +64,16 @@ def minimal_arthur_model(sdk_client):
 
 @pytest.fixture
 def instrument(local_arthur, openllmetry_provider, add_processors):
-    """Route this test's LLM spans to ``model_id``; returns (the BatchSpanProcessor to flush, captured spans)."""
+    """Route this test's LLM spans to ``model_id``; returns (flush: True once Arthur has them all, captured spans)."""
 
     def instrument_for(model_id):
         spans = InMemorySpanExporter()
-        to_arthur = BatchSpanProcessor(ArthurSpanExporter(url=local_arthur.url, api_key=local_arthur.api_key,
-                                                          model_id=model_id, allow_insecure=True))
+        exporter = ArthurSpanExporter(url=local_arthur.url, api_key=local_arthur.api_key, model_id=model_id,
+                                      allow_insecure=True)
+        to_arthur = BatchSpanProcessor(exporter)
         add_processors(to_arthur, SimpleSpanProcessor(spans))
-        return to_arthur, spans
+        # The processor's flush hands spans to the exporter, whose flush waits for delivery.
+        return lambda: to_arthur.force_flush() and exporter.force_flush(), spans
 
     return instrument_for
 
@@ -95,7 +97,7 @@ def _as_openai(history):
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "streaming"])
 def test_one_record_per_call_with_exact_content(streaming, instrument, openai_server, local_arthur, arthur_model):
-    to_arthur, spans = instrument(arthur_model)
+    flush, spans = instrument(arthur_model)
     llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", model="gpt-4o-mini",
                      temperature=0.1, max_retries=0, streaming=streaming, stream_usage=True)
     history = [SystemMessage(SYSTEM)]
@@ -105,7 +107,7 @@ def test_one_record_per_call_with_exact_content(streaming, instrument, openai_se
         prompt_messages = list(history)
         _chat(history, llm)
         expected.append((prompt_messages, openai.complete(_as_openai(prompt_messages))))
-    assert to_arthur.force_flush()
+    assert flush()
 
     rows, by_span = _records_for(local_arthur, arthur_model, spans.get_finished_spans())
     assert len(rows) == 3
@@ -128,11 +130,11 @@ def test_one_record_per_call_with_exact_content(streaming, instrument, openai_se
 
 
 def test_failed_llm_call_is_recorded_with_its_error(instrument, openai_server, local_arthur, arthur_model):
-    to_arthur, spans = instrument(arthur_model)
+    flush, spans = instrument(arthur_model)
     llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
     with pytest.raises(Exception):
         llm.invoke([HumanMessage("boom [error 500]")])
-    assert to_arthur.force_flush()
+    assert flush()
     rows, _ = _records_for(local_arthur, arthur_model, spans.get_finished_spans())
     [row] = rows
     assert "500" in row["inference_data"]["error"]
@@ -164,11 +166,11 @@ def test_openinference_instrumentor_in_its_own_process(openai_server, local_arth
 def test_model_lacking_optional_attributes_gets_prompt_and_completion(
         minimal_arthur_model, local_arthur, openai_server, instrument, caplog):
     caplog.set_level(logging.INFO, logger="otel_arthur")
-    to_arthur, _ = instrument(minimal_arthur_model)
+    flush, _ = instrument(minimal_arthur_model)
     llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
     for question in ("one", "two"):
         llm.invoke([HumanMessage(question)])
-    assert to_arthur.force_flush()
+    assert flush()
     rows = local_arthur.inferences(minimal_arthur_model)
     assert [set(r["inference_data"]) for r in rows] == [{"input_text", "output_text"}] * 2
     assert sorted(r["inference_data"]["output_text"] for r in rows) == ["Echo: one", "Echo: two"]
@@ -176,20 +178,29 @@ def test_model_lacking_optional_attributes_gets_prompt_and_completion(
     assert len(skipped) == 1 and "prompt_tokens" in skipped[0].getMessage()
 
 
-def test_unreachable_arthur_never_raises_into_the_app(caplog):
+def test_unreachable_arthur_spools_and_never_raises_into_the_app(caplog, tmp_path):
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.trace import SpanContext
 
-    exporter = ArthurSpanExporter(url="http://127.0.0.1:9", api_key="k", model_id="m", allow_insecure=True, timeout=1)
-    span = ReadableSpan(name="chat", context=SpanContext(1, 2, False), start_time=1, end_time=2,
-                        attributes={"gen_ai.operation.name": "chat"})
+    from otel_arthur.retry import RetryPolicy
+
+    exporter = ArthurSpanExporter(url="http://127.0.0.1:9", api_key="k", model_id="m", allow_insecure=True,
+                                  timeout=1, spool_dir=tmp_path,
+                                  retry_policy=RetryPolicy(initial_interval=0.01, max_interval=0.02))
+    spans = [ReadableSpan(name="chat", context=SpanContext(1, span_id, False), start_time=1, end_time=2,
+                          attributes={"gen_ai.operation.name": "chat"}) for span_id in (2, 3)]
     with caplog.at_level(logging.WARNING):
-        assert exporter.export([span]) is SpanExportResult.FAILURE
-        assert exporter.export([span]) is SpanExportResult.FAILURE
-    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1  # one line per state change
-    exporter.shutdown()
-    exporter.shutdown()  # idempotent
-    assert exporter.export([span]) is SpanExportResult.FAILURE
+        for span in spans:
+            assert exporter.export([span]) is SpanExportResult.SUCCESS  # spooled: Arthur down is not the app's problem
+        assert not exporter.force_flush(timeout_millis=500)
+        assert exporter.stats().spooled == 2 and exporter.stats().spool_depth == 2
+        assert exporter.stats().retried >= 3
+        exporter.shutdown()
+        exporter.shutdown()  # idempotent
+    assert len([r for r in caplog.records if "Arthur unreachable" in r.getMessage()]) == 1  # one line per state change
+    [remaining] = [r.getMessage() for r in caplog.records if "remain" in r.getMessage()]
+    assert remaining.startswith("2 records") and str(tmp_path) in remaining
+    assert exporter.export(spans) is SpanExportResult.FAILURE
 
 
 def test_missing_configuration_disables_without_raising(monkeypatch, caplog):
@@ -199,6 +210,22 @@ def test_missing_configuration_disables_without_raising(monkeypatch, caplog):
         exporter = ArthurSpanExporter()
     assert "no Arthur URL" in caplog.text
     assert exporter.export([]) is SpanExportResult.SUCCESS
+
+
+def test_unusable_spool_disables_without_raising(tmp_path, caplog):
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext
+
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    with caplog.at_level(logging.ERROR):
+        exporter = ArthurSpanExporter(url="https://a.example", api_key="k", model_id="m", spool_dir=not_a_directory)
+    assert "cannot use the spool" in caplog.text and str(not_a_directory) in caplog.text
+    span = ReadableSpan(name="chat", context=SpanContext(1, 2, False), start_time=1, end_time=2,
+                        attributes={"gen_ai.operation.name": "chat"})
+    assert exporter.export([span]) is SpanExportResult.FAILURE
+    assert exporter.force_flush() and exporter.stats().spooled == 0
+    exporter.shutdown()
 
 
 def test_import_and_construction_stay_light():

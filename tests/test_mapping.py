@@ -128,3 +128,18 @@ def test_rendering_matches_get_buffer_string():
     history = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("bye")]
     ours = render_messages([("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "bye")])
     assert ours == get_buffer_string(history)
+
+
+def test_over_long_texts_are_cut_at_a_character_boundary_and_flagged():
+    from otel_arthur.mapping import TRUNCATION_MARKER, InferenceRecord, limit_text
+
+    prompt, completion = "é" * 100, "short"  # 200 bytes of UTF-8, two per character
+    record = InferenceRecord("id", "2024-05-01T12:00:00+00:00", {"prompt": prompt, "completion": completion})
+    assert limit_text(record, 200) is record
+    cut = limit_text(record, 64)
+    marker = len(TRUNCATION_MARKER.encode("utf-8"))
+    assert cut.fields["prompt"] == "é" * ((64 - marker) // 2) + TRUNCATION_MARKER  # 49 bytes of room: 24 whole é
+    assert len(cut.fields["prompt"].encode("utf-8")) <= 64
+    assert cut.fields["completion"] == completion and cut.fields["truncated"] is True
+    assert record.fields == {"prompt": prompt, "completion": completion}  # the original is left alone
+    assert limit_text(record, 3).fields["prompt"] == "é"  # no room for the marker: the text alone, still whole

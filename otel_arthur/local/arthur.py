@@ -14,10 +14,14 @@ Endpoints::
     POST /api/v3/models/{model_id}/inferences  207 multi-status, one result per row, in request order
     GET  /_local/models/{model_id}/inferences  local only, no auth: stored rows in arrival order
     GET  /_local/stats                         local only, no auth: inference, duplicate and request counts
+    GET  /_local/faults                        local only, no auth: faults in force and how many were injected
+    POST /_local/faults                        local only, no auth: replace the faults (``arthur_faults``)
 
 One home per concern: ``_Auth`` here (credentials and tokens), ``arthur_schema`` (what a model body
-and an inference row must look like, pure functions), ``arthur_store`` (SQLite); the handlers only
-glue them together. The server never imports ``arthurai``: it is the oracle's counterpart, not its user.
+and an inference row must look like, pure functions), ``arthur_store`` (SQLite), ``arthur_faults``
+(429s, 5xx, dropped connections, latency and per-record refusals on demand); the handlers only
+glue them together. ``RestartableLocalArthur`` stops and starts a server on the same port and
+file. The server never imports ``arthurai``: it is the oracle's counterpart, not its user.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -45,6 +50,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from otel_arthur.local.arthur_faults import FAULT_SCOPE_KEY, FaultInjector, Faults, InjectFaults
 from otel_arthur.local.arthur_schema import InferenceRecord, InferenceRejected, check_inference, check_model
 from otel_arthur.local.arthur_store import LocalArthurStore, ModelExists
 
@@ -54,7 +60,9 @@ __all__ = [
     "DEFAULT_LOGIN",
     "DEFAULT_ORGANIZATION_ID",
     "DEFAULT_PASSWORD",
+    "Faults",
     "LocalArthurStore",
+    "RestartableLocalArthur",
     "RunningLocalArthur",
     "create_app",
     "running",
@@ -302,7 +310,12 @@ async def _post_inferences(request: Request) -> Response:
         raise HTTPException(400, "body must be a JSON array of inferences")
     results: list[dict[str, Any]] = []
     accepted: list[InferenceRecord] = []
+    faults: FaultInjector = request.app.state.faults
     for row in rows:
+        fault = faults.record_fault()
+        if fault is not None:
+            results.append({"status": fault, "message": f"fault injected: record {fault}"})
+            continue
         try:
             accepted.append(check_inference(row, model["attributes"]))
         except InferenceRejected as exc:
@@ -322,6 +335,19 @@ async def _get_local_inferences(request: Request) -> Response:
 
 async def _get_local_stats(request: Request) -> Response:
     return JSONResponse(_store(request).stats())
+
+
+async def _get_local_faults(request: Request) -> Response:
+    return JSONResponse(request.app.state.faults.describe())
+
+
+async def _post_local_faults(request: Request) -> Response:
+    try:
+        faults = Faults.from_json(await _json_body(request))
+    except (TypeError, ValueError) as exc:
+        raise HTTPException(400, str(exc)) from None
+    request.app.state.faults.set(faults)
+    return JSONResponse(request.app.state.faults.describe())
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -352,7 +378,8 @@ class _CountRequests:
             await self.app(scope, receive, send_and_note)
         finally:
             # The router records the matched route in this same scope dict.
-            path = getattr(scope.get("route"), "path", "<unmatched>")
+            path = getattr(scope.get("route"), "path", None) or (
+                "<fault injected>" if FAULT_SCOPE_KEY in scope else "<unmatched>")
             if not path.startswith(LOCAL_PREFIX):
                 self.store.count_request(scope["method"], path, status)
 
@@ -364,12 +391,15 @@ def create_app(
     login: str = DEFAULT_LOGIN,
     password: str = DEFAULT_PASSWORD,
     organization_id: str = DEFAULT_ORGANIZATION_ID,
+    faults: Faults | None = None,
 ) -> Starlette:
     """The local Arthur app over the SQLite database at ``db_path`` (``":memory:"`` works too).
 
-    The store is ``app.state.store``; whoever created the app closes it when done with it.
+    The store is ``app.state.store``, the fault injector ``app.state.faults``; whoever created the
+    app closes the store when done with it.
     """
     store = LocalArthurStore(db_path)
+    injector = FaultInjector(faults)
     routes = [
         Route(f"{API_PREFIX}/users/me", _get_users_me, methods=["GET"]),
         Route(f"{API_PREFIX}/users/me/auth_info", _get_auth_info, methods=["GET"]),
@@ -379,13 +409,18 @@ def create_app(
         Route(f"{API_PREFIX}/models/{{model_id}}/inferences", _post_inferences, methods=["POST"]),
         Route(f"{LOCAL_PREFIX}/models/{{model_id}}/inferences", _get_local_inferences, methods=["GET"]),
         Route(f"{LOCAL_PREFIX}/stats", _get_local_stats, methods=["GET"]),
+        Route(f"{LOCAL_PREFIX}/faults", _get_local_faults, methods=["GET"]),
+        Route(f"{LOCAL_PREFIX}/faults", _post_local_faults, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_CountRequests, store=store)],
+        # Counting outermost: injected faults show in the request counts (a dropped connection as 502).
+        middleware=[Middleware(_CountRequests, store=store),
+                    Middleware(InjectFaults, injector=injector, prefix=API_PREFIX)],
         exception_handlers={HTTPException: _http_error},
     )
     app.state.store = store
+    app.state.faults = injector
     app.state.auth = _Auth(api_key, login, password, organization_id)
     return app
 
@@ -400,6 +435,7 @@ class RunningLocalArthur:
     password: str
     organization_id: str
     store: LocalArthurStore
+    faults: FaultInjector
 
     def inferences(self, model_id: str) -> list[dict[str, Any]]:
         return self.store.inferences(model_id)
@@ -420,6 +456,7 @@ def running(
     login: str = DEFAULT_LOGIN,
     password: str = DEFAULT_PASSWORD,
     organization_id: str = DEFAULT_ORGANIZATION_ID,
+    faults: Faults | None = None,
 ) -> Iterator[RunningLocalArthur]:
     """Serve a local Arthur on a background thread (a free port by default); always stopped on exit.
 
@@ -428,10 +465,72 @@ def running(
     """
     from otel_arthur.local.runner import BackgroundServer  # uvicorn: only when actually serving
 
-    app = create_app(db_path, api_key=api_key, login=login, password=password, organization_id=organization_id)
+    app = create_app(db_path, api_key=api_key, login=login, password=password, organization_id=organization_id,
+                     faults=faults)
     store: LocalArthurStore = app.state.store
     try:
         with BackgroundServer(app, host, port, ssl_certfile=certfile, ssl_keyfile=keyfile) as server:
-            yield RunningLocalArthur(server.url, api_key, login, password, organization_id, store)
+            yield RunningLocalArthur(server.url, api_key, login, password, organization_id, store, app.state.faults)
     finally:
         store.close()
+
+
+class RestartableLocalArthur:
+    """A local Arthur that can be stopped and started again on the same port and SQLite file, as a
+    restarted server process would be: stored inferences survive, sessions and run-time faults do not.
+
+    ``start()`` picks a free port the first time and keeps it; ``running`` options pass through.
+    """
+
+    def __init__(self, db_path: str | os.PathLike[str], **options: Any) -> None:
+        if os.fspath(db_path) == ":memory:":
+            raise ValueError("a restartable local Arthur needs a database file to outlive its restarts")
+        self.db_path = db_path
+        self._options = options
+        self._port = int(options.pop("port", 0))
+        self._url: str | None = None
+        self._stack: ExitStack | None = None
+        self.current: RunningLocalArthur | None = None
+
+    @property
+    def url(self) -> str:
+        """The same across restarts, and while stopped."""
+        if self._url is None:
+            raise RuntimeError("not started yet: the port is chosen at the first start")
+        return self._url
+
+    def start(self) -> RunningLocalArthur:
+        if self.current is not None:
+            raise RuntimeError(f"already running on {self.current.url}")
+        stack = ExitStack()
+        self.current = stack.enter_context(running(self.db_path, port=self._port, **self._options))
+        self._stack = stack
+        self._url = self.current.url
+        self._port = urlsplit(self._url).port or self._port
+        return self.current
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self.current = None
+
+    def restart(self) -> RunningLocalArthur:
+        self.stop()
+        return self.start()
+
+    def stats(self) -> dict[str, Any]:
+        """The store's counts, whether the server is up or not."""
+        if self.current is not None:
+            return self.current.stats()
+        store = LocalArthurStore(self.db_path)
+        try:
+            return store.stats()
+        finally:
+            store.close()
+
+    def __enter__(self) -> RestartableLocalArthur:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 
+from otel_arthur.local import arthur_faults
 from otel_arthur.local.arthur import (
     API_PREFIX,
     DEFAULT_API_KEY,
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--certfile", help="PEM certificate: serve HTTPS (default: none, plain HTTP)")
     parser.add_argument("--keyfile", help="PEM private key for --certfile (default: none)")
+    arthur_faults.add_arguments(parser)
 
 
 def _origin(value: str, default: str, flag: str) -> str:
@@ -52,12 +54,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--certfile and --keyfile go together")
     if args.db != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+    faults = arthur_faults.from_arguments(args)
     app = create_app(
         args.db,
         api_key=args.api_key,
         login=args.login,
         password=args.password,
         organization_id=args.organization_id,
+        faults=faults,
     )
     scheme = "https" if args.certfile else "http"
     logger.info("local Arthur at %s://%s:%d%s, stored in %s", scheme, args.host, args.port, API_PREFIX, args.db)
@@ -69,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         args.organization_id,
         LOCAL_PREFIX,
     )
+    if faults != arthur_faults.Faults():
+        logger.info("injecting faults %s; change them with POST %s/faults", faults.to_json(), LOCAL_PREFIX)
     try:
         uvicorn.run(
             app, host=args.host, port=args.port, ssl_certfile=args.certfile, ssl_keyfile=args.keyfile, log_level="info"

@@ -1,0 +1,178 @@
+"""Faults the local Arthur injects on purpose, so delivery can be proven against a misbehaving Arthur.
+
+Set at start (``create_app(faults=…)``, ``otel-arthur local-arthur --fault-…``) and at run time:
+``GET /_local/faults`` answers the faults in force and how many of each were injected;
+``POST /_local/faults`` replaces them with a JSON object of ``Faults`` fields (missing fields take
+their defaults, so ``{}`` switches every fault off) and restarts the draws from its ``seed``.
+
+Every Arthur API request (never ``/_local``) draws one number: below ``rate_429`` it is answered
+429 with ``Retry-After``, then come 500, 503, a dropped connection (the response headers go out
+and the connection closes before the body: the client sees a broken connection) and a slow answer
+(``slow_seconds`` late, then normal). Each row of an inferences request then draws again: a
+per-record 400 or 500 inside the 207, the row not stored. Faulted requests never reach the store,
+so they can never create a duplicate. With a ``seed`` the draws repeat exactly, run after run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+DROP = "drop"
+SLOW = "slow"
+FAULT_SCOPE_KEY = "local_arthur.fault"
+_DROP_LOG = "ASGI callable returned without completing response."
+
+
+def _rate(doc: str) -> Any:
+    return field(default=0.0, metadata={"help": doc, "rate": True})
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What to inject. Request rates are exclusive shares of all requests and add up to at most 1."""
+
+    rate_429: float = _rate("share of requests answered 429 Too Many Requests, with Retry-After")
+    rate_500: float = _rate("share of requests answered 500")
+    rate_503: float = _rate("share of requests answered 503")
+    rate_drop: float = _rate("share of requests whose connection is closed before the response body")
+    rate_slow: float = _rate("share of requests answered normally but slow_seconds late")
+    slow_seconds: float = field(default=0.5, metadata={"help": "delay of a slow answer, seconds"})
+    retry_after: int = field(default=1, metadata={"help": "Retry-After of a 429, whole seconds"})
+    rate_record_400: float = _rate("share of inference rows rejected with a per-record 400 inside the 207")
+    rate_record_500: float = _rate("share of inference rows answered a per-record 500 inside the 207")
+    seed: int | None = field(default=None, metadata={"help": "seed of the draws: the same faults, run after run"})
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.metadata.get("rate") and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"{spec.name} must be a number between 0 and 1, got {value!r}")
+        if sum(self.request_shares().values()) > 1:
+            raise ValueError("rate_429 + rate_500 + rate_503 + rate_drop + rate_slow must not exceed 1")
+        if self.rate_record_400 + self.rate_record_500 > 1:
+            raise ValueError("rate_record_400 + rate_record_500 must not exceed 1")
+        if not isinstance(self.slow_seconds, (int, float)) or self.slow_seconds < 0:
+            raise ValueError(f"slow_seconds must be a number >= 0, got {self.slow_seconds!r}")
+        if not isinstance(self.retry_after, int) or self.retry_after < 0:
+            raise ValueError(f"retry_after must be whole seconds >= 0, got {self.retry_after!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    def request_shares(self) -> dict[str, float]:
+        """Request fault -> its share of requests, in the order the draw tests them."""
+        return {"429": self.rate_429, "500": self.rate_500, "503": self.rate_503, DROP: self.rate_drop,
+                SLOW: self.rate_slow}
+
+    @classmethod
+    def from_json(cls, body: object) -> Faults:
+        """From a ``POST /_local/faults`` body; ``ValueError`` naming what is wrong."""
+        if not isinstance(body, dict):
+            raise ValueError("faults must be a JSON object")
+        unknown = sorted(set(body) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}")
+        return cls(**body)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class FaultInjector:
+    """The faults in force and their seeded draws; thread-safe (the CLI or a test may change them mid-run)."""
+
+    def __init__(self, faults: Faults | None = None) -> None:
+        self._lock = threading.Lock()
+        self.set(faults or Faults())
+
+    def set(self, faults: Faults) -> None:
+        with self._lock:
+            self.faults = faults
+            self._rng = random.Random(faults.seed)
+            self.injected: Counter[str] = Counter()
+
+    def describe(self) -> dict[str, Any]:
+        with self._lock:
+            return {"faults": self.faults.to_json(), "injected": dict(self.injected)}
+
+    def _draw(self, shares: dict[str, float]) -> str | None:
+        if not any(shares.values()):
+            return None  # no draw: switching faults on later does not shift what a seed produces
+        with self._lock:
+            point, floor = self._rng.random(), 0.0
+            for name, share in shares.items():
+                floor += share
+                if point < floor:
+                    self.injected[name] += 1
+                    return name
+        return None
+
+    def request_fault(self) -> str | None:
+        """``"429"``, ``"500"``, ``"503"``, ``DROP``, ``SLOW`` or None for this request."""
+        return self._draw(self.faults.request_shares())
+
+    def record_fault(self) -> int | None:
+        """400, 500 or None for this inference row."""
+        fault = self._draw({"record_400": self.faults.rate_record_400, "record_500": self.faults.rate_record_500})
+        return None if fault is None else int(fault.removeprefix("record_"))
+
+
+class _HideDeliberateDrops(logging.Filter):
+    """uvicorn logs each unfinished response as an error; the local Arthur leaves one unfinished only to drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _DROP_LOG
+
+
+_HIDE_DROPS = _HideDeliberateDrops()
+
+
+class InjectFaults:
+    """ASGI middleware answering the request-level faults before the request reaches Arthur's handlers."""
+
+    def __init__(self, app: ASGIApp, injector: FaultInjector, prefix: str) -> None:
+        self.app = app
+        self.injector = injector
+        self.prefix = prefix
+        logging.getLogger("uvicorn.error").addFilter(_HIDE_DROPS)  # idempotent: the same filter object
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        faultable = scope["type"] == "http" and scope["path"].startswith(self.prefix)
+        fault = self.injector.request_fault() if faultable else None
+        if fault is not None:
+            scope[FAULT_SCOPE_KEY] = fault  # answered before routing: the request counts file it under the fault
+        if fault == DROP:
+            # Headers promising a body, then nothing: uvicorn closes the connection mid-response.
+            await send({"type": "http.response.start", "status": 502, "headers": [(b"content-length", b"1")]})
+            return
+        if fault == SLOW:
+            await asyncio.sleep(self.injector.faults.slow_seconds)
+        elif fault is not None:
+            headers = {"Retry-After": str(self.injector.faults.retry_after)} if fault == "429" else None
+            response = JSONResponse({"message": f"fault injected: {fault}"}, status_code=int(fault), headers=headers)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--fault-rate-429`` … ``--fault-seed``: one flag per ``Faults`` field."""
+    group = parser.add_argument_group("fault injection (also at run time: GET/POST /_local/faults)")
+    for spec in dataclasses.fields(Faults):
+        kind = float if spec.type == "float" else int  # annotations are strings here: "float", "int", "int | None"
+        group.add_argument(f"--fault-{spec.name.replace('_', '-')}", dest=f"fault_{spec.name}", type=kind,
+                           default=spec.default, help=f"{spec.metadata['help']} (default: %(default)s)")
+
+
+def from_arguments(args: argparse.Namespace) -> Faults:
+    return Faults(**{spec.name: getattr(args, f"fault_{spec.name}") for spec in dataclasses.fields(Faults)})

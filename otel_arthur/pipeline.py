@@ -1,0 +1,327 @@
+"""``Pipeline``: records in, Arthur out, through a spool on disk drained by one background thread.
+
+::
+
+    submit(records) ─▶ Spool (SQLite file) ─▶ worker: claim ─▶ RetrySender ─▶ ArthurSender ─▶ Arthur
+                                              ◀─ settle: delivered deleted, refused dead-lettered,
+                                                         the rest pending again
+
+``submit`` is one short SQLite transaction and the only I/O on the caller's path; everything that
+talks to Arthur runs on the ``otel-arthur-delivery`` daemon thread. The pipeline does not care
+where records come from: ``ArthurSpanExporter`` submits mapped spans, ``serve`` what it receives.
+
+What the worker does with each answer:
+
+    207, record 2xx                 delivered: deleted from the spool, never sent again
+    207, record 408/429/5xx         retried (only those records) with backoff; back to pending when time runs out
+    207, record other 4xx           dead letter, reason ``record_rejected``, with Arthur's message
+    whole request retryable         retried with backoff, honouring Retry-After; back to pending when time runs out
+    whole request other 4xx         the batch becomes dead letters, reason ``batch_refused``; the next batch goes on
+    SetupError (credentials,        one ERROR line; the batch goes back to pending and the binding is tried
+      organization, model)            again with backoff, so fixing Arthur's side resumes delivery
+    anything else                   logged with its traceback; the batch goes back to pending; the loop goes on
+
+One log line per change of Arthur's state (unreachable, refusing the set-up, reachable again),
+never one per failed request.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from otel_arthur.client import PermanentError, RetryableError, SetupError
+from otel_arthur.config import ArthurSettings
+from otel_arthur.delivery import ArthurSender, Sender
+from otel_arthur.mapping import InferenceRecord, limit_text
+from otel_arthur.retry import RetryPolicy, RetrySender
+from otel_arthur.spool import Gauges, Refused, Spool, SpoolClosed
+from otel_arthur.stats import Counters, DropReason, PipelineStats
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0  # seconds shutdown() spends delivering before leaving the rest on disk
+IDLE_POLL = 5.0  # seconds between looks at the spool when nothing wakes the worker (other processes' leftovers)
+ADOPT_INTERVAL = 30.0  # seconds between looks for in-flight records of processes that died
+FLUSH_POLL = 0.1  # seconds; force_flush also sees progress made by other processes sharing the spool
+DOWN_AFTER_FAILURES = 3  # consecutive failed requests before Arthur is said to be down: one blip is not news
+DEAD_LETTER_LOG_INTERVAL = 60.0  # seconds; at most one line about refused records per interval
+THREAD_NAME = "otel-arthur-delivery"
+
+
+class DeadLetterReason:
+    """Why a record went to the dead letters: the ``reason`` column."""
+
+    RECORD_REJECTED = "record_rejected"
+    """Arthur answered a 4xx for this record inside the 207."""
+    BATCH_REFUSED = "batch_refused"
+    """Arthur answered a 4xx (not about credentials or model) for the whole request that carried it."""
+
+
+class _Outcome(enum.Enum):
+    IDLE = "nothing to send"
+    SETTLED = "every record delivered or dead-lettered"
+    RETRY_LATER = "some records went back to pending"
+    BLOCKED = "Arthur refuses the set-up"
+
+
+def destination(settings: ArthurSettings) -> str:
+    """Which Arthur model records are for: URL (without user info) and model id. Spool rows carry it."""
+    parts = urlsplit(settings.url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path} {settings.model_id}"
+
+
+class _Health:
+    """Arthur's state as delivery sees it. Logs one line per change, never one per failed request."""
+
+    UP, DOWN, BLOCKED = "up", "down", "blocked"
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._state = self.UP
+        self._failures = 0
+
+    def up(self) -> None:
+        self._failures = 0
+        if self._state != self.UP:
+            _logger.info("Arthur %s again; delivering %d spooled records",
+                         "is reachable" if self._state == self.DOWN else "accepts the set-up", self._spool.pending())
+            self._state = self.UP
+
+    def failed(self, error: RetryableError) -> None:
+        self._failures += 1
+        if self._failures >= DOWN_AFTER_FAILURES and self._state == self.UP:
+            _logger.warning("Arthur unreachable (%s); records wait in %s and are retried with backoff",
+                            error, self._spool.path)
+            self._state = self.DOWN
+
+    def blocked(self, error: SetupError) -> None:
+        if self._state != self.BLOCKED:
+            _logger.error("Arthur refuses the set-up: %s. Nothing is delivered until this is fixed; records keep"
+                          " spooling in %s and are delivered once it is.", error, self._spool.path)
+            self._state = self.BLOCKED
+
+
+class Pipeline:
+    """Spool + delivery thread + counters. ``submit`` from any thread; ``shutdown`` once (again only logs)."""
+
+    def __init__(
+        self,
+        settings: ArthurSettings,
+        *,
+        transport: Sender | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        """Opens (or creates) the spool and starts the worker; ``OSError`` or ``sqlite3.Error`` if it cannot."""
+        self._settings = settings
+        self._spool = Spool(settings.spool_dir, destination(settings), settings.spool_max_bytes)
+        self._counters = Counters()
+        self._policy = retry_policy or RetryPolicy()
+        self._rng = random.Random()
+        self._stop = threading.Event()  # shutdown began: interrupts every wait of the worker
+        self._wake = threading.Event()  # records were submitted
+        self._progress = threading.Condition()  # the worker settled a batch
+        self._health = _Health(self._spool)
+        self._sender = RetrySender(transport or ArthurSender(settings), self._policy, self._stop, self, self._rng)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._drain_deadline = float("inf")
+        self._final_gauges: Gauges | None = None
+        self._spool_failing = False
+        self._reported_full = False
+        self._unreported_dead = 0
+        self._dead_letter_log_at = 0.0
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self._spool!r})"
+
+    # -- the caller's side --------------------------------------------------------------------
+
+    def count_received(self, spans: int, generations: int) -> None:
+        self._counters.add("received_spans", spans)
+        self._counters.add("generation_spans", generations)
+
+    def submit(self, records: Sequence[InferenceRecord]) -> bool:
+        """Spool records for delivery (prompts and completions cut to the size limit). False when they were dropped."""
+        if not records:
+            return True
+        if self._closed:
+            self._counters.drop(DropReason.SHUTDOWN, len(records))
+            return False
+        try:
+            appended = self._spool.append([limit_text(r, self._settings.max_text_bytes) for r in records])
+        except SpoolClosed:
+            self._counters.drop(DropReason.SHUTDOWN, len(records))
+            return False
+        except (sqlite3.Error, OSError) as exc:
+            self._counters.drop(DropReason.SPOOL_ERROR, len(records))
+            if not self._spool_failing:
+                _logger.error("Cannot write the spool %s (%s): records are dropped until it can be written",
+                              self._spool.path, exc)
+                self._spool_failing = True
+            return False
+        if self._spool_failing:
+            _logger.info("The spool %s can be written again", self._spool.path)
+            self._spool_failing = False
+        self._counters.add("spooled", appended.stored)
+        if appended.dropped:
+            self._counters.drop(DropReason.SPOOL_FULL, appended.dropped)
+            if not self._reported_full:
+                _logger.warning("The spool %s reached its bound of %d bytes: the oldest records are dropped to make"
+                                " room (counted as dropped, reason %s)", self._spool.path,
+                                self._settings.spool_max_bytes, DropReason.SPOOL_FULL)
+                self._reported_full = True
+        self._wake.set()
+        return True
+
+    def force_flush(self, timeout: float) -> bool:
+        """True once every record of this destination spooled before the call is delivered or dead-lettered."""
+        if self._closed:
+            return False
+        deadline = time.monotonic() + timeout
+        try:
+            mark = self._spool.last_seq()
+            self._wake.set()
+            while self._spool.pending(upto=mark):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with self._progress:
+                    self._progress.wait(min(remaining, FLUSH_POLL))
+        except SpoolClosed:  # shut down meanwhile
+            return False
+        return True
+
+    def stats(self) -> PipelineStats:
+        gauges = self._final_gauges if self._final_gauges is not None else self._spool.gauges()
+        return self._counters.snapshot(gauges)
+
+    def dead_letters(self) -> list[dict[str, object]]:
+        return self._spool.dead_letters()
+
+    def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+        """Deliver for up to ``timeout`` seconds, then leave the rest on disk and say how much and where."""
+        with self._close_lock:
+            if self._closed:
+                _logger.warning("Arthur delivery already shut down, ignoring call")
+                return
+            self._closed = True
+        self._drain_deadline = time.monotonic() + timeout
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        remaining = self._spool.pending()
+        if remaining:
+            _logger.warning("%d records not yet delivered remain in %s; the next process using it delivers them",
+                            remaining, self._spool.path)
+        if self._thread.is_alive():
+            # Still inside a request: its records stay claimed by this process until it exits, then
+            # the next process adopts them. Closing under the worker would release them mid-POST.
+            return
+        self._final_gauges = self._spool.gauges()
+        self._spool.close()
+        self._sender.close()
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    def retrying(self, records: int, error: RetryableError, answered: bool) -> None:
+        """``RetryObserver``: count the retry; a failed request may mean Arthur is down."""
+        self._counters.add("retried", records)
+        if answered:
+            self._health.up()
+        else:
+            self._health.failed(error)
+
+    def _run(self) -> None:
+        adopt_at = time.monotonic() + ADOPT_INTERVAL  # the spool adopted orphans when it opened
+        setup_failures = errors = 0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= adopt_at:
+                    adopt_at = time.monotonic() + ADOPT_INTERVAL
+                    self._spool.adopt_orphans()
+                self._wake.clear()
+                outcome = self._deliver_batch()
+                errors = 0
+                if outcome is _Outcome.IDLE:
+                    self._wake.wait(IDLE_POLL)
+                elif outcome is _Outcome.BLOCKED:
+                    setup_failures += 1
+                    self._stop.wait(self._policy.interval(setup_failures, self._rng))
+                else:
+                    setup_failures = 0
+            except SpoolClosed:
+                return
+            except Exception:  # the worker never dies; backoff keeps a persistent fault from flooding the log
+                errors += 1
+                _logger.exception("Unexpected error delivering to Arthur; the worker carries on")
+                self._stop.wait(self._policy.interval(errors, self._rng))
+        self._drain()
+
+    def _drain(self) -> None:
+        """Shutdown: deliver until the deadline, an empty spool or the first failure; no waiting to retry."""
+        try:
+            while time.monotonic() < self._drain_deadline:
+                if self._deliver_batch() is not _Outcome.SETTLED:
+                    return
+        except SpoolClosed:
+            return
+        except Exception:
+            _logger.exception("Unexpected error delivering to Arthur at shutdown")
+
+    def _deliver_batch(self) -> _Outcome:
+        claimed = self._spool.claim(self._settings.batch_max_records)
+        if not claimed:
+            return _Outcome.IDLE
+        seqs = [c.seq for c in claimed]
+        try:
+            results = self._sender.send([c.record for c in claimed])
+        except SetupError as exc:
+            self._settle(released=seqs)
+            self._health.blocked(exc)
+            return _Outcome.BLOCKED
+        except PermanentError as exc:
+            self._health.up()
+            self._settle(refused=[Refused(seq, DeadLetterReason.BATCH_REFUSED, str(exc)) for seq in seqs])
+            return _Outcome.SETTLED
+        except RetryableError:  # retried until its deadline; the observer has seen every failure
+            self._settle(released=seqs)
+            return _Outcome.RETRY_LATER
+        except BaseException:
+            self._settle(released=seqs)
+            raise
+        self._health.up()
+        released = [seq for seq, result in zip(seqs, results) if result.retryable]
+        self._settle(
+            acked=[seq for seq, result in zip(seqs, results) if result.ok],
+            refused=[Refused(seq, DeadLetterReason.RECORD_REJECTED, f"{result.status}: {result.message}")
+                     for seq, result in zip(seqs, results) if not result.ok and not result.retryable],
+            released=released,
+        )
+        return _Outcome.RETRY_LATER if released else _Outcome.SETTLED
+
+    def _settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = ()) -> None:
+        self._spool.settle(acked, refused, released)
+        self._counters.add("delivered", len(acked))
+        if refused:
+            self._counters.add("dead_lettered", len(refused))
+            self._report_dead_letters(refused)
+        with self._progress:
+            self._progress.notify_all()
+
+    def _report_dead_letters(self, refused: Sequence[Refused]) -> None:
+        self._unreported_dead += len(refused)
+        now = time.monotonic()
+        if now >= self._dead_letter_log_at:
+            _logger.warning("Arthur refused %d records for good; they are kept as dead letters in %s (latest: %s)",
+                            self._unreported_dead, self._spool.path, refused[-1].message)
+            self._unreported_dead = 0
+            self._dead_letter_log_at = now + DEAD_LETTER_LOG_INTERVAL

@@ -1,0 +1,136 @@
+"""The ``arthur`` distro and configurator, in process: defaults, dropped exporters, instrumentor choice.
+
+The zero-code runs themselves (``opentelemetry-instrument`` in a subprocess) are in test_zero_code.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import SimpleNamespace
+
+import pytest
+from opentelemetry.sdk._configuration import _get_exporter_entry_point
+
+from otel_arthur import distro
+from otel_arthur.distro import ArthurDistro
+
+_VARIABLES = (
+    "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+)
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No ``OTEL_*`` the distro reads; whatever the code under test sets is undone afterwards."""
+    for name in _VARIABLES:
+        monkeypatch.setenv(name, "")  # recorded, so removed or restored at teardown
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_defaults_send_traces_to_arthur_and_nothing_else(otel_env):
+    ArthurDistro().configure()
+    assert os.environ["OTEL_TRACES_EXPORTER"] == "arthur"
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "none"
+    assert os.environ["OTEL_LOGS_EXPORTER"] == "none"
+
+
+def test_defaults_never_override_the_user(otel_env):
+    for name, value in (("OTEL_TRACES_EXPORTER", "console"), ("OTEL_METRICS_EXPORTER", "otlp"),
+                        ("OTEL_LOGS_EXPORTER", "console"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")):
+        otel_env.setenv(name, value)
+    ArthurDistro().configure()
+    assert [os.environ[name] for name in _VARIABLES[:4]] == ["console", "otlp", "console", "grpc"]
+
+
+def test_otlp_means_the_installed_otlp_exporter(otel_env):
+    installed = distro._installed("opentelemetry_traces_exporter")
+    ArthurDistro().configure()
+    if installed & {"otlp_proto_grpc", "otlp_proto_http"}:
+        assert distro._missing_reason("otlp", distro._TRACES) is None
+    if "otlp_proto_grpc" not in installed and "otlp_proto_http" in installed:  # the dev environment
+        assert os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"  # the SDK alone would say grpc
+
+
+@pytest.mark.parametrize("generic, traces", [(None, None), ("grpc", None), ("http/protobuf", None),
+                                             ("grpc", "http/protobuf"), (None, "grpc")])
+def test_otlp_resolution_matches_the_sdk(otel_env, generic, traces):
+    if generic:
+        otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", generic)
+    if traces:
+        otel_env.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", traces)
+    assert distro._otlp_entry_point(distro._TRACES) == _get_exporter_entry_point("otlp", "traces")
+
+
+def test_missing_exporters_are_dropped_with_one_warning_each(otel_env, caplog):
+    otel_env.setenv("OTEL_TRACES_EXPORTER", " arthur , otlp,console,nosuch ")
+    otel_env.setenv("OTEL_METRICS_EXPORTER", "otlp")
+    otel_env.setenv("OTEL_LOGS_EXPORTER", "none")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # what opentelemetry-distro sets
+    with caplog.at_level(logging.WARNING, logger="otel_arthur.distro"):
+        for signal in distro._SIGNALS:
+            distro._drop_missing_exporters(signal)
+    assert os.environ["OTEL_TRACES_EXPORTER"] == "arthur,console"
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "none"
+    assert os.environ["OTEL_LOGS_EXPORTER"] == "none"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    assert "pip install opentelemetry-exporter-otlp-proto-grpc" in messages[0] and "'nosuch'" in messages[1]
+
+
+def test_installed_exporters_are_left_untouched(otel_env):
+    otel_env.setenv("OTEL_TRACES_EXPORTER", "arthur, otlp")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+    distro._drop_missing_exporters(distro._TRACES)
+    assert os.environ["OTEL_TRACES_EXPORTER"] == "arthur, otlp"  # not even re-spelled
+
+
+def test_unsupported_otlp_protocol_drops_otlp_not_the_whole_set_up(otel_env, caplog):
+    otel_env.setenv("OTEL_TRACES_EXPORTER", "arthur,otlp")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    distro._drop_missing_exporters(distro._TRACES)
+    assert os.environ["OTEL_TRACES_EXPORTER"] == "arthur"
+    assert "neither grpc nor http/protobuf" in caplog.text
+
+
+class _FakeInstrumentor:
+    instrumented: list[dict] = []
+
+    def instrument(self, **kwargs):
+        self.instrumented.append(kwargs)
+
+
+def _entry_point(name: str, distribution: str) -> SimpleNamespace:
+    return SimpleNamespace(name=name, value=f"{distribution}:Instrumentor", dist=SimpleNamespace(name=distribution),
+                           load=lambda: _FakeInstrumentor)
+
+
+@pytest.fixture
+def fake_instrumentors():
+    _FakeInstrumentor.instrumented = []
+    return _FakeInstrumentor.instrumented
+
+
+def test_two_instrumentors_of_one_name_both_load_with_one_warning(otel_env, fake_instrumentors, caplog):
+    chosen = ArthurDistro()
+    with caplog.at_level(logging.WARNING, logger="otel_arthur.distro"):
+        chosen.load_instrumentor(_entry_point("langchain", "openinference-instrumentation-langchain"),
+                                 skip_dep_check=True)
+        chosen.load_instrumentor(_entry_point("langchain", "opentelemetry_instrumentation_langchain"))
+        chosen.load_instrumentor(_entry_point("openai", "opentelemetry-instrumentation-openai"))
+    assert fake_instrumentors == [{"skip_dep_check": True}, {}, {}]  # arguments passed through
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=openinference-instrumentation-langchain" in warning
+
+
+def test_a_distribution_name_disables_just_that_instrumentor(otel_env, fake_instrumentors, caplog):
+    otel_env.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "requests, OpenInference_Instrumentation.LangChain")
+    chosen = ArthurDistro()
+    with caplog.at_level(logging.WARNING, logger="otel_arthur.distro"):
+        chosen.load_instrumentor(_entry_point("langchain", "openinference-instrumentation-langchain"))
+        chosen.load_instrumentor(_entry_point("langchain", "opentelemetry-instrumentation-langchain"))
+    assert len(fake_instrumentors) == 1
+    assert not caplog.records

@@ -1,0 +1,232 @@
+"""The delivery pipeline against the local Arthur and scripted transports: what happens to each kind of answer."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from arthurmodel import create_model_over_http
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext
+
+from otel_arthur import ArthurSpanExporter
+from otel_arthur.client import PermanentError, RecordResult
+from otel_arthur.config import ArthurSettings
+from otel_arthur.local import arthur
+from otel_arthur.local.arthur_faults import Faults
+from otel_arthur.mapping import InferenceRecord
+from otel_arthur.pipeline import THREAD_NAME, DeadLetterReason, Pipeline
+from otel_arthur.retry import RetryPolicy
+from otel_arthur.stats import DropReason
+
+QUICK = RetryPolicy(initial_interval=0.01, max_interval=0.05, max_elapsed=5)
+JWT_PREFIX = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"  # base64url of the local Arthur's JWT header
+
+
+def records(count: int, prefix: str = "r", prompt: str = "Human: hi") -> list[InferenceRecord]:
+    return [InferenceRecord(f"{prefix}-{uuid.uuid4().hex}", "2024-05-01T12:00:00+00:00",
+                            {"prompt": prompt, "completion": "hello"}) for _ in range(count)]
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def settings(local_arthur, new_model, tmp_path):
+    def make(model_id=None, **overrides):
+        options = {"url": local_arthur.url, "api_key": local_arthur.api_key, "allow_insecure": True,
+                   "spool_dir": tmp_path / "spool"} | overrides
+        return ArthurSettings.resolve(model_id=model_id or new_model(), **options)
+
+    return make
+
+
+@pytest.fixture
+def pipelines():
+    """``pipelines(settings, **kwargs)`` starts a Pipeline that is shut down when the test ends."""
+    started: list[Pipeline] = []
+
+    def start(settings, **kwargs) -> Pipeline:
+        started.append(Pipeline(settings, retry_policy=kwargs.pop("retry_policy", QUICK), **kwargs))
+        return started[-1]
+
+    yield start
+    for pipeline in started:
+        pipeline.shutdown(timeout=1)
+
+
+@pytest.fixture
+def faults(local_arthur):
+    """Set faults on the shared local Arthur for this test only."""
+    yield local_arthur.faults.set
+    local_arthur.faults.set(Faults())
+
+
+class Scripted:
+    """A transport: ``answer(records)`` decides, per call."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.sent: list[list[str]] = []
+
+    def send(self, records):
+        self.sent.append([r.partner_inference_id for r in records])
+        return self.answer(records)
+
+    def close(self):
+        pass
+
+
+def test_rejected_records_become_dead_letters_and_never_sink_their_batch(settings, pipelines, faults, local_arthur):
+    config = settings(batch_max_records=10)
+    faults(Faults(rate_record_400=0.3, seed=4))
+    pipeline = pipelines(config)
+    pipeline.submit(records(50))
+    assert pipeline.force_flush(timeout=10)
+    stats = pipeline.stats()
+    rejected = local_arthur.faults.describe()["injected"]["record_400"]
+    assert 0 < rejected < 50 and (stats.delivered, stats.dead_lettered) == (50 - rejected, rejected)
+    assert len(local_arthur.inferences(config.model_id)) == 50 - rejected
+    dead = pipeline.dead_letters()
+    assert len(dead) == rejected == stats.dead_letters
+    assert {(d["reason"], d["message"]) for d in dead} == {(DeadLetterReason.RECORD_REJECTED,
+                                                             "400: fault injected: record 400")}
+
+
+def test_a_refused_request_dead_letters_its_batch_and_the_next_batch_goes_on(settings, pipelines):
+    def answer(batch):
+        if any(r.partner_inference_id.startswith("poison") for r in batch):
+            raise PermanentError("sending inferences: Arthur answered 413: too large")
+        return [RecordResult(200, "success")] * len(batch)
+
+    transport = Scripted(answer)
+    pipeline = pipelines(settings(model_id="unused", batch_max_records=2), transport=transport)
+    pipeline.submit(records(2, prefix="poison") + records(2, prefix="fine"))
+    assert pipeline.force_flush(timeout=10)
+    assert [sent[0].split("-")[0] for sent in transport.sent] == ["poison", "fine"]  # each sent once
+    assert pipeline.stats().delivered == 2
+    assert [(d["reason"], d["message"]) for d in pipeline.dead_letters()] == \
+        [(DeadLetterReason.BATCH_REFUSED, "sending inferences: Arthur answered 413: too large")] * 2
+
+
+def test_unknown_model_is_one_error_line_and_delivery_resumes_once_it_exists(settings, pipelines, local_arthur, caplog):
+    partner_model_id = f"onboarded-later-{uuid.uuid4().hex[:8]}"
+    pipeline = pipelines(settings(model_id=partner_model_id))
+    with caplog.at_level(logging.INFO, logger="otel_arthur"):
+        assert pipeline.submit(records(3))
+        assert wait_for(lambda: any(r.levelno == logging.ERROR for r in caplog.records))
+        assert not pipeline.force_flush(timeout=0.3)
+        assert pipeline.submit(records(2))  # records keep spooling meanwhile
+        create_model_over_http(local_arthur, partner_model_id)
+        assert pipeline.force_flush(timeout=10)
+    [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "refuses the set-up" in error and partner_model_id in error and "spool.sqlite3" in error
+    assert any("accepts the set-up again" in r.getMessage() for r in caplog.records)
+    assert pipeline.stats().delivered == 5
+
+
+def test_the_worker_survives_an_unexpected_error(settings, pipelines, caplog):
+    calls = []
+
+    def answer(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a sender")
+        return [RecordResult(200, "success")] * len(batch)
+
+    pipeline = pipelines(settings(model_id="unused"), transport=Scripted(answer))
+    with caplog.at_level(logging.ERROR, logger="otel_arthur"):
+        pipeline.submit(records(3))
+        assert pipeline.force_flush(timeout=10)
+    [logged] = [r for r in caplog.records if "Unexpected error" in r.getMessage()]
+    assert logged.exc_info and "a bug in a sender" in str(logged.exc_info[1])
+    assert calls == [3, 3] and pipeline.stats().delivered == 3  # released, then sent again
+    assert THREAD_NAME in [t.name for t in threading.enumerate()]
+
+
+def test_shutdown_leaves_the_rest_on_disk_and_says_how_much_and_where(tmp_path, caplog):
+    config = ArthurSettings.resolve(url="http://127.0.0.1:9", api_key="k", model_id="m", allow_insecure=True,
+                                    spool_dir=tmp_path)
+    pipeline = Pipeline(config, retry_policy=QUICK)
+    pipeline.submit(records(4))
+    with caplog.at_level(logging.INFO, logger="otel_arthur"):
+        started = time.monotonic()
+        pipeline.shutdown(timeout=5)
+        assert time.monotonic() - started < 5  # Arthur down: one attempt, then the rest waits on disk
+        pipeline.shutdown()
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "remain" in line] == [
+        f"4 records not yet delivered remain in {tmp_path / 'spool.sqlite3'}; the next process using it delivers them"]
+    assert lines[-1] == "Arthur delivery already shut down, ignoring call"
+    assert not pipeline.submit(records(2)) and not pipeline.force_flush(timeout=1)
+    stats = pipeline.stats()
+    assert stats.dropped == {DropReason.SHUTDOWN: 2} and stats.spool_depth == 4 and stats.delivered == 0
+
+
+def test_stats_are_plain_numbers_with_labels(settings, pipelines):
+    pipeline = pipelines(settings(spool_max_bytes=2_000))
+    pipeline.count_received(spans=7, generations=5)
+    pipeline.submit(records(5, prompt="x" * 600))
+    assert pipeline.force_flush(timeout=10)
+    samples = {(s.name, tuple(s.labels.items())): (s.kind, s.value) for s in pipeline.stats().samples()}
+    assert samples[("otel_arthur_spans_received_total", ())] == ("counter", 7)
+    assert samples[("otel_arthur_generation_spans_total", ())] == ("counter", 5)
+    delivered = samples[("otel_arthur_records_delivered_total", ())][1]
+    dropped = samples[("otel_arthur_records_dropped_total", (("reason", "spool_full"),))][1]
+    assert delivered + dropped == 5 and dropped > 0
+    assert samples[("otel_arthur_spool_depth_records", ())] == ("gauge", 0)
+    assert ("otel_arthur_oldest_undelivered_age_seconds", ()) in samples
+
+
+def test_over_long_prompts_arrive_cut_and_flagged(settings, pipelines, local_arthur):
+    config = settings(max_text_bytes=1_000)
+    pipeline = pipelines(config)
+    pipeline.submit(records(1, prompt="Human: " + "ü" * 50_000))
+    assert pipeline.force_flush(timeout=10)
+    [row] = local_arthur.inferences(config.model_id)
+    assert len(row["inference_data"]["prompt"].encode("utf-8")) <= 1_000
+    assert row["inference_data"]["prompt"].endswith("…[truncated]") and row["inference_data"]["truncated"] is True
+
+
+def _span(span_id: int) -> ReadableSpan:
+    return ReadableSpan(name="chat", context=SpanContext(0xABC, span_id, False), start_time=1, end_time=2,
+                        attributes={"gen_ai.operation.name": "chat",
+                                    "gen_ai.input.messages": '[{"role": "user", "content": "hi"}]'})
+
+
+@pytest.mark.parametrize("credentials, secret", [
+    ({"api_key": "sk-wrong-5ecret-k3y"}, "sk-wrong-5ecret-k3y"),
+    ({"login": arthur.DEFAULT_LOGIN, "password": "wr0ng-pa55word"}, "wr0ng-pa55word"),
+    ({"login": arthur.DEFAULT_LOGIN, "password": arthur.DEFAULT_PASSWORD}, arthur.DEFAULT_PASSWORD),
+], ids=["wrong-key", "wrong-password", "right-password-jwt"])
+def test_secrets_are_never_logged_repr_d_or_spooled(credentials, secret, local_arthur, new_model, tmp_path, caplog):
+    model_id = new_model()
+    refused = credentials.get("password") != arthur.DEFAULT_PASSWORD
+    caplog.set_level(logging.DEBUG)  # every logger, urllib3 and the local Arthur's included
+    exporter = ArthurSpanExporter(url=local_arthur.url, model_id=model_id, allow_insecure=True, spool_dir=tmp_path,
+                                  retry_policy=QUICK, **credentials)
+    assert exporter.export([_span(1), _span(2)]).name == "SUCCESS"
+    if refused:
+        assert wait_for(lambda: any(r.levelno == logging.ERROR for r in caplog.records))
+    else:
+        assert exporter.force_flush()
+    text = repr(exporter) + caplog.text + "".join(str(r.args) + str(r.exc_info) for r in caplog.records)
+    exporter.shutdown()
+    text += caplog.text
+    spooled = b"".join(path.read_bytes() for path in Path(tmp_path).rglob("*") if path.is_file())
+    assert secret not in text and secret.encode() not in spooled
+    assert JWT_PREFIX not in text and JWT_PREFIX.encode() not in spooled
+    assert re.search(r"urllib3.*(GET|POST) /api/v3/", caplog.text)  # DEBUG really was on for urllib3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("otel_arthur")]
+    assert len(errors) == (1 if refused else 0)
