@@ -4,7 +4,9 @@ Rules (the seed ``ArthurCallbackHandler``'s, extended): the prompt goes to the m
 PIPELINE_INPUT attribute of value type UNSTRUCTURED_TEXT, the completion to its first
 PREDICTED_VALUE UNSTRUCTURED_TEXT attribute, every other field to the attribute of the same name.
 ``ARTHUR_ATTRIBUTE_MAP`` overrides any of these. A field with no attribute is skipped, and said
-once when the binding is made, not per record.
+once when the binding is made, not per record. Arthur requires the input and prediction in every
+inference, so a record without a prompt or completion (content switched off at the instrumentor)
+carries ``CONTENT_NOT_CAPTURED`` there, and its metrics still arrive.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from otel_arthur.client import ArthurModel, ModelAttribute, SetupError
 from otel_arthur.fields import COMPLETION, FIELDS, PROMPT, Stage, ValueType
 from otel_arthur.mapping import InferenceRecord
+from otel_arthur.privacy import CONTENT_NOT_CAPTURED
 
 _logger = logging.getLogger(__name__)
 
@@ -80,6 +83,9 @@ class Binding:
                 data[target.name] = _COERCE.get(target.value_type, _identity)(value)
             except (TypeError, ValueError):
                 _logger.debug("field %s: %r does not fit %s %s", name, value, target.value_type, target.name)
+        for name in (PROMPT, COMPLETION):
+            if name not in record.fields:
+                data[self.targets[name].name] = CONTENT_NOT_CAPTURED
         return {
             "partner_inference_id": record.partner_inference_id,
             "inference_timestamp": record.inference_timestamp,

@@ -14,6 +14,9 @@ _SUBCOMMANDS = {
     "local-arthur": ("otel_arthur.local.arthur_cli", "Run a local server speaking Arthur's v3 API."),
     "local-openai": ("otel_arthur.local.openai_cli", "Run a local OpenAI-compatible chat completions server."),
     "create-model": ("otel_arthur.onboarding", "Onboard an Arthur generative-text model for these records."),
+    "serve": ("otel_arthur.serve.cli", "Receive OTLP/HTTP traces beside a Collector and send the LLM calls to Arthur."),
+    "doctor": ("otel_arthur.doctor", "Check that records would reach Arthur: credentials, model, binding, spool."),
+    "spool": ("otel_arthur.spool_cli", "Inspect the spool, replay dead letters after a fix, purge them."),
 }
 
 

@@ -24,9 +24,10 @@ import uuid
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 from otel_arthur import __version__
 from otel_arthur.config import ArthurSettings
@@ -164,7 +165,27 @@ def parse_multistatus(response: requests.Response) -> list[RecordResult]:
     return parsed
 
 
-def _is_uuid(text: str) -> bool:
+# Fragments of requests' / urllib3's error texts -> a short reason; no URL query, header or secret is in them.
+_NETWORK_REASONS = (
+    ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
+    ("certificate verify failed", "certificate verify failed"),
+    ("WRONG_VERSION_NUMBER", "the server does not speak TLS (is the URL really https?)"),
+    ("Name or service not known", "host name not resolved"),
+    ("nodename nor servname", "host name not resolved"),
+    ("Temporary failure in name resolution", "host name not resolved"),
+    ("getaddrinfo failed", "host name not resolved"),
+    ("Connection refused", "connection refused"),
+    ("timed out", "timed out"),
+)
+
+
+def network_reason(error: BaseException) -> str:
+    """Why a request got no answer, in a few words (``connection refused``); else the exception's type."""
+    text = str(error)
+    return next((reason for needle, reason in _NETWORK_REASONS if needle in text), type(error).__name__)
+
+
+def is_uuid(text: str) -> bool:
     try:
         uuid.UUID(text)
     except ValueError:
@@ -178,9 +199,9 @@ class ArthurClient:
     def __init__(self, settings: ArthurSettings, session: requests.Session | None = None) -> None:
         self._settings = settings
         self._base = settings.url + API_PREFIX
-        self._session = session or requests.Session()
-        self._session.verify = settings.verify_ssl
-        self._session.headers.update({"Accept": JSON, "User-Agent": USER_AGENT})
+        self._session_given = session
+        self._session_made: requests.Session | None = None
+        self._session_lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._token: str | None = settings.api_key
         self._token_refresh_at = float("inf")  # an API key never expires
@@ -243,13 +264,34 @@ class ArthurClient:
 
     # -- transport ------------------------------------------------------------------------
 
+    @property
+    def _session(self) -> requests.Session:
+        """Made at the first request, on the delivery thread: importing ``requests`` takes about 130 ms,
+        which an application constructing the exporter at start-up should not wait for."""
+        if self._session_made is None:
+            with self._session_lock:
+                if self._session_made is None:
+                    import requests
+
+                    session = self._session_given or requests.Session()
+                    session.verify = self._settings.verify_ssl
+                    session.headers.update({"Accept": JSON, "User-Agent": USER_AGENT})
+                    self._session_made = session
+        return self._session_made
+
     def _request_raw(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        import requests  # already imported by self._session below; here only for its exception classes
+
         try:
-            return self._session.request(method, self._base + path, timeout=self._settings.timeout, **kwargs)
+            # verify per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's verify=False
+            return self._session.request(method, self._base + path, timeout=self._settings.timeout,
+                                         verify=self._settings.verify_ssl, **kwargs)
         except requests.Timeout:
             raise RetryableError(f"{method} {path}: timed out after {self._settings.timeout:g}s") from None
+        except requests.exceptions.SSLError as exc:
+            raise RetryableError(f"{method} {path}: TLS with {self._settings.url} failed: {network_reason(exc)}") from None
         except requests.ConnectionError as exc:
-            raise RetryableError(f"{method} {path}: cannot connect to {self._settings.url} ({type(exc).__name__})") from None
+            raise RetryableError(f"{method} {path}: cannot connect to {self._settings.url}: {network_reason(exc)}") from None
         except requests.RequestException as exc:
             raise RetryableError(f"{method} {path}: {type(exc).__name__}") from None
 
@@ -290,7 +332,7 @@ class ArthurClient:
 
     def get_model(self, model_id: str) -> ArthurModel:
         """Fetch by Arthur id or partner model id, trying the likelier kind first."""
-        id_types = ("id", "partner_model_id") if _is_uuid(model_id) else ("partner_model_id", "id")
+        id_types = ("id", "partner_model_id") if is_uuid(model_id) else ("partner_model_id", "id")
         for id_type in id_types:
             response = self._request(
                 "GET", f"/models/{model_id}", params={"id_type": id_type, "expand": "attributes"}
@@ -298,7 +340,7 @@ class ArthurClient:
             if response.status_code == HTTPStatus.NOT_FOUND:
                 continue
             self._raise_for_status(response, f"fetching model {model_id!r}")
-            return _parse_model(response.json())
+            return parse_model(response.json())
         raise ModelNotFoundError(f"Arthur has no model {model_id!r} (as id or partner_model_id)")
 
     def send_inferences(self, model_id: str, rows: list[dict[str, Any]], body: bytes | None = None) -> list[RecordResult]:
@@ -314,11 +356,15 @@ class ArthurClient:
         return results
 
     def close(self) -> None:
-        self._session.close()
+        if self._session_made is not None:
+            self._session_made.close()
+
+
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # json.dumps() builds one per call
 
 
 def encode_rows(rows: list[dict[str, Any]]) -> bytes:
-    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _encode_json(rows).encode("utf-8")
 
 
 def _error_detail(response: requests.Response) -> str:
@@ -333,7 +379,7 @@ def _error_detail(response: requests.Response) -> str:
     return ""
 
 
-def _parse_model(body: dict[str, Any]) -> ArthurModel:
+def parse_model(body: dict[str, Any]) -> ArthurModel:
     try:
         attributes = tuple(
             ModelAttribute(a["name"], a["value_type"], a["stage"]) for a in body.get("attributes") or ()

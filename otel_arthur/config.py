@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
+
+from otel_arthur.redaction import check_pattern, parse_builtins, parse_patterns
 
 _logger = logging.getLogger(__name__)
 
@@ -32,6 +35,11 @@ ARTHUR_BATCH_MAX_BYTES = "ARTHUR_BATCH_MAX_BYTES"
 ARTHUR_SPOOL_DIR = "ARTHUR_SPOOL_DIR"
 ARTHUR_SPOOL_MAX_BYTES = "ARTHUR_SPOOL_MAX_BYTES"
 ARTHUR_MAX_TEXT_BYTES = "ARTHUR_MAX_TEXT_BYTES"
+# Privacy (otel_arthur.privacy, otel_arthur.redaction). A bad value here is a ConfigurationError, not
+# a logged default: a typo must not send what it was meant to withhold.
+ARTHUR_SEND_CONTENT = "ARTHUR_SEND_CONTENT"
+ARTHUR_REDACT = "ARTHUR_REDACT"
+ARTHUR_REDACT_PATTERNS = "ARTHUR_REDACT_PATTERNS"
 # The XDG base directory specification's; the spool's default lives under it.
 XDG_STATE_HOME = "XDG_STATE_HOME"
 
@@ -92,7 +100,8 @@ def default_spool_dir() -> str:
     return os.path.join(state_home, SPOOL_SUBDIRECTORY)
 
 
-def _spool_dir(argument: str | os.PathLike[str] | None) -> str:
+def resolve_spool_dir(argument: str | os.PathLike[str] | None = None) -> str:
+    """The spool directory as the exporter resolves it: argument -> ``ARTHUR_SPOOL_DIR`` -> the XDG default."""
     directory = os.fspath(argument) if argument is not None else _env(ARTHUR_SPOOL_DIR)
     return directory if directory is not None else default_spool_dir()
 
@@ -129,6 +138,9 @@ class ArthurSettings:
     spool_dir: str = field(default_factory=default_spool_dir)
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    send_content: bool | None = None  # None: the instrumentors' own content switches decide (otel_arthur.privacy)
+    redact_builtins: tuple[str, ...] = ()
+    redact_patterns: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_api_key(self) -> bool:
@@ -153,6 +165,9 @@ class ArthurSettings:
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int | None = None,
         max_text_bytes: int | None = None,
+        send_content: bool | None = None,
+        redact_builtins: str | Sequence[str] | None = None,
+        redact_patterns: str | Mapping[str, str] | None = None,
     ) -> ArthurSettings:
         """Fill each setting from its argument, else its environment variable, else its default.
 
@@ -210,9 +225,102 @@ class ArthurSettings:
                                   else _env_number(ARTHUR_BATCH_MAX_RECORDS, DEFAULT_BATCH_MAX_RECORDS, int)),
             batch_max_bytes=int(batch_max_bytes if batch_max_bytes is not None
                                 else _env_number(ARTHUR_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_BYTES, int)),
-            spool_dir=_spool_dir(spool_dir),
+            spool_dir=resolve_spool_dir(spool_dir),
             spool_max_bytes=int(spool_max_bytes if spool_max_bytes is not None
                                 else _env_number(ARTHUR_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, int)),
             max_text_bytes=int(max_text_bytes if max_text_bytes is not None
                                else _env_number(ARTHUR_MAX_TEXT_BYTES, DEFAULT_MAX_TEXT_BYTES, int)),
+            **resolve_privacy(send_content, redact_builtins, redact_patterns),
+        )
+
+
+def _parsed_env(name: str, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(_env(name) or "")
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+
+
+def resolve_privacy(send_content: bool | None = None, builtins: str | Sequence[str] | None = None,
+                           patterns: str | Mapping[str, str] | Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The privacy settings (``ArthurSettings`` fields); a bad argument raises ``ValueError``, a bad environment value ``ConfigurationError``."""
+    raw = _env(ARTHUR_SEND_CONTENT)
+    if send_content is None and raw is not None:
+        if raw.strip().lower() not in _TRUE | _FALSE:
+            raise ConfigurationError(f"{ARTHUR_SEND_CONTENT}={raw!r}: expected true or false")
+        send_content = raw.strip().lower() in _TRUE
+    if builtins is None:
+        builtins = _parsed_env(ARTHUR_REDACT, parse_builtins)
+    if patterns is None:
+        patterns = _parsed_env(ARTHUR_REDACT_PATTERNS, parse_patterns)
+    if isinstance(builtins, str):
+        builtins = parse_builtins(builtins)
+    if isinstance(patterns, str):
+        patterns = parse_patterns(patterns)
+    elif isinstance(patterns, Mapping):
+        patterns = tuple(patterns.items())
+    return {
+        "send_content": send_content,
+        "redact_builtins": parse_builtins(",".join(builtins)) if builtins else (),
+        "redact_patterns": tuple(check_pattern(name, regex) for name, regex in patterns),
+    }
+
+
+# `otel-arthur serve`'s own settings: where it listens and what it lets in. Its Arthur side is
+# ArthurSettings above, the same as the exporter's.
+OTEL_ARTHUR_RECEIVER_HOST = "OTEL_ARTHUR_RECEIVER_HOST"
+OTEL_ARTHUR_RECEIVER_PORT = "OTEL_ARTHUR_RECEIVER_PORT"
+OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES = "OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES"
+OTEL_ARTHUR_RECEIVER_TOKEN = "OTEL_ARTHUR_RECEIVER_TOKEN"
+OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT = "OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT"
+
+DEFAULT_RECEIVER_HOST = "127.0.0.1"  # beside the Collector; bind 0.0.0.0 explicitly to listen beyond the host
+DEFAULT_RECEIVER_PORT = 4319  # next to the Collector's own OTLP ports, 4317 (gRPC) and 4318 (HTTP)
+DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024  # one request once decompressed; the Collector's own receiver default
+DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT = 20.0  # seconds from SIGTERM to exit; under Kubernetes' default 30 s grace
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """``otel-arthur serve``: address, body limit, bearer token (kept out of ``repr``), shutdown budget."""
+
+    host: str = DEFAULT_RECEIVER_HOST
+    port: int = DEFAULT_RECEIVER_PORT
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    auth_token: str | None = field(default=None, repr=False)
+    shutdown_timeout: float = DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        max_body_bytes: int | None = None,
+        auth_token: str | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> ReceiverSettings:
+        """Each setting from its argument, else ``OTEL_ARTHUR_RECEIVER_*``, else its default."""
+        if port is not None and not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0-65535, got {port!r}")
+        for name, value in (("max_body_bytes", max_body_bytes), ("shutdown_timeout", shutdown_timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if host is None:
+            host = _env(OTEL_ARTHUR_RECEIVER_HOST)
+        if port is None:
+            port = int(_env_number(OTEL_ARTHUR_RECEIVER_PORT, DEFAULT_RECEIVER_PORT, int))
+            if port > 65535:
+                _logger.warning("Ignoring %s=%s: not a port; using %s", OTEL_ARTHUR_RECEIVER_PORT, port,
+                                DEFAULT_RECEIVER_PORT)
+                port = DEFAULT_RECEIVER_PORT
+        return cls(
+            host=host if host is not None else DEFAULT_RECEIVER_HOST,
+            port=port,
+            max_body_bytes=int(max_body_bytes if max_body_bytes is not None
+                               else _env_number(OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES, int)),
+            auth_token=auth_token if auth_token is not None else _env(OTEL_ARTHUR_RECEIVER_TOKEN),
+            shutdown_timeout=float(shutdown_timeout if shutdown_timeout is not None
+                                   else _env_number(OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT,
+                                                    DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT, float)),
         )

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from otel_arthur.binding import Binding, bind
@@ -53,9 +54,17 @@ def split_batches(bodies: Sequence[bytes], max_records: int, max_bytes: int) -> 
 class ArthurSender:
     """Sends records to the configured model through the native client."""
 
-    def __init__(self, settings: ArthurSettings, client: ArthurClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: ArthurSettings,
+        client: ArthurClient | None = None,
+        *,
+        observe_request: Callable[[float], None] | None = None,
+    ) -> None:
+        """``observe_request(seconds)`` is told how long each inferences POST took, answered or not."""
         self._settings = settings
         self._client = client or ArthurClient(settings)
+        self._observe_request = observe_request
         self._binding: Binding | None = None
         self._bind_lock = threading.Lock()
 
@@ -69,6 +78,10 @@ class ArthurSender:
                     self._binding = bind(model, self._settings.attribute_map)
         return self._binding
 
+    def prepare(self) -> None:
+        """Fetch the model now rather than at the first send (``serve`` is ready only once it has)."""
+        _ = self.binding  # the property fetches and binds, once
+
     def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
         binding = self.binding
         rows = [binding.to_row(record) for record in records]
@@ -76,6 +89,7 @@ class ArthurSender:
         results: list[RecordResult] = []
         for batch in split_batches(bodies, self._settings.batch_max_records, self._settings.batch_max_bytes):
             body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
+            started = time.monotonic()
             try:
                 results.extend(self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body))
             except ArthurError as exc:
@@ -85,6 +99,9 @@ class ArthurSender:
                 # (where this error, should it persist, is raised by the first request).
                 results.extend([RecordResult(NOT_SENT, f"not sent: {exc}")] * (len(rows) - len(results)))
                 break
+            finally:
+                if self._observe_request is not None:
+                    self._observe_request(time.monotonic() - started)
         return results
 
     def close(self) -> None:

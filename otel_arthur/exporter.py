@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -50,7 +50,19 @@ class ArthurSpanExporter(SpanExporter):
         spool_max_bytes: int | None = None,
         max_text_bytes: int | None = None,
         retry_policy: RetryPolicy | None = None,
+        send_content: bool | None = None,
+        redact: Callable[[str], str] | None = None,
+        redact_builtins: str | Sequence[str] | None = None,
+        redact_patterns: str | Mapping[str, str] | None = None,
     ) -> None:
+        """Arguments fall back to ``ARTHUR_*`` (``otel_arthur.config``).
+
+        Privacy (``otel_arthur.privacy``): ``send_content=False`` withholds prompts and completions;
+        ``redact_builtins`` (``"builtin"`` or names such as ``"email,card"``) and ``redact_patterns``
+        (``{"name": regex}`` or ``"name=regex;…"``) replace matches by ``[REDACTED:name]``; ``redact``
+        is your own ``text -> text`` hook, run on every text field after them. All of it happens
+        before a record is spooled.
+        """
         self._shutdown = False
         self._settings: ArthurSettings | None = None
         self._pipeline: Pipeline | None = None
@@ -60,8 +72,9 @@ class ArthurSpanExporter(SpanExporter):
                 model_id=model_id, allow_insecure=allow_insecure, verify_ssl=verify_ssl, timeout=timeout,
                 attribute_map=attribute_map, batch_max_records=batch_max_records, batch_max_bytes=batch_max_bytes,
                 spool_dir=spool_dir, spool_max_bytes=spool_max_bytes, max_text_bytes=max_text_bytes,
+                send_content=send_content, redact_builtins=redact_builtins, redact_patterns=redact_patterns,
             )
-            self._pipeline = Pipeline(self._settings, retry_policy=retry_policy)
+            self._pipeline = Pipeline(self._settings, retry_policy=retry_policy, redact=redact)
         except ConfigurationError as exc:
             # Zero-code set-up constructs us with no arguments: a bad environment must not stop the app.
             _logger.error("Arthur exporter disabled: %s", exc)

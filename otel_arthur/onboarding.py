@@ -44,7 +44,25 @@ _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
 
 
+EPILOG = """\
+Prints the new (or existing) model's id on stdout, and nothing else: use it as ARTHUR_MODEL_ID.
+
+examples:
+  ARTHUR_ENDPOINT_URL=https://app.arthur.ai ARTHUR_API_KEY=… otel-arthur create-model --partner-model-id my-chatbot
+  export ARTHUR_MODEL_ID=$(otel-arthur create-model --partner-model-id my-chatbot)
+  otel-arthur create-model --url http://127.0.0.1:8787 --allow-insecure --login admin --password … \\
+      --display-name "Support bot"
+
+exit codes:
+  0  created, or found by its partner model id
+  1  refused or unreachable, or settings missing (one line; the traceback with otel-arthur --debug)
+  2  bad command line
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     parser.add_argument("--url", help=f"Arthur base URL, e.g. https://app.arthur.ai (default: ${ARTHUR_ENDPOINT_URL})")
     parser.add_argument("--api-key", help=f"API key; wins over a login (default: ${ARTHUR_API_KEY})")
     parser.add_argument("--login", help=f"login, used when there is no API key (default: ${ARTHUR_LOGIN})")

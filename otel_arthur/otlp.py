@@ -38,6 +38,7 @@ _JSON_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "
 _SPAN_KINDS = {ProtoSpan.SPAN_KIND_SERVER: SpanKind.SERVER, ProtoSpan.SPAN_KIND_CLIENT: SpanKind.CLIENT,
                ProtoSpan.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, ProtoSpan.SPAN_KIND_CONSUMER: SpanKind.CONSUMER}
 _STATUS_CODES = {1: StatusCode.OK, 2: StatusCode.ERROR}
+_PRIMITIVES = (str, bool, int, float)
 
 
 class RequestError(ValueError):
@@ -152,7 +153,7 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
                     yield RequestError(400, f"span {span.name!r} has an invalid trace or span id")
                     continue
                 if resource is None:
-                    resource = Resource(_attributes(resource_spans.resource.attributes))
+                    resource = _resource(_attributes(resource_spans.resource.attributes))
                 yield ReadableSpan(
                     name=span.name,
                     context=SpanContext(int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big"),
@@ -160,11 +161,28 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
                     kind=_SPAN_KINDS.get(span.kind, SpanKind.INTERNAL),
                     attributes=attributes,
                     resource=resource,
-                    status=Status(_STATUS_CODES.get(span.status.code, StatusCode.UNSET),
-                                  span.status.message or None),
+                    status=_status(span.status.code, span.status.message),
                     start_time=span.start_time_unix_nano or None,
                     end_time=span.end_time_unix_nano or None,
                 )
+
+
+def _resource(attributes: dict[str, Any]) -> Resource:
+    """Only what the SDK keeps: it would log a warning for each attribute it drops, per span."""
+    return Resource({key: value for key, value in attributes.items() if key and _valid_value(value)})
+
+
+def _valid_value(value: Any) -> bool:
+    if isinstance(value, _PRIMITIVES):
+        return True
+    return (isinstance(value, tuple) and all(isinstance(v, _PRIMITIVES) for v in value)
+            and len({type(v) for v in value}) <= 1)
+
+
+def _status(code: int, message: str) -> Status:
+    """The SDK logs a warning for a description on a status other than ERROR: keep it for errors only."""
+    status_code = _STATUS_CODES.get(code, StatusCode.UNSET)
+    return Status(status_code, (message or None) if status_code is StatusCode.ERROR else None)
 
 
 def count_spans(request: ExportTraceServiceRequest) -> int:

@@ -9,6 +9,9 @@
 ``submit`` is one short SQLite transaction and the only I/O on the caller's path; everything that
 talks to Arthur runs on the ``otel-arthur-delivery`` daemon thread. The pipeline does not care
 where records come from: ``ArthurSpanExporter`` submits mapped spans, ``serve`` what it receives.
+The two front doors differ only when the spool is full: ``submit`` (the in-app exporter, which has
+nobody to hand records back to) makes room by dropping the oldest; ``accept`` (``serve``, whose
+client retries) refuses the new records whole and leaves the spool as it was.
 
 What the worker does with each answer:
 
@@ -29,19 +32,22 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from otel_arthur.client import PermanentError, RetryableError, SetupError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.delivery import ArthurSender, Sender
-from otel_arthur.mapping import InferenceRecord, limit_text
+from otel_arthur.mapping import InferenceRecord
+from otel_arthur.privacy import RecordFilter
 from otel_arthur.retry import RetryPolicy, RetrySender
-from otel_arthur.spool import Gauges, Refused, Spool, SpoolClosed
+from otel_arthur.spool import Gauges, Refused, Spool, SpoolClosed, SpoolFull
 from otel_arthur.stats import Counters, DropReason, PipelineStats
 
 _logger = logging.getLogger(__name__)
@@ -62,6 +68,27 @@ class DeadLetterReason:
     """Arthur answered a 4xx for this record inside the 207."""
     BATCH_REFUSED = "batch_refused"
     """Arthur answered a 4xx (not about credentials or model) for the whole request that carried it."""
+
+
+class Refusal(enum.Enum):
+    """Why ``accept`` took none of the records; the caller still holds them (``serve`` answers 503)."""
+
+    SPOOL_FULL = "spool_full"
+    SHUTTING_DOWN = "shutting_down"
+    SPOOL_ERROR = "spool_error"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What ``serve``'s ``/readyz`` reports: can records accepted now be delivered?"""
+
+    model_fetched: bool  # the model was fetched and bound at least once
+    arthur_reachable: bool | None  # Arthur answered and accepted the set-up at the last attempt; None before any
+    spool_writable: bool  # the last write succeeded and the file can be written
+
+    @property
+    def ready(self) -> bool:
+        return self.model_fetched and self.arthur_reachable is not False and self.spool_writable
 
 
 class _Outcome(enum.Enum):
@@ -86,9 +113,11 @@ class _Health:
         self._spool = spool
         self._state = self.UP
         self._failures = 0
+        self.reachable: bool | None = None  # at the last attempt, whatever the log has said so far
 
     def up(self) -> None:
         self._failures = 0
+        self.reachable = True
         if self._state != self.UP:
             _logger.info("Arthur %s again; delivering %d spooled records",
                          "is reachable" if self._state == self.DOWN else "accepts the set-up", self._spool.pending())
@@ -96,12 +125,14 @@ class _Health:
 
     def failed(self, error: RetryableError) -> None:
         self._failures += 1
+        self.reachable = False
         if self._failures >= DOWN_AFTER_FAILURES and self._state == self.UP:
             _logger.warning("Arthur unreachable (%s); records wait in %s and are retried with backoff",
                             error, self._spool.path)
             self._state = self.DOWN
 
-    def blocked(self, error: SetupError) -> None:
+    def blocked(self, error: PermanentError) -> None:
+        self.reachable = False
         if self._state != self.BLOCKED:
             _logger.error("Arthur refuses the set-up: %s. Nothing is delivered until this is fixed; records keep"
                           " spooling in %s and are delivered once it is.", error, self._spool.path)
@@ -117,8 +148,15 @@ class Pipeline:
         *,
         transport: Sender | None = None,
         retry_policy: RetryPolicy | None = None,
+        bind_at_start: bool = False,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
-        """Opens (or creates) the spool and starts the worker; ``OSError`` or ``sqlite3.Error`` if it cannot."""
+        """Opens (or creates) the spool and starts the worker; ``OSError`` or ``sqlite3.Error`` if it cannot.
+
+        ``bind_at_start``: the worker fetches the model before anything is submitted (``serve``, so
+        ``readiness`` means something from the start); otherwise at the first delivery.
+        ``redact``: a hook run on every text field after the configured redaction (``otel_arthur.privacy``).
+        """
         self._settings = settings
         self._spool = Spool(settings.spool_dir, destination(settings), settings.spool_max_bytes)
         self._counters = Counters()
@@ -128,13 +166,18 @@ class Pipeline:
         self._wake = threading.Event()  # records were submitted
         self._progress = threading.Condition()  # the worker settled a batch
         self._health = _Health(self._spool)
-        self._sender = RetrySender(transport or ArthurSender(settings), self._policy, self._stop, self, self._rng)
+        self._transport = transport or ArthurSender(settings, observe_request=self._counters.observe_request)
+        self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
+        self._bind_at_start = bind_at_start
+        self._filter = RecordFilter.from_settings(settings, redact)
+        self._model_fetched = False
         self._closed = False
         self._close_lock = threading.Lock()
         self._drain_deadline = float("inf")
         self._final_gauges: Gauges | None = None
         self._spool_failing = False
         self._reported_full = False
+        self._refusing_full = False
         self._unreported_dead = 0
         self._dead_letter_log_at = 0.0
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
@@ -157,20 +200,15 @@ class Pipeline:
             self._counters.drop(DropReason.SHUTDOWN, len(records))
             return False
         try:
-            appended = self._spool.append([limit_text(r, self._settings.max_text_bytes) for r in records])
+            appended = self._spool.append(self._prepared(records))
         except SpoolClosed:
             self._counters.drop(DropReason.SHUTDOWN, len(records))
             return False
         except (sqlite3.Error, OSError) as exc:
             self._counters.drop(DropReason.SPOOL_ERROR, len(records))
-            if not self._spool_failing:
-                _logger.error("Cannot write the spool %s (%s): records are dropped until it can be written",
-                              self._spool.path, exc)
-                self._spool_failing = True
+            self._spool_write_failed(exc, "dropped")
             return False
-        if self._spool_failing:
-            _logger.info("The spool %s can be written again", self._spool.path)
-            self._spool_failing = False
+        self._spool_written()
         self._counters.add("spooled", appended.stored)
         if appended.dropped:
             self._counters.drop(DropReason.SPOOL_FULL, appended.dropped)
@@ -181,6 +219,62 @@ class Pipeline:
                 self._reported_full = True
         self._wake.set()
         return True
+
+    def accept(self, records: Sequence[InferenceRecord]) -> Refusal | None:
+        """All or nothing, for a front door whose client retries: None once every record is spooled.
+
+        Otherwise nothing was spooled and nothing is counted as dropped: the caller still holds the
+        records and tells its client to retry. Never drops older records to make room. A record
+        alone over the spool's bound can never be stored: it is dropped and counted (``spool_full``).
+        """
+        if not records:
+            return None
+        if self._closed:
+            return Refusal.SHUTTING_DOWN
+        try:
+            appended = self._spool.append(self._prepared(records), refuse_when_full=True)
+        except SpoolFull:
+            if not self._refusing_full:
+                _logger.warning("The spool %s reached its bound of %d bytes: new records are refused (503) until"
+                                " delivery makes room", self._spool.path, self._settings.spool_max_bytes)
+                self._refusing_full = True
+            return Refusal.SPOOL_FULL
+        except SpoolClosed:
+            return Refusal.SHUTTING_DOWN
+        except (sqlite3.Error, OSError) as exc:
+            self._spool_write_failed(exc, "refused")
+            return Refusal.SPOOL_ERROR
+        self._spool_written()
+        if self._refusing_full:
+            _logger.info("The spool %s has room again: records are accepted", self._spool.path)
+            self._refusing_full = False
+        self._counters.add("spooled", appended.stored)
+        if appended.dropped:
+            self._counters.drop(DropReason.SPOOL_FULL, appended.dropped)
+        self._wake.set()
+        return None
+
+    def _prepared(self, records: Sequence[InferenceRecord]) -> list[InferenceRecord]:
+        """What is spooled for ``records``, whichever front door they came through."""
+        return [self._filter(r) for r in records]  # content switches, redaction, size caps
+
+    def _spool_write_failed(self, error: Exception, fate: str) -> None:
+        if not self._spool_failing:
+            _logger.error("Cannot write the spool %s (%s): records are %s until it can be written",
+                          self._spool.path, error, fate)
+            self._spool_failing = True
+
+    def _spool_written(self) -> None:
+        if self._spool_failing:
+            _logger.info("The spool %s can be written again", self._spool.path)
+            self._spool_failing = False
+
+    def readiness(self) -> Readiness:
+        return Readiness(
+            model_fetched=self._model_fetched,
+            arthur_reachable=self._health.reachable,
+            spool_writable=not self._closed and not self._spool_failing and os.access(self._spool.path, os.W_OK),
+        )
 
     def force_flush(self, timeout: float) -> bool:
         """True once every record of this destination spooled before the call is delivered or dead-lettered."""
@@ -249,7 +343,7 @@ class Pipeline:
                     adopt_at = time.monotonic() + ADOPT_INTERVAL
                     self._spool.adopt_orphans()
                 self._wake.clear()
-                outcome = self._deliver_batch()
+                outcome = self._deliver_batch() if self._model_fetched or not self._bind_at_start else self._bind()
                 errors = 0
                 if outcome is _Outcome.IDLE:
                     self._wake.wait(IDLE_POLL)
@@ -277,6 +371,22 @@ class Pipeline:
         except Exception:
             _logger.exception("Unexpected error delivering to Arthur at shutdown")
 
+    def _bind(self) -> _Outcome:
+        """Fetch the model ahead of the first delivery; BLOCKED (wait with backoff) until it works."""
+        prepare = getattr(self._transport, "prepare", None)  # optional: a test transport has no model to fetch
+        try:
+            if prepare is not None:
+                prepare()
+        except RetryableError as exc:
+            self._health.failed(exc)
+            return _Outcome.BLOCKED
+        except PermanentError as exc:  # SetupError, or another refusal of the model request
+            self._health.blocked(exc)
+            return _Outcome.BLOCKED
+        self._health.up()
+        self._model_fetched = True
+        return _Outcome.SETTLED
+
     def _deliver_batch(self) -> _Outcome:
         claimed = self._spool.claim(self._settings.batch_max_records)
         if not claimed:
@@ -298,6 +408,7 @@ class Pipeline:
         except BaseException:
             self._settle(released=seqs)
             raise
+        self._model_fetched = True  # the model is bound before anything is sent
         self._health.up()
         released = [seq for seq, result in zip(seqs, results) if result.retryable]
         self._settle(

@@ -17,12 +17,15 @@ Layout::
 Protocol, at least once like the Collector's persistent queue:
 
     append  INSERT pending rows. Past ``max_bytes`` the oldest dead letters go first (they were logged and
-            counted, and will never be sent), then the oldest pending records, counted as dropped ``spool_full``.
+            counted, and will never be sent), then the oldest pending records, counted as dropped ``spool_full``;
+            or, with ``refuse_when_full`` (``serve``, whose clients retry), nothing is stored: ``SpoolFull``.
     claim   mark the oldest pending rows of this destination as ours, in one IMMEDIATE transaction.
     settle  in one transaction: delete the acknowledged, move the refused to dead_letters, return the rest
             to pending. A crash before ``settle`` re-sends at most that claim: the bound on duplicates.
     adopt   at open, and whenever the worker asks: rows whose owner's lock can be taken (its process
             exited, crashed or was killed -9) go back to pending.
+    requeue (``otel-arthur spool replay``) move dead letters back to pending as new arrivals, in one transaction.
+    purge   (``otel-arthur spool purge``) delete dead letters, or pending records; never a live process's in-flight ones.
 
 Why one shared file rather than one per process: SQLite serialises writers itself. In WAL mode
 readers never wait for the writer, and every write here is one short ``BEGIN IMMEDIATE``
@@ -53,7 +56,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from otel_arthur.mapping import InferenceRecord
 
@@ -111,6 +114,10 @@ class SpoolClosed(RuntimeError):
     """The spool was closed; nothing more can be read or written through this handle."""
 
 
+class SpoolFull(RuntimeError):
+    """``append(…, refuse_when_full=True)``: the records do not fit under the bound; none was stored."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A record taken from the spool by ``claim``; ``seq`` settles it."""
@@ -144,8 +151,31 @@ class Gauges:
     oldest_age: float  # seconds; 0 when nothing waits
 
 
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """One destination's share of the spool file, for ``otel-arthur spool stats``."""
+
+    destination: str
+    pending: int
+    in_flight: int
+    bytes: int  # records and dead letters
+    oldest_enqueued_at: float | None  # epoch seconds of the oldest waiting record; None when none waits
+    dead_letters: dict[str, int]  # by reason
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    rows: int
+    bytes: int
+
+
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode(record: InferenceRecord) -> str:
-    return json.dumps(asdict(record), separators=(",", ":"), ensure_ascii=False)
+    # The dict asdict() would build, without its recursive deep copy (which cost more than the rest of export()).
+    return _encode_json({"partner_inference_id": record.partner_inference_id,
+                         "inference_timestamp": record.inference_timestamp, "fields": record.fields})
 
 
 def decode(body: str) -> InferenceRecord:
@@ -214,8 +244,12 @@ class Spool:
 
     # -- the queue ---------------------------------------------------------------------------
 
-    def append(self, records: Sequence[InferenceRecord]) -> Appended:
-        """Store records as pending; past the bound, drop the oldest (a record alone over it is dropped itself)."""
+    def append(self, records: Sequence[InferenceRecord], *, refuse_when_full: bool = False) -> Appended:
+        """Store records as pending; past the bound, drop the oldest (a record alone over it is dropped itself).
+
+        ``refuse_when_full``: dead letters still make room, pending records never do; if the records
+        still do not fit, the transaction is rolled back and ``SpoolFull`` raised.
+        """
         now = time.time()
         rows, too_big = [], 0
         for record in records:
@@ -231,14 +265,16 @@ class Spool:
                 " VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            dropped = self._make_room(db)
+            dropped = self._make_room(db, refuse_when_full)
         return Appended(len(rows), dropped + too_big)
 
-    def _make_room(self, db: sqlite3.Connection) -> int:
+    def _make_room(self, db: sqlite3.Connection, refuse_when_full: bool) -> int:
         excess = db.execute("SELECT SUM(bytes) FROM totals").fetchone()[0] - self.max_bytes
         if excess <= 0:
             return 0
         freed, _ = _delete_oldest(db, "dead_letters", "1", excess)
+        if refuse_when_full and excess > freed:
+            raise SpoolFull(f"{self.path} holds {self.max_bytes} bytes at most")  # _transaction rolls back
         _, dropped = _delete_oldest(db, "records", "owner IS NULL", excess - freed)
         return dropped
 
@@ -293,14 +329,83 @@ class Spool:
             oldest_age=max(0.0, time.time() - oldest[0][0]) if oldest else 0.0,
         )
 
-    def dead_letters(self) -> list[dict[str, object]]:
-        """This destination's dead letters, oldest first: the record, why, and Arthur's message."""
+    def dead_letters(self, *, everywhere: bool = False, reason: str | None = None,
+                     seqs: Sequence[int] | None = None) -> list[dict[str, object]]:
+        """Dead letters, oldest first: the record, why, Arthur's message, when, and ``seq`` to name it by.
+
+        This destination's unless ``everywhere``; only ``reason``'s, or only ``seqs``, when given.
+        """
+        where, parameters = self._matching(everywhere, reason, seqs)
         rows = self._read(
-            "SELECT body, reason, message, dead_at FROM dead_letters WHERE destination = ? ORDER BY seq",
-            (self.destination,),
-        )
-        return [{"record": decode(body), "reason": reason, "message": message, "dead_at": dead_at}
-                for body, reason, message, dead_at in rows]
+            "SELECT seq, destination, body, size, reason, message, dead_at FROM dead_letters"
+            f" WHERE {where} ORDER BY seq", parameters)
+        return [{"seq": seq, "destination": destination, "record": decode(body), "size": size, "reason": reason,
+                 "message": message, "dead_at": dead_at}
+                for seq, destination, body, size, reason, message, dead_at in rows]
+
+    def requeue_dead_letters(self, *, everywhere: bool = False, reason: str | None = None,
+                             seqs: Sequence[int] | None = None) -> int:
+        """Move matching dead letters back to pending, as new arrivals (new ``seq``, enqueued now); how many.
+
+        One transaction, so a crash leaves each either dead or pending, never both or neither. They
+        are delivered by whichever process serves their destination.
+        """
+        where, parameters = self._matching(everywhere, reason, seqs)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO records (destination, partner_inference_id, body, size, enqueued_at)"
+                f" SELECT destination, partner_inference_id, body, size, ? FROM dead_letters WHERE {where}"
+                " ORDER BY seq", [time.time(), *parameters])
+            return db.execute(f"DELETE FROM dead_letters WHERE {where}", parameters).rowcount
+
+    def purge(self, *, dead_letters: bool = True, pending: bool = False, everywhere: bool = False,
+              reason: str | None = None, dry_run: bool = False) -> Purged:
+        """Delete matching dead letters and/or pending records (what ``dry_run`` only counts).
+
+        Records in flight are left alone: their process settles them. ``reason`` applies to dead letters.
+        """
+        rows = size = 0
+        with self._transaction() as db:
+            for table, wanted, (where, parameters) in (
+                ("dead_letters", dead_letters, self._matching(everywhere, reason, None)),
+                ("records", pending, self._matching(everywhere, None, None)),
+            ):
+                if not wanted:
+                    continue
+                where = where if table == "dead_letters" else f"{where} AND owner IS NULL"
+                count, total = db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM {table} WHERE {where}",
+                                          parameters).fetchone()
+                if not dry_run:
+                    db.execute(f"DELETE FROM {table} WHERE {where}", parameters)
+                rows, size = rows + count, size + total
+        return Purged(rows, size)
+
+    def inventory(self) -> list[Inventory]:
+        """The whole file by destination: what waits (pending, in flight), its bytes, the oldest, dead letters by reason."""
+        found: dict[str, dict[str, object]] = {}
+        for destination, pending, in_flight, size, oldest in self._read(
+                "SELECT destination, SUM(owner IS NULL), SUM(owner IS NOT NULL), SUM(size), MIN(enqueued_at)"
+                " FROM records GROUP BY destination"):
+            found[destination] = {"pending": pending, "in_flight": in_flight, "bytes": size,
+                                  "oldest_enqueued_at": oldest, "dead_letters": {}}
+        for destination, reason, count, size in self._read(
+                "SELECT destination, reason, COUNT(*), SUM(size) FROM dead_letters GROUP BY destination, reason"):
+            entry = found.setdefault(destination, {"pending": 0, "in_flight": 0, "bytes": 0,
+                                                   "oldest_enqueued_at": None, "dead_letters": {}})
+            entry["dead_letters"][reason] = count  # type: ignore[index]
+            entry["bytes"] += size  # type: ignore[operator]
+        return [Inventory(destination, **entry) for destination, entry in sorted(found.items())]  # type: ignore[arg-type]
+
+    def _matching(self, everywhere: bool, reason: str | None, seqs: Sequence[int] | None) -> tuple[str, list[object]]:
+        """A WHERE clause (and its parameters) for rows of this destination, or every one, narrowed down."""
+        clauses, parameters = (["1"], []) if everywhere else (["destination = ?"], [self.destination])
+        if reason is not None:
+            clauses.append("reason = ?")
+            parameters.append(reason)
+        if seqs is not None:
+            clauses.append(f"seq IN ({', '.join('?' * len(seqs))})" if seqs else "0")
+            parameters.extend(int(seq) for seq in seqs)
+        return " AND ".join(clauses), parameters
 
     # -- owners ------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ gauges describe the whole spool file, which other processes may share.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -13,10 +14,14 @@ from typing import NamedTuple
 
 from otel_arthur.spool import Gauges
 
-__all__ = ["Counters", "DropReason", "PipelineStats", "Sample"]
+__all__ = ["LATENCY_BUCKETS", "Counters", "DropReason", "Histogram", "HistogramSnapshot", "PipelineStats", "Sample"]
 
 COUNTER = "counter"
 GAUGE = "gauge"
+HISTOGRAM = "histogram"  # samples <name>_bucket{le=…} (cumulative), <name>_sum, <name>_count, as Prometheus has them
+# Upper bounds, seconds, of Arthur request durations: a healthy POST takes tens of milliseconds,
+# a struggling one up to the client's timeout (ARTHUR_TIMEOUT, 10 s by default).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class DropReason:
@@ -34,9 +39,51 @@ class Sample(NamedTuple):
     """One exposed value: ``otel_arthur_records_dropped_total{reason="spool_full"} 3``."""
 
     name: str
-    kind: str  # COUNTER or GAUGE, a distinction Prometheus and OpenTelemetry both make
+    kind: str  # COUNTER, GAUGE or HISTOGRAM, distinctions Prometheus and OpenTelemetry both make
     labels: Mapping[str, str]
     value: float
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """Observations so far: ``counts[i]`` fell at or under ``bounds[i]`` and above the bound before it."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: tuple[int, ...] = (0,) * len(LATENCY_BUCKETS)
+    count: int = 0  # every observation, those over the last bound included
+    sum: float = 0.0
+
+    def samples(self, name: str) -> Iterator[Sample]:
+        cumulative = 0
+        for bound, count in zip(self.bounds, self.counts):
+            cumulative += count
+            yield Sample(f"{name}_bucket", HISTOGRAM, {"le": repr(float(bound))}, cumulative)
+        yield Sample(f"{name}_bucket", HISTOGRAM, {"le": "+Inf"}, self.count)
+        yield Sample(f"{name}_sum", HISTOGRAM, {}, self.sum)
+        yield Sample(f"{name}_count", HISTOGRAM, {}, self.count)
+
+
+class Histogram:
+    """Fixed buckets, thread-safe; an observation costs a bisect and a lock."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self._bounds = bounds
+        self._lock = threading.Lock()
+        self._counts = [0] * len(bounds)
+        self._count = 0
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self._bounds, value)
+        with self._lock:
+            if index < len(self._counts):
+                self._counts[index] += 1
+            self._count += 1
+            self._sum += value
+
+    def snapshot(self) -> HistogramSnapshot:
+        with self._lock:
+            return HistogramSnapshot(self._bounds, tuple(self._counts), self._count, self._sum)
 
 
 @dataclass(frozen=True)
@@ -54,6 +101,7 @@ class PipelineStats:
     spool_bytes: int = 0  # records and dead letters, what ARTHUR_SPOOL_MAX_BYTES bounds
     dead_letters: int = 0  # dead letters kept in the spool
     oldest_undelivered_age: float = 0.0  # seconds; 0 when nothing waits
+    arthur_request_seconds: HistogramSnapshot = field(default_factory=HistogramSnapshot)  # inference POSTs
 
     def samples(self) -> Iterator[Sample]:
         for name, value in (("spans_received_total", self.received_spans),
@@ -70,6 +118,7 @@ class PipelineStats:
                             ("spool_dead_letters", self.dead_letters),
                             ("oldest_undelivered_age_seconds", self.oldest_undelivered_age)):
             yield Sample(f"otel_arthur_{name}", GAUGE, {}, value)
+        yield from self.arthur_request_seconds.samples("otel_arthur_arthur_request_duration_seconds")
 
 
 class Counters:
@@ -80,6 +129,7 @@ class Counters:
         self._counts = dict.fromkeys(("received_spans", "generation_spans", "spooled", "delivered", "retried",
                                       "dead_lettered"), 0)
         self._dropped: dict[str, int] = {}
+        self._latency = Histogram()
 
     def add(self, name: str, amount: int) -> None:
         with self._lock:
@@ -89,8 +139,13 @@ class Counters:
         with self._lock:
             self._dropped[reason] = self._dropped.get(reason, 0) + amount
 
+    def observe_request(self, seconds: float) -> None:
+        """One request to Arthur's inferences endpoint took ``seconds``, answered or not."""
+        self._latency.observe(seconds)
+
     def snapshot(self, gauges: Gauges) -> PipelineStats:
         with self._lock:
             counts, dropped = dict(self._counts), dict(self._dropped)
         return PipelineStats(**counts, dropped=dropped, spool_depth=gauges.depth, spool_bytes=gauges.bytes,
-                             dead_letters=gauges.dead_letters, oldest_undelivered_age=gauges.oldest_age)
+                             dead_letters=gauges.dead_letters, oldest_undelivered_age=gauges.oldest_age,
+                             arthur_request_seconds=self._latency.snapshot())

@@ -111,8 +111,8 @@ def test_binding_skips_are_logged_once(caplog):
 
 def test_value_that_does_not_fit_its_type_is_left_out():
     model = _model(*TEXT_MODEL, ("prompt_tokens", "INTEGER", "NON_INPUT_DATA"))
-    row = bind(model).to_row(InferenceRecord("i", "t", {"prompt": "p", "prompt_tokens": 2.5}))
-    assert row["inference_data"] == {"input_text": "p"}
+    row = bind(model).to_row(InferenceRecord("i", "t", {"prompt": "p", "completion": "c", "prompt_tokens": 2.5}))
+    assert row["inference_data"] == {"input_text": "p", "output_text": "c"}
 
 
 @pytest.mark.parametrize("attributes, overrides, message", [

@@ -24,6 +24,7 @@ from otel_arthur import ArthurSpanExporter
 from otel_arthur.local import openai
 from otel_arthur.local.runner import BackgroundServer
 from otel_arthur.mapping import render_messages
+from otel_arthur.privacy import CONTENT_NOT_CAPTURED
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are terse."
@@ -138,7 +139,9 @@ def test_failed_llm_call_is_recorded_with_its_error(instrument, openai_server, l
     rows, _ = _records_for(local_arthur, arthur_model, spans.get_finished_spans())
     [row] = rows
     assert "500" in row["inference_data"]["error"]
-    assert "completion" not in row["inference_data"] and "prompt_tokens" not in row["inference_data"]
+    # Arthur requires the prediction attribute: the call that never answered carries the marker, not a reply.
+    assert row["inference_data"]["completion"] == CONTENT_NOT_CAPTURED
+    assert "prompt_tokens" not in row["inference_data"]
 
 
 def test_openinference_instrumentor_in_its_own_process(openai_server, local_arthur, arthur_model):

@@ -25,7 +25,21 @@ DEFAULT_PORT = 8787
 DEFAULT_DB = os.path.join(tempfile.gettempdir(), "otel-arthur", "local-arthur.sqlite3")
 
 
+EPILOG = """\
+Serves /api/v3 (what the arthurai SDK and otel-arthur use) and /_local (stored inferences, stats,
+faults) until interrupted. Not for production: one organization, built-in credentials.
+
+examples:
+  otel-arthur local-arthur
+  otel-arthur local-arthur --port 9000 --db :memory:
+  otel-arthur local-arthur --certfile cert.pem --keyfile key.pem   # HTTPS
+  curl -s http://127.0.0.1:8787/_local/models/$ARTHUR_MODEL_ID/inferences
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind (default: %(default)s)")
     parser.add_argument(

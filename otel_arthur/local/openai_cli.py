@@ -13,7 +13,18 @@ DEFAULT_PORT = 8001
 logger = logging.getLogger(__name__)
 
 
+EPILOG = """\
+Answers POST /v1/chat/completions (JSON and SSE streaming) deterministically, for demos and tests.
+
+examples:
+  otel-arthur local-openai
+  OPENAI_BASE_URL=http://127.0.0.1:8001/v1 OPENAI_API_KEY=unused python examples/chat.py
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
     parser.add_argument(

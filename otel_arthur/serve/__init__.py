@@ -1,0 +1,17 @@
+"""``otel-arthur serve``: an OTLP/HTTP traces receiver beside an OpenTelemetry Collector.
+
+::
+
+    Collector ─otlphttp─▶ POST /v1/traces ─▶ Receiver.handle ─▶ Pipeline.accept ─▶ spool ─▶ worker ─▶ Arthur
+                                              (receiver.py)      (the exporter's own pipeline and sender)
+
+One module per concern:
+
+    receiver.py  the pure core: ``Receiver.handle(body, headers) -> Reply`` (status, headers, body); every
+                 answer the OTLP/HTTP contract asks for is decided here, with no HTTP framework in sight
+    metrics.py   ``PipelineStats`` and the receiver's counters as Prometheus metric families
+    app.py       the thin HTTP layer (Starlette under uvicorn), lifespan, signals, the run loop
+    cli.py       flags, each with its environment variable and default
+
+Kept free of imports here, so ``otel-arthur --help`` never loads the server stack.
+"""

@@ -1,0 +1,89 @@
+"""``otel-arthur serve``: flags, each falling back to its environment variable, then its default.
+
+The Arthur side resolves exactly as ``ArthurSpanExporter`` does (``ArthurSettings.resolve``), so a
+deployment can move from the in-app exporter to ``serve`` with the same ``ARTHUR_*`` environment.
+Flags left unset stay ``None`` here, which is what lets the environment decide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from otel_arthur import config as c
+
+_logger = logging.getLogger(__name__)
+
+
+def _help(text: str, env: str, default: object) -> str:
+    return f"{text} (env {env}; default: {default})"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Point an OpenTelemetry Collector's otlphttp exporter at http://HOST:PORT (it appends /v1/traces); see "
+        "collector-config/. Endpoints: POST /v1/traces, GET /healthz, /readyz, /metrics. ARTHUR_ATTRIBUTE_MAP and "
+        "the privacy settings (ARTHUR_SEND_CONTENT, ARTHUR_REDACT, ARTHUR_REDACT_PATTERNS) are read from the "
+        "environment, as by the exporter. Secrets are better set through their environment variables than flags, "
+        "which other users can see in the process list.")
+    receiver = parser.add_argument_group("receiver")
+    receiver.add_argument("--host", help=_help("interface to listen on; 0.0.0.0 for every interface",
+                                               c.OTEL_ARTHUR_RECEIVER_HOST, c.DEFAULT_RECEIVER_HOST))
+    receiver.add_argument("--port", type=int, help=_help("port to listen on; 0 picks a free one (logged)",
+                                                         c.OTEL_ARTHUR_RECEIVER_PORT, c.DEFAULT_RECEIVER_PORT))
+    receiver.add_argument("--max-body-bytes", type=int, help=_help(
+        "largest request body, as sent and once decompressed; larger is answered 413",
+        c.OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES, f"{c.DEFAULT_MAX_BODY_BYTES} (20 MiB)"))
+    receiver.add_argument("--auth-token", help=_help(
+        "require 'Authorization: Bearer TOKEN' on POST /v1/traces, else 401",
+        c.OTEL_ARTHUR_RECEIVER_TOKEN, "none, no authentication"))
+    receiver.add_argument("--shutdown-timeout", type=float, help=_help(
+        "seconds from SIGTERM to exit: requests in flight finish, then delivery; the rest stays spooled",
+        c.OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT, c.DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT))
+
+    arthur = parser.add_argument_group("Arthur (as the exporter: the same ARTHUR_* variables)")
+    arthur.add_argument("--url", help=_help("Arthur base URL, e.g. https://app.arthur.ai", c.ARTHUR_ENDPOINT_URL,
+                                            "none, required"))
+    arthur.add_argument("--model-id", help=_help("id of the Arthur model that receives the records",
+                                                 c.ARTHUR_MODEL_ID, "none, required"))
+    arthur.add_argument("--api-key", help=_help("API key; wins over a login", c.ARTHUR_API_KEY, "none"))
+    arthur.add_argument("--login", help=_help("login, used when there is no API key", c.ARTHUR_LOGIN, "none"))
+    arthur.add_argument("--password", help=_help("password for the login; never prompted for",
+                                                 c.ARTHUR_PASSWORD, "none"))
+    arthur.add_argument("--organization-id", help=_help("organization of the model", c.ARTHUR_ORGANIZATION_ID,
+                                                        "the credentials' own"))
+    arthur.add_argument("--allow-insecure", action="store_true", default=None,
+                        help=_help("permit a plain http:// Arthur URL", c.ARTHUR_ALLOW_INSECURE, "false"))
+    arthur.add_argument("--verify-ssl", action=argparse.BooleanOptionalAction, default=None,
+                        help=_help("check Arthur's TLS certificate", c.VERIFY_SSL, "true"))
+    arthur.add_argument("--timeout", type=float, help=_help("seconds per HTTP request to Arthur",
+                                                            c.ARTHUR_TIMEOUT, c.DEFAULT_TIMEOUT))
+    arthur.add_argument("--batch-max-records", type=int, help=_help(
+        "records per inferences request", c.ARTHUR_BATCH_MAX_RECORDS, c.DEFAULT_BATCH_MAX_RECORDS))
+    arthur.add_argument("--batch-max-bytes", type=int, help=_help(
+        "JSON bytes per inferences request", c.ARTHUR_BATCH_MAX_BYTES, c.DEFAULT_BATCH_MAX_BYTES))
+    arthur.add_argument("--spool-dir", help=_help("directory of the durable spool", c.ARTHUR_SPOOL_DIR,
+                                                  f"${c.XDG_STATE_HOME}/{c.SPOOL_SUBDIRECTORY}, "
+                                                  f"else ~/.local/state/{c.SPOOL_SUBDIRECTORY}"))
+    arthur.add_argument("--spool-max-bytes", type=int, help=_help(
+        "bound of the spool on disk; when full, new requests are answered 503 + Retry-After",
+        c.ARTHUR_SPOOL_MAX_BYTES, f"{c.DEFAULT_SPOOL_MAX_BYTES} (512 MiB)"))
+    arthur.add_argument("--max-text-bytes", type=int, help=_help(
+        "UTF-8 bytes kept of each prompt or completion", c.ARTHUR_MAX_TEXT_BYTES, c.DEFAULT_MAX_TEXT_BYTES))
+
+
+def run(args: argparse.Namespace) -> int:
+    from otel_arthur.serve.app import serve  # the server stack, only once serving
+
+    arthur = c.ArthurSettings.resolve(
+        url=args.url, api_key=args.api_key, login=args.login, password=args.password,
+        organization_id=args.organization_id, model_id=args.model_id, allow_insecure=args.allow_insecure,
+        verify_ssl=args.verify_ssl,
+        timeout=args.timeout, batch_max_records=args.batch_max_records, batch_max_bytes=args.batch_max_bytes,
+        spool_dir=args.spool_dir, spool_max_bytes=args.spool_max_bytes, max_text_bytes=args.max_text_bytes,
+    )
+    receiver = c.ReceiverSettings.resolve(
+        host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, auth_token=args.auth_token,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    return serve(arthur, receiver)

@@ -1,0 +1,232 @@
+"""``Receiver.handle(body, headers) -> Reply``: every answer of ``POST /v1/traces``, decided without HTTP.
+
+The OTLP/HTTP contract as the Collector's ``otlphttp`` exporter reads it: it retries 429, 502, 503
+and 504 (honouring ``Retry-After``) and drops the data on any other status. So::
+
+    status  when                                                             body
+    200     the generation spans are in the spool; other spans ignored       ExportTraceServiceResponse, with
+                                                                             partial_success counting the generation
+                                                                             spans that could not be mapped
+    400     undecodable: bad protobuf or JSON, corrupt or truncated gzip      google.rpc.Status
+    401     a token is set and Authorization is not ``Bearer <token>``        google.rpc.Status
+    413     body over the limit, as sent or once decompressed                 google.rpc.Status
+    415     content type not protobuf or JSON; encoding not gzip/deflate      google.rpc.Status
+    503     spool full, spool not writable, shutting down; ``Retry-After``    google.rpc.Status
+
+Checked cheapest first: the token before the body, the declared length before a byte is inflated.
+Bodies are in the request's content type (protobuf when that is neither). Nothing a client sends
+can produce a 500: a span that breaks the mapper is counted as rejected, and any other surprise
+while decoding is a 400 (the same bytes would fail the same way again), logged with its traceback.
+Accepted means spooled: ``accept`` is all or nothing, so a 503 leaves nothing half-stored behind.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from otel_arthur import otlp
+from otel_arthur.config import DEFAULT_MAX_BODY_BYTES
+from otel_arthur.mapping import InferenceRecord, map_span
+from otel_arthur.pipeline import Refusal
+from otel_arthur.stats import COUNTER, Sample
+
+__all__ = ["DEFAULT_RETRY_AFTER", "Intake", "Receiver", "ReceiverCounters", "Reply"]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_RETRY_AFTER = 5  # seconds a 503 asks the client to wait: delivery frees spool room in batches
+_MESSAGE_LIMIT = 300  # characters of a reason quoted back to the client
+
+# google.rpc.Code of each HTTP status, as OTLP/HTTP's error bodies carry them: INVALID_ARGUMENT,
+# UNAUTHENTICATED, RESOURCE_EXHAUSTED, INVALID_ARGUMENT, UNAVAILABLE.
+_RPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}
+_REFUSALS = {
+    Refusal.SPOOL_FULL: "the spool is full; retry once delivery to Arthur has made room",
+    Refusal.SHUTTING_DOWN: "otel-arthur serve is shutting down; retry",
+    Refusal.SPOOL_ERROR: "the spool cannot be written; retry",
+}
+
+
+class Intake(Protocol):
+    """Where accepted records go: ``Pipeline`` (tests pass fakes)."""
+
+    def accept(self, records: Sequence[InferenceRecord]) -> Refusal | None: ...
+
+    def count_received(self, spans: int, generations: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class ReceiverCounters:
+    """What the receiver saw, for ``/metrics``; thread-safe (requests are handled on worker threads).
+
+    Span counts are of requests answered 200: received = spooled + ignored + rejected. Spans of a
+    request answered 503 are counted as refused (the client sends them again).
+    """
+
+    SPAN_OUTCOMES = ("received", "ignored", "rejected", "refused")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spans = dict.fromkeys(self.SPAN_OUTCOMES, 0)
+        self._responses: dict[int, int] = {}
+
+    def spans(self, **counts: int) -> None:
+        with self._lock:
+            for outcome, count in counts.items():
+                self._spans[outcome] += count
+
+    def response(self, status: int) -> None:
+        with self._lock:
+            self._responses[status] = self._responses.get(status, 0) + 1
+
+    def samples(self) -> Iterator[Sample]:
+        with self._lock:
+            spans, responses = dict(self._spans), dict(self._responses)
+        for outcome in self.SPAN_OUTCOMES:
+            yield Sample(f"otel_arthur_receiver_spans_{outcome}_total", COUNTER, {}, spans[outcome])
+        for status, count in sorted(responses.items()):
+            yield Sample("otel_arthur_receiver_http_responses_total", COUNTER, {"code": str(status)}, count)
+
+
+@dataclass
+class _Mapped:
+    records: list[InferenceRecord] = field(default_factory=list)
+    spans: int = 0
+    rejected: int = 0
+    reason: str = ""
+
+
+class Receiver:
+    """Decides the answer to one ``POST /v1/traces``; safe to call from many threads at once."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        auth_token: str | None = None,
+        retry_after: int = DEFAULT_RETRY_AFTER,
+        mapper: Callable[..., InferenceRecord | None] = map_span,
+    ) -> None:
+        self._intake = intake
+        self.max_body_bytes = max_body_bytes
+        self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
+        self._retry_after = retry_after
+        self._map = mapper
+        self._accepting = True
+        self.counters = ReceiverCounters()
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        """From now on every request is answered 503 (shutting down), so the client keeps its spans."""
+        self._accepting = False
+
+    def handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """``body`` as received (compressed or not); ``headers`` with any key case."""
+        reply = self._handle(body, {key.lower(): value for key, value in headers.items()})
+        self.counters.response(reply.status)
+        return reply
+
+    def _handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        try:
+            media = otlp.media_type(headers.get("content-type"))
+        except otlp.RequestError as exc:
+            media = None
+            unsupported: otlp.RequestError | None = exc
+        else:
+            unsupported = None
+        reply_media = media or otlp.PROTOBUF
+        if not self._authorized(headers.get("authorization")):
+            return self._error(reply_media, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        if unsupported is not None:
+            return self._error(reply_media, unsupported.status, str(unsupported))
+        assert media is not None
+        if not self._accepting:
+            return self._refused(media, Refusal.SHUTTING_DOWN)
+        if len(body) > self.max_body_bytes or _declared_length(headers) > self.max_body_bytes:
+            return self._error(media, 413, f"request body over the {self.max_body_bytes}-byte limit")
+        try:
+            request = otlp.parse_request(
+                otlp.decompress(body, headers.get("content-encoding"), self.max_body_bytes), media)
+            mapped = self._map_request(request)
+        except otlp.RequestError as exc:
+            _logger.debug("Answering %d: %s", exc.status, exc)
+            return self._error(media, exc.status, str(exc))
+        except Exception as exc:  # a decoder bug on odd input; the same bytes would fail again, so not a 5xx
+            _logger.exception("Cannot process an OTLP request; answering 400")
+            return self._error(media, 400, f"cannot process the request: {type(exc).__name__}")
+        return self._deliver(media, mapped)
+
+    def _authorized(self, authorization: str | None) -> bool:
+        if self._expected_auth is None:
+            return True
+        return hmac.compare_digest((authorization or "").encode(), self._expected_auth)
+
+    def _map_request(self, request: otlp.ExportTraceServiceRequest) -> _Mapped:
+        mapped = _Mapped(spans=otlp.count_spans(request))
+        for span in otlp.generation_spans(request):
+            record, reason = self._map_one(span)
+            if record is not None:
+                mapped.records.append(record)
+            else:
+                mapped.rejected += 1
+                mapped.reason = mapped.reason or reason
+        return mapped
+
+    def _map_one(self, span: object) -> tuple[InferenceRecord | None, str]:
+        if isinstance(span, otlp.RequestError):
+            return None, str(span)
+        try:
+            record = self._map(span)
+        except Exception as exc:  # one odd span must not cost the others their place
+            _logger.debug("Cannot map span %r", getattr(span, "name", None), exc_info=True)
+            return None, f"span {getattr(span, 'name', '')!r} cannot be mapped: {type(exc).__name__}"
+        if record is None:
+            return None, f"span {getattr(span, 'name', '')!r} has no start time"
+        return record, ""
+
+    def _deliver(self, media: str, mapped: _Mapped) -> Reply:
+        try:
+            refusal = self._intake.accept(mapped.records) if mapped.records else None
+        except Exception:  # our side, not the client's: worth a retry, never a drop
+            _logger.exception("Cannot spool %d records; answering 503", len(mapped.records))
+            refusal = Refusal.SPOOL_ERROR
+        if refusal is not None:
+            self.counters.spans(refused=mapped.spans)
+            return self._refused(media, refusal)
+        ignored = mapped.spans - len(mapped.records) - mapped.rejected
+        self.counters.spans(received=mapped.spans, ignored=ignored, rejected=mapped.rejected)
+        self._intake.count_received(mapped.spans, len(mapped.records))
+        message = ""
+        if mapped.rejected:
+            message = f"{mapped.rejected} generation spans not recorded; first: {mapped.reason}"[:_MESSAGE_LIMIT]
+        return Reply(200, {"Content-Type": media}, otlp.encode_response(media, mapped.rejected, message))
+
+    def _refused(self, media: str, refusal: Refusal) -> Reply:
+        return self._error(media, 503, _REFUSALS[refusal], {"Retry-After": str(self._retry_after)})
+
+    @staticmethod
+    def _error(media: str, status: int, message: str, extra: Mapping[str, str] | None = None) -> Reply:
+        body = otlp.encode_status(media, _RPC_CODES[status], message[:_MESSAGE_LIMIT])
+        return Reply(status, {"Content-Type": media, **(extra or {})}, body)
+
+
+def _declared_length(headers: Mapping[str, str]) -> int:
+    try:
+        return int(headers.get("content-length") or 0)
+    except ValueError:
+        return 0

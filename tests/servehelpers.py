@@ -1,0 +1,102 @@
+"""Helpers shared by the ``serve`` test modules: an in-process serve, OTLP bodies, and the figures report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otel_arthur.config import ArthurSettings, ReceiverSettings
+from otel_arthur.local import arthur
+from otel_arthur.local.runner import BackgroundServer
+from otel_arthur.pipeline import Pipeline
+from otel_arthur.retry import RetryPolicy
+from otel_arthur.serve.app import TRACES_PATH, create_app
+from otel_arthur.serve.receiver import Receiver
+
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+JSON = {"Content-Type": "application/json"}
+QUICK = RetryPolicy(initial_interval=0.05, max_interval=0.5, max_elapsed=30)
+
+
+def arthur_settings(url: str, model_id: str, spool_dir: Path, **overrides: Any) -> ArthurSettings:
+    return ArthurSettings(url=url, model_id=model_id, api_key=arthur.DEFAULT_API_KEY, allow_insecure=True,
+                          spool_dir=str(spool_dir), **overrides)
+
+
+@dataclass
+class Served:
+    url: str
+    pipeline: Pipeline
+    receiver: Receiver
+
+    @property
+    def traces(self) -> str:
+        return self.url + TRACES_PATH
+
+
+@contextmanager
+def serving(settings: ArthurSettings, receiver: ReceiverSettings | None = None,
+            retry_policy: RetryPolicy = QUICK) -> Iterator[Served]:
+    """``serve`` in this process on a free 127.0.0.1 port; stopped, and its pipeline shut down, whatever happens."""
+    pipeline = Pipeline(settings, retry_policy=retry_policy, bind_at_start=True)
+    lifecycle = None
+    try:
+        app = create_app(pipeline, receiver or ReceiverSettings(port=0, shutdown_timeout=5))
+        lifecycle = app.state.lifecycle
+        with BackgroundServer(app) as server:
+            yield Served(server.url, pipeline, app.state.receiver)
+    finally:
+        if lifecycle is not None:
+            lifecycle.shutdown()  # a no-op once the server's lifespan has done it
+        else:
+            pipeline.shutdown(0)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """``condition()``'s first truthy value, polled until ``timeout``; fails the test otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {condition}")
+        time.sleep(interval)
+
+
+def otlp_json(request: ExportTraceServiceRequest) -> bytes:
+    """OTLP/JSON per the spec: hex ids, enums as integers (protobuf's own JSON mapping has base64 ids)."""
+    document = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for resource_spans in document.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64decode(span[key]).hex()
+    return json.dumps(document).encode()
+
+
+@pytest.fixture(scope="module")
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, Any]]]:
+    """Each test's figures, written to the terminal when the module is done (captured output or not)."""
+    collected: dict[str, dict[str, Any]] = {}
+    yield collected
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not collected:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
+        reporter.section(f"{request.module.__name__} figures", sep="-")
+        for name, values in collected.items():
+            reporter.write_line(f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))

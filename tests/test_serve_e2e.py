@@ -1,0 +1,227 @@
+"""``serve`` with real processes around it: a LangChain app exporting with the stock ``OTLPSpanExporter``,
+and ``otel-arthur serve`` itself taking SIGTERM while requests are in flight.
+
+The app (tests/apps/otlp_chat.py) runs OpenLLMetry's LangChain instrumentor and ``ChatOpenAI`` against
+the local OpenAI endpoint, in its own process, configured by ``OTEL_EXPORTER_OTLP_*`` only. No
+Collector binary with a traces receiver installs from the registries reachable here; the stock
+exporter's retry rules are the Collector's ``otlphttp`` ones. Behaviour is asserted, not timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from arthurmodel import create_model_over_http
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from servehelpers import PROTOBUF, arthur_settings, figures, serving, wait_for  # noqa: F401
+from spanfixtures import generation_spans, load_span, reidentified
+
+from otel_arthur.config import ReceiverSettings
+from otel_arthur.local import openai
+from otel_arthur.local.arthur_faults import Faults
+from otel_arthur.local.runner import BackgroundServer
+from otel_arthur.mapping import map_span, render_messages
+from otel_arthur.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+APP = ROOT / "tests" / "apps" / "otlp_chat.py"
+QUESTIONS = ("What is a span?", "And a trace?", "Thanks, bye.")
+TOKEN = "e2e-token"
+_FOREIGN = ("OTEL_", "ARTHUR_", "OPENAI_", "TRACELOOP_", "OPENINFERENCE_", "VERIFY_SSL")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)} | extra
+
+
+@pytest.fixture(scope="module")
+def openai_server() -> Iterator[BackgroundServer]:
+    with BackgroundServer(openai.create_app()) as server:
+        yield server
+
+
+def expected_turns() -> list[tuple[str, openai.Completion]]:
+    """(prompt as the record renders it, the local OpenAI's answer) for each question."""
+    history, turns = [], []
+    for question in QUESTIONS:
+        history.append({"role": "user", "content": question})
+        completion = openai.complete(history)
+        turns.append((render_messages([(m["role"], m["content"]) for m in history]), completion))
+        history.append({"role": "assistant", "content": completion.content})
+    return turns
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_otlp_exporter_from_a_langchain_app_one_record_per_llm_call(compression, openai_server, local_arthur,
+                                                                    tmp_path, figures):
+    model_id = create_model_over_http(local_arthur)
+    receiver = ReceiverSettings(port=0, auth_token=TOKEN, shutdown_timeout=5)
+    with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool"), receiver) as server:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, str(APP), *QUESTIONS], capture_output=True, text=True, timeout=120,
+            env=clean_env(OPENAI_BASE_URL=openai_server.url + "/v1", OPENAI_API_KEY="unused",
+                          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=server.traces,
+                          OTEL_EXPORTER_OTLP_COMPRESSION=compression,
+                          OTEL_EXPORTER_OTLP_HEADERS=f"Authorization=Bearer%20{TOKEN}"))
+        assert result.returncode == 0, result.stderr
+        spans = [load_span(s) for s in json.loads(result.stdout)]
+        records = {r.partner_inference_id: r for r in map(map_span, spans) if r is not None}
+        assert len(records) == len(QUESTIONS)
+        rows = wait_for(lambda: (lambda rows: rows if len(rows) >= len(QUESTIONS) else None)(
+            local_arthur.inferences(model_id)))
+        seconds = time.monotonic() - started
+        time.sleep(0.3)  # nothing more may arrive
+        rows = local_arthur.inferences(model_id)
+        counters = {s.name: s.value for s in server.receiver.counters.samples()}
+    assert sorted(r["partner_inference_id"] for r in rows) == sorted(records)  # one record per LLM call
+    rows.sort(key=lambda r: r["inference_timestamp"])
+    for row, (prompt, completion) in zip(rows, expected_turns()):
+        data = row["inference_data"]
+        record = records[row["partner_inference_id"]]
+        assert data == record.fields  # exactly what the in-app exporter maps from the same spans
+        assert data["prompt"] == prompt and data["completion"] == completion.content
+        assert (data["prompt_tokens"], data["completion_tokens"]) == \
+            (completion.prompt_tokens, completion.completion_tokens)
+        assert data["service_name"] == "otlp-chat" and data["temperature"] == 0.1
+    assert counters["otel_arthur_receiver_spans_ignored_total"] >= len(QUESTIONS)  # the handle-turn spans
+    assert counters["otel_arthur_receiver_spans_rejected_total"] == 0
+    figures[f"OTLPSpanExporter ({compression}) -> serve -> Arthur"] = {
+        "llm_calls": len(QUESTIONS), "spans_exported": int(counters["otel_arthur_receiver_spans_received_total"]),
+        "records": len(rows), "seconds_incl_app_start": round(seconds, 1)}
+
+
+# -- SIGTERM ---------------------------------------------------------------------------------------
+
+SHUTDOWN_TIMEOUT = 3.0
+SPANS_PER_REQUEST = 20
+
+
+class ServeProcess:
+    """``otel-arthur serve`` as a subprocess on a free port; its log in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path, *flags: str) -> None:
+        self.log = log
+        self._log_file = log.open("w")
+        self.process = subprocess.Popen([str(BIN / "otel-arthur"), "serve", "--port", "0", *flags], env=env,
+                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = "http://127.0.0.1:" + wait_for(self._port)
+
+    def _port(self) -> str | None:
+        """The port serve says it listens on (it was started with --port 0)."""
+        if self.process.poll() is not None:
+            pytest.fail(f"serve exited {self.process.returncode}: {self.log.read_text()}")
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/v1/traces", self.log.read_text())
+        return found[1] if found else None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+
+
+def request_body(first: int) -> tuple[bytes, list[str]]:
+    """SPANS_PER_REQUEST generation spans with new ids, and their record ids."""
+    templates = generation_spans()
+    spans = [reidentified(templates[n % len(templates)], 0xC0FFEE_0000 + n, n + 1)
+             for n in range(first, first + SPANS_PER_REQUEST)]
+    return encode_spans(spans).SerializeToString(), [map_span(s).partner_inference_id for s in spans]
+
+
+def test_sigterm_with_requests_in_flight_loses_no_accepted_record(local_arthur, tmp_path, figures):
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"),
+                    ARTHUR_BATCH_MAX_RECORDS="5")
+    local_arthur.faults.set(Faults(rate_slow=1.0, slow_seconds=0.2))  # delivery lags: a remainder is left
+    serve = ServeProcess(env, tmp_path / "serve.log", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT))
+    accepted: list[str] = []
+    statuses: list[object] = []
+    in_flight: list[object] = []
+    lock = threading.Lock()
+    try:
+        wait_for(lambda: requests.get(serve.url + "/readyz", timeout=5).status_code == 200)
+
+        def slow_upload(first: int) -> None:  # in flight when SIGTERM arrives: its body is still coming
+            body, ids = request_body(first)
+            size = len(body) // 4 + 1
+            pieces = [body[i:i + size] for i in range(0, len(body), size)]
+
+            def trickle():
+                for piece in pieces:
+                    yield piece
+                    time.sleep(0.25)
+
+            status = send(trickle(), ids)
+            with lock:
+                in_flight.append(status)
+
+        def steady(first: int) -> None:  # one request after another until the server is gone
+            n = first
+            while True:
+                body, ids = request_body(n)
+                if send(body, ids) != 200:
+                    return
+                n += SPANS_PER_REQUEST
+
+        def send(body, ids) -> object:
+            try:
+                response = requests.post(serve.url + "/v1/traces", data=body, headers=PROTOBUF, timeout=30)
+            except requests.ConnectionError as exc:
+                status: object = type(exc).__name__
+            else:
+                status = response.status_code
+            with lock:
+                statuses.append(status)
+                if status == 200:
+                    accepted.extend(ids)
+            return status
+
+        slow = [threading.Thread(target=slow_upload, args=(k * 1000,)) for k in range(3)]
+        fast = [threading.Thread(target=steady, args=(100_000 + k * 100_000,)) for k in range(2)]
+        for thread in slow + fast:
+            thread.start()
+        time.sleep(0.4)
+        signalled = time.monotonic()
+        serve.process.send_signal(signal.SIGTERM)
+        for thread in slow + fast:
+            thread.join(timeout=30)
+        returncode = serve.process.wait(timeout=SHUTDOWN_TIMEOUT + 15)
+        exit_seconds = time.monotonic() - signalled
+        log = serve.log.read_text()
+    finally:
+        local_arthur.faults.set(Faults())
+        serve.stop()
+    assert returncode == 0, log
+    assert "Traceback" not in log and "Shutting down" in log
+    assert in_flight == [200] * len(slow)  # the uploads still arriving at SIGTERM were finished and accepted
+    assert set(s for s in statuses if s != 200) <= {503, "ConnectionError"}, statuses  # never 500
+    delivered_before_exit = {r["partner_inference_id"] for r in local_arthur.inferences(model_id)}
+
+    # The remainder is safe in the spool: the next process over it delivers everything accepted.
+    pipeline = Pipeline(arthur_settings(local_arthur.url, model_id, tmp_path / "spool"))
+    try:
+        assert pipeline.force_flush(60)
+    finally:
+        pipeline.shutdown(5)
+    delivered = [r["partner_inference_id"] for r in local_arthur.inferences(model_id)]
+    assert set(accepted) <= set(delivered)
+    figures["SIGTERM with requests in flight"] = {
+        "requests_200": statuses.count(200), "requests_503": statuses.count(503),
+        "refused_connections": statuses.count("ConnectionError"), "records_accepted": len(accepted),
+        "delivered_before_exit": len(delivered_before_exit & set(accepted)),
+        "left_in_spool": len(set(accepted) - delivered_before_exit), "lost": len(set(accepted) - set(delivered)),
+        "exit_code": returncode, "exit_seconds": round(exit_seconds, 1), "shutdown_timeout": SHUTDOWN_TIMEOUT}
