@@ -88,3 +88,38 @@ def add_processors(openllmetry_provider):
     finally:
         for processor in added:
             processor.shutdown()
+
+
+@pytest.fixture(scope="module")
+def openai_server():
+    """The local OpenAI-compatible endpoint on a free 127.0.0.1 port; always stopped."""
+    from otel_arthur.local import openai
+    from otel_arthur.local.runner import BackgroundServer
+
+    with BackgroundServer(openai.create_app()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sdk_client(local_arthur):
+    """The real arthurai SDK logged into this module's local Arthur (the import costs ~5 s, once)."""
+    from arthurai import ArthurAI
+
+    return ArthurAI(url=local_arthur.url, access_key=local_arthur.api_key,
+                    organization_id=local_arthur.organization_id, allow_insecure=True)
+
+
+@pytest.fixture(scope="module")
+def figures(request):
+    """Each test's figures, written to the terminal when the module is done (captured output or not)."""
+    collected = {}
+    yield collected
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not collected:
+        return
+    with capture.global_and_fixture_disabled():  # past pytest's capture: shown on every run, not only -s
+        reporter.ensure_newline()
+        reporter.section(f"{request.module.__name__} figures", sep="-")
+        for name, values in collected.items():
+            reporter.write_line(f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))

@@ -86,17 +86,3 @@ def otlp_json(request: ExportTraceServiceRequest) -> bytes:
     return json.dumps(document).encode()
 
 
-@pytest.fixture(scope="module")
-def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, Any]]]:
-    """Each test's figures, written to the terminal when the module is done (captured output or not)."""
-    collected: dict[str, dict[str, Any]] = {}
-    yield collected
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None or not collected:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.ensure_newline()
-        reporter.section(f"{request.module.__name__} figures", sep="-")
-        for name, values in collected.items():
-            reporter.write_line(f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))

@@ -39,22 +39,6 @@ THIRTY_PERCENT = Faults(rate_429=0.06, rate_500=0.06, rate_503=0.06, rate_drop=0
                         slow_seconds=0.2, rate_record_500=0.05, seed=20261125)
 
 
-@pytest.fixture(scope="module")
-def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, Any]]]:
-    """Each test's figures, written to the terminal when the module is done (captured output or not)."""
-    collected: dict[str, dict[str, Any]] = {}
-    yield collected
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None or not collected:
-        return
-    with capture.global_and_fixture_disabled():  # past pytest's capture: shown on every run, not only -s
-        reporter.ensure_newline()
-        reporter.section("chaos figures", sep="-")
-        for name, values in collected.items():
-            reporter.write_line(f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))
-
-
 @pytest.fixture
 def arthur_with_model(tmp_path: Path) -> Iterator[tuple[arthur.RestartableLocalArthur, str]]:
     """A restartable local Arthur (started) holding a fresh model, and the model's id."""

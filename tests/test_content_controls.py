@@ -16,8 +16,6 @@ from otel_arthur import ArthurSpanExporter
 from otel_arthur.binding import bind
 from otel_arthur.client import ArthurModel, ModelAttribute, RetryableError
 from otel_arthur.config import ArthurSettings
-from otel_arthur.local import openai
-from otel_arthur.local.runner import BackgroundServer
 from otel_arthur.mapping import InferenceRecord, map_span
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.privacy import CONTENT_NOT_CAPTURED, CONTENT_WITHHELD, ContentPolicy, RecordFilter
@@ -156,12 +154,6 @@ def test_openinference_switches_here_withhold_only_their_side(no_switches, local
     [row] = local_arthur.inferences(model_id)
     assert (row["inference_data"]["prompt"], row["inference_data"]["completion"]) == (CONTENT_WITHHELD,
                                                                                     "a secret answer")
-
-
-@pytest.fixture(scope="module")
-def openai_server():
-    with BackgroundServer(openai.create_app()) as server:
-        yield server
 
 
 def test_openllmetry_with_its_content_switch_off_still_delivers_tokens_duration_model_finish_reason(

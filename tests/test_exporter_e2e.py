@@ -14,34 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_arthur import ArthurSpanExporter
 from otel_arthur.local import openai
-from otel_arthur.local.runner import BackgroundServer
 from otel_arthur.mapping import render_messages
 from otel_arthur.privacy import CONTENT_NOT_CAPTURED
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are terse."
-
-
-@pytest.fixture(scope="module")
-def openai_server():
-    with BackgroundServer(openai.create_app()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sdk_client(local_arthur):
-    from arthurai import ArthurAI
-
-    return ArthurAI(url=local_arthur.url, access_key=local_arthur.api_key,
-                    organization_id=local_arthur.organization_id, allow_insecure=True)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind
 from prometheus_client.parser import text_string_to_metric_families
-from servehelpers import JSON, PROTOBUF, arthur_settings, figures, otlp_json, serving, wait_for  # noqa: F401
+from servehelpers import JSON, PROTOBUF, arthur_settings, otlp_json, serving, wait_for  # noqa: F401
 from spanfixtures import generation_spans, load_spans, reidentified
 
 from otel_arthur import cli

@@ -17,20 +17,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from arthurmodel import create_model_over_http
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from servehelpers import PROTOBUF, arthur_settings, figures, serving, wait_for  # noqa: F401
+from servehelpers import PROTOBUF, arthur_settings, serving, wait_for  # noqa: F401
 from spanfixtures import generation_spans, load_span, reidentified
 
 from otel_arthur.config import ReceiverSettings
 from otel_arthur.local import openai
 from otel_arthur.local.arthur_faults import Faults
-from otel_arthur.local.runner import BackgroundServer
 from otel_arthur.mapping import map_span, render_messages
 from otel_arthur.pipeline import Pipeline
 
@@ -44,12 +42,6 @@ _FOREIGN = ("OTEL_", "ARTHUR_", "OPENAI_", "TRACELOOP_", "OPENINFERENCE_", "VERI
 
 def clean_env(**extra: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)} | extra
-
-
-@pytest.fixture(scope="module")
-def openai_server() -> Iterator[BackgroundServer]:
-    with BackgroundServer(openai.create_app()) as server:
-        yield server
 
 
 def expected_turns() -> list[tuple[str, openai.Completion]]:

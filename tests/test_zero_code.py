@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +53,6 @@ DELIVERY_DEADLINE = 30.0  # seconds after exit for expected records to arrive
 QUIET_PERIOD = 2.0  # seconds after exit in which no record may arrive when none is expected
 RUN_TIMEOUT = 120.0
 _FOREIGN = ("OTEL_", "ARTHUR_", "OPENAI_", "TRACELOOP_", "OPENINFERENCE_", "VERIFY_SSL")
-
-
-@pytest.fixture(scope="module")
-def openai_server() -> Iterator[BackgroundServer]:
-    with BackgroundServer(openai.create_app()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sdk_client(local_arthur):
-    from arthurai import ArthurAI
-
-    return ArthurAI(url=local_arthur.url, access_key=local_arthur.api_key,
-                    organization_id=local_arthur.organization_id, allow_insecure=True)
 
 
 @pytest.fixture
