@@ -55,7 +55,21 @@ _FALSE = {"0", "false", "f", "no", "n", "off"}
 
 
 class ConfigurationError(ValueError):
-    """Settings that cannot work (no URL, no credentials, plain http without consent)."""
+    """Settings that cannot work (no URL, no credentials, plain http without consent).
+
+    Messages name constructor arguments (``pass url=``); commands put them in their own terms with ``as_flags``.
+    """
+
+
+_ARGUMENT_TO_FLAG = (("pass url=", "pass --url"), ("pass model_id=", "pass --model-id"),
+                     ("pass password=", "pass --password"), ("(or allow_insecure=True)", "(or pass --allow-insecure)"))
+
+
+def as_flags(message: str) -> str:
+    """A settings message in a command's terms: ``pass --url`` rather than the constructor's ``url=``."""
+    for argument, flag in _ARGUMENT_TO_FLAG:
+        message = message.replace(argument, flag)
+    return message
 
 
 def _env(name: str) -> str | None:
@@ -120,6 +134,75 @@ def parse_attribute_map(text: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class ArthurConnection:
+    """Where Arthur is and how to authenticate: what every Arthur client needs (the exporter's
+    native client, and the arthurai SDK behind ``create-model`` and ``doctor``). Secrets are kept
+    out of ``repr``.
+    """
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    organization_id: str | None = None
+    allow_insecure: bool = False
+    verify_ssl: bool = True
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        login: str | None = None,
+        password: str | None = None,
+        organization_id: str | None = None,
+        allow_insecure: bool | None = None,
+        verify_ssl: bool | None = None,
+    ) -> ArthurConnection:
+        """Each setting from its argument, else its environment variable, else its default.
+
+        Credentials: an argument beats the environment, and at one level an API key beats a login
+        (the SDK's rule). Raises ``ConfigurationError`` naming what is missing or unsafe; never prompts.
+        """
+        url = url if url is not None else _env(ARTHUR_ENDPOINT_URL)
+        if url is None:
+            raise ConfigurationError(f"no Arthur URL: pass url= or set {ARTHUR_ENDPOINT_URL}")
+        allow_insecure = allow_insecure if allow_insecure is not None else _env_bool(ARTHUR_ALLOW_INSECURE, False)
+        scheme = urlsplit(url).scheme
+        if scheme not in ("https", "http") or not urlsplit(url).netloc:
+            raise ConfigurationError(f"Arthur URL {url!r} is not an http(s) URL")
+        if scheme == "http" and not allow_insecure:
+            # the SDK refuses too, but only after sending the credentials to users/me over plain http
+            raise ConfigurationError(
+                f"Arthur URL {url!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it"
+            )
+        if api_key is None and login is None:
+            api_key = _env(ARTHUR_API_KEY)
+        if api_key is not None:
+            login = password = None
+        else:
+            login = login if login is not None else _env(ARTHUR_LOGIN)
+            password = password if password is not None else _env(ARTHUR_PASSWORD)
+            if login is None:
+                raise ConfigurationError(
+                    f"no Arthur credentials: set {ARTHUR_API_KEY}, or {ARTHUR_LOGIN} and {ARTHUR_PASSWORD}")
+            if password is None:
+                # the SDK would block on getpass(); an exporter or a scripted command must fail instead
+                raise ConfigurationError(
+                    f"login {login!r} has no password: pass password= or set {ARTHUR_PASSWORD} (otel-arthur never prompts)")
+        return cls(
+            url=url.rstrip("/"),
+            api_key=api_key,
+            login=login,
+            password=password,
+            organization_id=organization_id if organization_id is not None else _env(ARTHUR_ORGANIZATION_ID),
+            allow_insecure=allow_insecure,
+            verify_ssl=verify_ssl if verify_ssl is not None else _env_bool(VERIFY_SSL, True),
+        )
+
+
+@dataclass(frozen=True)
 class ArthurSettings:
     """Where Arthur is, how to authenticate, which model. Secrets are kept out of ``repr``."""
 
@@ -145,6 +228,12 @@ class ArthurSettings:
     @property
     def has_api_key(self) -> bool:
         return self.api_key is not None
+
+    @property
+    def connection(self) -> ArthurConnection:
+        return ArthurConnection(url=self.url, api_key=self.api_key, login=self.login, password=self.password,
+                                organization_id=self.organization_id, allow_insecure=self.allow_insecure,
+                                verify_ssl=self.verify_ssl)
 
     @classmethod
     def resolve(
@@ -173,29 +262,13 @@ class ArthurSettings:
 
         Raises ``ConfigurationError`` naming what is missing or unsafe; never prompts.
         """
-        url = url if url is not None else _env(ARTHUR_ENDPOINT_URL)
+        connection = ArthurConnection.resolve(
+            url=url, api_key=api_key, login=login, password=password, organization_id=organization_id,
+            allow_insecure=allow_insecure, verify_ssl=verify_ssl,
+        )
         model_id = model_id if model_id is not None else _env(ARTHUR_MODEL_ID)
-        if url is None:
-            raise ConfigurationError(f"no Arthur URL: pass url= or set {ARTHUR_ENDPOINT_URL}")
         if model_id is None:
             raise ConfigurationError(f"no Arthur model: pass model_id= or set {ARTHUR_MODEL_ID}")
-        allow_insecure = allow_insecure if allow_insecure is not None else _env_bool(ARTHUR_ALLOW_INSECURE, False)
-        scheme = urlsplit(url).scheme
-        if scheme not in ("https", "http") or not urlsplit(url).netloc:
-            raise ConfigurationError(f"Arthur URL {url!r} is not an http(s) URL")
-        if scheme == "http" and not allow_insecure:
-            raise ConfigurationError(
-                f"Arthur URL {url!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it"
-            )
-
-        api_key = api_key if api_key is not None else _env(ARTHUR_API_KEY)
-        if api_key is None:  # the SDK's rule: login/password only when there is no key
-            login = login if login is not None else _env(ARTHUR_LOGIN)
-            password = password if password is not None else _env(ARTHUR_PASSWORD)
-            if login is None:
-                raise ConfigurationError(f"no Arthur credentials: set {ARTHUR_API_KEY}, or {ARTHUR_LOGIN} and {ARTHUR_PASSWORD}")
-            if password is None:
-                raise ConfigurationError(f"{ARTHUR_LOGIN} is set but {ARTHUR_PASSWORD} is not (the exporter never prompts)")
 
         if attribute_map is None:
             raw_map = _env(ARTHUR_ATTRIBUTE_MAP)
@@ -211,14 +284,8 @@ class ArthurSettings:
                 raise ValueError(f"{name} must be positive, got {value!r}")
 
         return cls(
-            url=url.rstrip("/"),
+            **vars(connection),
             model_id=model_id,
-            api_key=api_key,
-            login=login,
-            password=password,
-            organization_id=organization_id if organization_id is not None else _env(ARTHUR_ORGANIZATION_ID),
-            allow_insecure=allow_insecure,
-            verify_ssl=verify_ssl if verify_ssl is not None else _env_bool(VERIFY_SSL, True),
             timeout=timeout if timeout is not None else _env_number(ARTHUR_TIMEOUT, DEFAULT_TIMEOUT, float),
             attribute_map=dict(attribute_map),
             batch_max_records=int(batch_max_records if batch_max_records is not None

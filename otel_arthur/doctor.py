@@ -53,6 +53,7 @@ from otel_arthur.config import (
     ARTHUR_SPOOL_DIR,
     ArthurSettings,
     ConfigurationError,
+    as_flags,
     resolve_privacy,
     resolve_spool_dir,
 )
@@ -173,17 +174,6 @@ def _credentials(args: argparse.Namespace, settings: ArthurSettings) -> str:
             f"({_source(args.password, '--password', ARTHUR_PASSWORD)})")
 
 
-_ARGUMENT_TO_FLAG = (("pass url=", "pass --url"), ("pass model_id=", "pass --model-id"),
-                     ("(or allow_insecure=True)", "(or pass --allow-insecure)"))
-
-
-def as_flags(message: str) -> str:
-    """A settings message in this command's terms: ``pass --url`` rather than the constructor's ``url=``."""
-    for argument, flag in _ARGUMENT_TO_FLAG:
-        message = message.replace(argument, flag)
-    return message
-
-
 def _configuration(report: Report, args: argparse.Namespace) -> ArthurSettings | None:
     report.section("Configuration")
     try:
@@ -276,15 +266,13 @@ def _via_sdk(settings: ArthurSettings) -> _Found:
     import requests
     from arthurai.common.exceptions import ArthurError, ResponseServerError
 
-    from otel_arthur.onboarding import Connection, connect
+    from otel_arthur.onboarding import connect
 
     # The SDK logs to stdout through its own handlers, and at DEBUG it logs request headers, the
     # API key among them: keep it to warnings, through our handlers.
     logging.getLogger("arthurai").handlers.clear()
     logging.getLogger("arthurai").setLevel(logging.WARNING)
-    connection = Connection(url=settings.url, api_key=settings.api_key, login=settings.login,
-                            password=settings.password, organization_id=settings.organization_id,
-                            allow_insecure=settings.allow_insecure, verify_ssl=settings.verify_ssl)
+    connection = settings.connection
 
     def fetch() -> _Found:
         client = connect(connection)

@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 import warnings
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from otel_arthur.config import (
     ARTHUR_ALLOW_INSECURE,
@@ -29,8 +27,9 @@ from otel_arthur.config import (
     ARTHUR_LOGIN,
     ARTHUR_ORGANIZATION_ID,
     ARTHUR_PASSWORD,
-    VERIFY_SSL,
+    ArthurConnection,
     ConfigurationError,
+    as_flags,
 )
 from otel_arthur.fields import COMPLETION, FIELDS, PROMPT
 
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_DISPLAY_NAME = "otel-arthur LLM generations"
-_TRUE = {"1", "true", "t", "yes", "y", "on"}
-_FALSE = {"0", "false", "f", "no", "n", "off"}
 
 
 EPILOG = """\
@@ -88,81 +85,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Connection:
-    """How to reach Arthur, resolved flag -> environment -> default. Secrets are kept out of ``repr``."""
-
-    url: str
-    api_key: str | None = field(default=None, repr=False)
-    login: str | None = None
-    password: str | None = field(default=None, repr=False)
-    organization_id: str | None = None
-    allow_insecure: bool = False
-    verify_ssl: bool = True
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(name) or None
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    raw = (_env(name) or "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    if raw:
-        logger.warning("Ignoring %s=%r: expected true or false; using %s", name, raw, default)
-    return default
-
-
-def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
-    """``(api_key, login, password)``: a flag beats the environment; at one level an API key beats a login."""
-    if args.api_key is not None:
-        return args.api_key, None, None
-    login = args.login
-    if login is None:
-        if _env(ARTHUR_API_KEY) is not None:
-            return _env(ARTHUR_API_KEY), None, None
-        login = _env(ARTHUR_LOGIN)
-    if login is None:
-        raise ConfigurationError(
-            f"no Arthur credentials: pass --api-key or --login/--password, or set {ARTHUR_API_KEY} "
-            f"or {ARTHUR_LOGIN}/{ARTHUR_PASSWORD}"
+def resolve_connection(args: argparse.Namespace) -> ArthurConnection:
+    """Flags, else ``ARTHUR_*``, else defaults: the exporter's own rules (``otel_arthur.config``)."""
+    try:
+        return ArthurConnection.resolve(
+            url=args.url, api_key=args.api_key, login=args.login, password=args.password,
+            organization_id=args.organization_id, allow_insecure=args.allow_insecure,
         )
-    password = args.password if args.password is not None else _env(ARTHUR_PASSWORD)
-    if password is None:
-        # the SDK would block on getpass(); a command run from scripts must fail instead
-        raise ConfigurationError(f"login {login!r} has no password: pass --password or set {ARTHUR_PASSWORD}")
-    return None, login, password
+    except ConfigurationError as exc:
+        raise ConfigurationError(as_flags(str(exc))) from None
 
 
-def resolve_connection(args: argparse.Namespace) -> Connection:
-    url = args.url if args.url is not None else _env(ARTHUR_ENDPOINT_URL)
-    if url is None:
-        raise ConfigurationError(f"no Arthur URL: pass --url or set {ARTHUR_ENDPOINT_URL}")
-    allow_insecure = args.allow_insecure if args.allow_insecure is not None else _env_flag(ARTHUR_ALLOW_INSECURE, False)
-    if urlsplit(url).scheme == "http" and not allow_insecure:
-        # the SDK refuses too, but only after sending the credentials to users/me over plain http
-        raise ConfigurationError(
-            f"Arthur URL {url!r} is plain http: pass --allow-insecure or set {ARTHUR_ALLOW_INSECURE}=true"
-        )
-    api_key, login, password = _credentials(args)
-    return Connection(
-        url=url,
-        api_key=api_key,
-        login=login,
-        password=password,
-        organization_id=args.organization_id if args.organization_id is not None else _env(ARTHUR_ORGANIZATION_ID),
-        allow_insecure=allow_insecure,
-        # Passed to the SDK explicitly: with a login, the SDK hands its token refresher the raw
-        # argument, so VERIFY_SSL=false read by the SDK alone fails against a self-signed server.
-        verify_ssl=_env_flag(VERIFY_SSL, True),
-    )
+def connect(connection: ArthurConnection) -> ArthurAI:
+    """An ``ArthurAI`` client for ``connection`` (imports ``arthurai``).
 
-
-def connect(connection: Connection) -> ArthurAI:
-    """An ``ArthurAI`` client for ``connection`` (imports ``arthurai``)."""
+    ``verify_ssl`` is passed explicitly: with a login, the SDK hands its token refresher the raw
+    argument, so ``VERIFY_SSL=false`` read by the SDK alone fails against a self-signed server.
+    """
     from arthurai import ArthurAI
 
     return ArthurAI(

@@ -27,11 +27,16 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from otel_arthur import exit_codes
-from otel_arthur.config import DEFAULT_SPOOL_MAX_BYTES, ArthurSettings, ConfigurationError, resolve_spool_dir
+from otel_arthur.config import (
+    DEFAULT_SPOOL_MAX_BYTES,
+    ArthurSettings,
+    ConfigurationError,
+    as_flags,
+    resolve_spool_dir,
+)
 from otel_arthur.doctor import (
     add_connection_arguments,
     add_spool_argument,
-    as_flags,
     human_age,
     human_bytes,
     resolve_settings,

@@ -95,3 +95,12 @@ def test_spool_settings_argument_environment_default(monkeypatch, tmp_path):
     assert ArthurSettings.resolve(**required, spool_dir=tmp_path / "arg").spool_dir == str(tmp_path / "arg")
     with pytest.raises(ValueError):
         ArthurSettings.resolve(**required, spool_max_bytes=0)
+
+
+def test_an_explicit_login_beats_an_api_key_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ARTHUR_API_KEY", "env-key")
+    settings = ArthurSettings.resolve(url="https://a.example", model_id="m", login="me", password="pw")
+    assert (settings.api_key, settings.login) == (None, "me")
+    settings = ArthurSettings.resolve(url="https://a.example", model_id="m", api_key="arg-key", login="me",
+                                      password="pw")
+    assert (settings.api_key, settings.login, settings.password) == ("arg-key", None, None)

@@ -147,7 +147,7 @@ def test_each_broken_configuration_is_one_precise_line_and_its_exit_code(capsys,
     (("--url", "http://127.0.0.1:1", "--api-key", "k", "--model-id", "m"), exit_codes.CONFIGURATION,
      "plain http: set ARTHUR_ALLOW_INSECURE=true (or pass --allow-insecure)"),
     (("--url", "https://a.example", "--login", "me", "--model-id", "m"), exit_codes.CONFIGURATION,
-     "ARTHUR_LOGIN is set but ARTHUR_PASSWORD is not"),
+     "has no password: pass --password or set ARTHUR_PASSWORD"),
 ])
 def test_configuration_problems(capsys, tmp_path, argv, code, message):
     result, out, err = doctor(capsys, *argv, "--spool-dir", str(tmp_path))
