@@ -1,0 +1,103 @@
+"""An OTLP/HTTP load client: OTLPSpanExporter's own HTTP client posting protobuf batches for a while.
+
+    python benchmarks/load_client.py '{"phases": [{"url": "http://127.0.0.1:4319", "traffic": "generation",
+                                                   "seconds": 10, "start_at": <epoch s>, "rate": 0}]}'
+
+The request bodies are what ``OTLPSpanExporter.export()`` sends (``encode_spans(...)``, protobuf),
+encoded once before the clock starts and posted through the exporter's own client, so the client
+spends its CPU on sending, not on re-encoding: the receiver, not the load generator, sets the pace.
+``traffic``: ``generation`` (every span an LLM generation, recorded attributes) or ``mixed`` (one in
+ten; the rest HTTP-server-like spans). ``rate``: spans per second, 0 for as fast as answered.
+Phases run one after another, each from its ``start_at``, so several clients can keep in step.
+Prints one JSON line: per phase, spans and requests accepted (2xx) and refused, and its seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, sdk_spans  # noqa: E402
+
+BATCH = 512
+SHARES = {"generation": 1.0, "mixed": 0.1}
+
+
+def bodies(traffic: str, count: int) -> list[tuple[bytes, int]]:
+    """``count`` distinct request bodies of BATCH spans, each span under fresh ids; (body, generation spans)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    share = SHARES[traffic]
+    every = round(1 / share)
+    templates = list(sdk_spans(BATCH, generation_share=share))
+    out = []
+    for _ in range(count):
+        base = random.getrandbits(120)
+        batch = []
+        for i, t in enumerate(templates):
+            context = SpanContext(base + i, i + 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            span = ReadableSpan(name=t.name, context=context, resource=t.resource, attributes=None, events=t.events,
+                                kind=t.kind, status=t.status, start_time=t.start_time, end_time=t.end_time,
+                                instrumentation_scope=t.instrumentation_scope)
+            span._attributes = t._attributes
+            batch.append(span)
+        out.append((encode_spans(batch).SerializePartialToString(), sum(1 for i in range(BATCH) if i % every == 0)))
+    return out
+
+
+def run_phase(send: Any, prepared: list[tuple[bytes, int]], phase: dict[str, Any]) -> dict[str, Any]:
+    """Post batches from ``start_at`` (epoch seconds) for ``seconds``, at ``rate`` spans/s (0: flat out)."""
+    rate = phase.get("rate", 0)
+    interval = BATCH / rate if rate else 0.0
+    time.sleep(max(0.0, phase.get("start_at", 0) - time.time()))
+    ok_spans = ok_generations = ok_requests = failed_requests = 0
+    start = time.perf_counter()
+    deadline = start + phase["seconds"]
+    next_at = start
+    i = 0
+    while True:
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        if interval:
+            if now < next_at:
+                time.sleep(min(next_at - now, deadline - now))
+                continue
+            next_at += interval
+        body, generations = prepared[i % len(prepared)]
+        i += 1
+        if send(body).success:
+            ok_requests += 1
+            ok_spans += BATCH
+            ok_generations += generations
+        else:
+            failed_requests += 1
+    return {"label": phase.get("label", ""), "traffic": phase["traffic"], "seconds": time.perf_counter() - start,
+            "spans": ok_spans, "generation_spans": ok_generations, "requests": ok_requests,
+            "failed_requests": failed_requests, "body_bytes": len(prepared[0][0])}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.ERROR)
+    args = json.loads(sys.argv[1])
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    phases = args["phases"]
+    prepared = {traffic: bodies(traffic, args.get("bodies", 8)) for traffic in {p["traffic"] for p in phases}}
+    # The exporter's own client: what OTLPSpanExporter.export() calls once it has encoded a batch.
+    senders = {url: OTLPSpanExporter(endpoint=url + "/v1/traces", timeout=30)._client.export
+               for url in {p["url"] for p in phases}}
+    emit({"phases": [run_phase(senders[p["url"]], prepared[p["traffic"]], p) for p in phases]})
+
+
+if __name__ == "__main__":
+    main()
