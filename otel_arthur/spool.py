@@ -206,7 +206,7 @@ class Spool:
         self._owner_fd = _hold_owner_lock(self._owner_path(self.owner))
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             # executescript runs statement by statement: one IMMEDIATE transaction around it, so two
             # processes creating the file at once do not interleave.
@@ -465,6 +465,23 @@ def _delete_oldest(db: sqlite3.Connection, table: str, condition: str, excess: i
         return 0, 0
     deleted = db.execute(f"DELETE FROM {table} WHERE seq <= ? AND {condition}", (last,)).rowcount
     return freed, deleted
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting like any other statement when another process holds the file.
+
+    While another process is switching the same new file to WAL, SQLite answers "database is
+    locked" at once, without its busy timeout (two exporters started together lost one spool).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _hold_owner_lock(path: str) -> int:
