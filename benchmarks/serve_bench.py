@@ -49,24 +49,8 @@ def metric(url: str, name: str) -> float | None:
 
 def _clients(phases: list[dict[str, Any]], count: int, timeout: float, bodies: int) -> list[list[dict[str, Any]]]:
     """Run ``count`` load clients on the same schedule of phases; per client, its phase results."""
-    results: list[Any] = [RuntimeError("not run")] * count
-
-    def run(i: int) -> None:
-        try:
-            results[i] = c.run_worker("load_client.py", {"phases": phases, "bodies": bodies},
-                                      timeout=timeout)["phases"]
-        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return results
+    args = [{"phases": phases, "bodies": bodies}] * count
+    return [result["phases"] for result in c.run_workers_at_once("load_client.py", args, timeout=timeout)]
 
 
 def _rate(phase_results: list[dict[str, Any]], key: str) -> float:
