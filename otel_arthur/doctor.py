@@ -461,7 +461,9 @@ def human_age(seconds: float) -> str:
 
 
 def _writable(directory: str) -> None:
-    """Raise ``OSError`` unless a file can be created in ``directory`` (root ignores modes: try it)."""
+    """Raise ``OSError`` unless ``directory`` is a directory a file can be created in (root ignores modes: try it)."""
+    if not os.path.isdir(directory):
+        raise NotADirectoryError(0, "not a directory")
     with tempfile.TemporaryFile(dir=directory, prefix=".otel-arthur-doctor-"):
         pass
 
@@ -473,8 +475,6 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
         try:
-            if not os.path.isdir(parent):
-                raise NotADirectoryError(0, "not a directory")
             _writable(parent)
         except OSError as exc:
             report.problem(exit_codes.SPOOL, f"spool directory {directory} cannot be created: {parent} is "
@@ -483,8 +483,6 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
         report.item("directory", f"{directory} (does not exist yet; created at the first export)")
         return
     try:
-        if not os.path.isdir(directory):
-            raise NotADirectoryError(0, "not a directory")
         _writable(directory)
     except OSError as exc:
         report.problem(exit_codes.SPOOL, f"spool directory {directory} is not usable: "
