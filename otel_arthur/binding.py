@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from otel_arthur.client import ArthurModel, ModelAttribute, SetupError
@@ -65,6 +65,12 @@ _COERCE: dict[str, Callable[[Any], Any]] = {
 }
 
 
+# The value types a field may already have, so that ``to_row`` passes it through without a call.
+# FLOAT is not here: a float may still be NaN or infinite, which Arthur refuses.
+_ALREADY = {ValueType.STRING: str, ValueType.UNSTRUCTURED_TEXT: str, ValueType.TIMESTAMP: str,
+            ValueType.INTEGER: int, ValueType.BOOLEAN: bool}
+
+
 @dataclass(frozen=True)
 class Binding:
     """Field -> attribute for one model. ``to_row`` is the only per-record work."""
@@ -72,20 +78,32 @@ class Binding:
     model_id: str
     targets: Mapping[str, ModelAttribute]
     skipped: tuple[str, ...]
+    # field -> (attribute name, type needing no coercion, coercion): read once per record field.
+    _plan: dict[str, tuple[str, type | None, Callable[[Any], Any]]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plan = {name: (target.name, _ALREADY.get(target.value_type), _COERCE.get(target.value_type, _identity))
+                for name, target in self.targets.items()}
+        object.__setattr__(self, "_plan", plan)
 
     def to_row(self, record: InferenceRecord) -> dict[str, Any]:
         data: dict[str, Any] = {}
+        plan = self._plan
         for name, value in record.fields.items():
-            target = self.targets.get(name)
-            if target is None:
+            step = plan.get(name)
+            if step is None:
+                continue
+            attribute, already, coerce = step
+            if type(value) is already:  # exact type: a bool is not an int here
+                data[attribute] = value
                 continue
             try:
-                data[target.name] = _COERCE.get(target.value_type, _identity)(value)
+                data[attribute] = coerce(value)
             except (TypeError, ValueError):
-                _logger.debug("field %s: %r does not fit %s %s", name, value, target.value_type, target.name)
+                _logger.debug("field %s: %r does not fit %s", name, value, attribute)
         for name in (PROMPT, COMPLETION):
             if name not in record.fields:
-                data[self.targets[name].name] = CONTENT_NOT_CAPTURED
+                data[plan[name][0]] = CONTENT_NOT_CAPTURED
         return {
             "partner_inference_id": record.partner_inference_id,
             "inference_timestamp": record.inference_timestamp,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from otel_arthur.binding import Binding, bind
-from otel_arthur.client import NOT_SENT, ArthurClient, ArthurError, RecordResult, encode_rows
+from otel_arthur.client import NOT_SENT, ArthurClient, ArthurError, RecordResult, encode_row
 from otel_arthur.config import ArthurSettings
 from otel_arthur.mapping import InferenceRecord
 
@@ -85,7 +85,7 @@ class ArthurSender:
     def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
         binding = self.binding
         rows = [binding.to_row(record) for record in records]
-        bodies = [encode_rows([row])[1:-1] for row in rows]  # each row's JSON, for sizing and joining
+        bodies = [encode_row(row) for row in rows]  # each row's JSON, for sizing and joining
         results: list[RecordResult] = []
         for batch in split_batches(bodies, self._settings.batch_max_records, self._settings.batch_max_bytes):
             body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
