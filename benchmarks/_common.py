@@ -236,6 +236,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``serve --decode-processes`` runs its decoders as children)."""
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                queue.extend(int(child) for child in task.read_text().split())
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """``cpu_seconds`` of a process and its descendants; those gone meanwhile are left out."""
+    total = 0.0
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    return sum(rss_mb(member) for member in _process_tree(pid))
+
+
 def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 

@@ -343,14 +343,16 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
             f"OTLP sink {tp['otlp']['receiver_cpu_us_per_span']:.0f} µs")
     if not failed("serve_ingest"):
         si = results["serve_ingest"]
-        for traffic in ("generation", "mixed"):
-            x = si[traffic]
-            row(f"4 serve ingest, {traffic} traffic, 2 OTLP clients",
-                f"{x['generation_spans_per_s']:,.0f} gen spans/s ({x['spans_per_s']:,.0f} spans/s)",
-                f"same clients → sink {x['sink_spans_per_s']:,.0f} spans/s",
-                f"{x['spans_per_s'] / x['sink_spans_per_s']:.2f}×" if x["sink_spans_per_s"] else "",
-                "≥ 20k gen spans/s" if traffic == "generation" else "",
-                x["generation_spans_per_s"] >= 20_000 if traffic == "generation" else None)
+        for name, how in (("serve", "serve"), ("serve-2p", "serve --decode-processes 2")):
+            for traffic in ("generation", "mixed"):
+                x = si[name][traffic]
+                cores = f", {x['serve_cpu_cores']:.2f} cores" if x.get("serve_cpu_cores") is not None else ""
+                row(f"4 {how}: {traffic} traffic, 2 OTLP clients",
+                    f"{x['generation_spans_per_s']:,.0f} gen spans/s ({x['spans_per_s']:,.0f} spans/s{cores})",
+                    f"same clients → sink {x['sink_spans_per_s']:,.0f} spans/s",
+                    f"{x['spans_per_s'] / x['sink_spans_per_s']:.2f}×" if x["sink_spans_per_s"] else "",
+                    "≥ 20k gen spans/s" if traffic == "generation" else "",
+                    x["generation_spans_per_s"] >= 20_000 if traffic == "generation" else None)
     if not failed("outage"):
         o = results["outage"]
         row(f"5 serve RSS, Arthur down {o['outage_seconds']:.0f} s then back",

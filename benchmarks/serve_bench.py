@@ -2,7 +2,8 @@
 
 4. ingest: 2 load clients (``load_client.py``: OTLPSpanExporter's HTTP client, bodies pre-encoded)
    post protobuf batches of 512 as fast as they are answered, in step: to the do-nothing sink (the
-   baseline), then to ``serve`` (with the local Arthur up and delivering); generation-only traffic,
+   baseline), then to ``serve`` decoding in its own process (the default), then to ``serve
+   --decode-processes 2``, each with the local Arthur up and delivering; generation-only traffic,
    then mixed traffic (1 generation span in 10). Spans/s = spans answered 2xx (durably spooled) / s.
 5. outage: ``serve`` in front of a local Arthur of its own, under steady traffic; RSS (from /proc)
    and spool depth (its /metrics) sampled every second: a warm-up with Arthur up, Arthur stopped
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -30,11 +32,16 @@ def serve_available() -> str | None:
     return None if completed.returncode == 0 else (completed.stderr.strip().splitlines() or ["no serve"])[-1]
 
 
-def serve_service(bench: Any, model_id: str, arthur_url: str | None = None) -> c.Service:
+def serve_service(bench: Any, model_id: str, arthur_url: str | None = None, *extra: str) -> c.Service:
     port = c.free_port()
     argv = [c.OTEL_ARTHUR, "serve", "--port", str(port), "--url", arthur_url or bench.arthur.url,
-            "--model-id", model_id, "--api-key", c.API_KEY, "--allow-insecure", "--spool-dir", bench.spool_dir()]
+            "--model-id", model_id, "--api-key", c.API_KEY, "--allow-insecure", "--spool-dir", bench.spool_dir(),
+            *extra]
     return c.Service("serve", argv, f"http://127.0.0.1:{port}", "/readyz", bench.logs)
+
+
+# serve as measured: decoding in the serving process (the default), and in one process per core.
+SERVE_VARIANTS = {"serve": (), "serve-2p": ("--decode-processes", "2")}
 
 
 def metric(url: str, name: str) -> float | None:
@@ -62,44 +69,51 @@ def ingest(bench: Any) -> dict[str, Any]:
     missing = serve_available()
     if missing:
         return {"skipped": f"otel-arthur serve is not available: {missing}"}
-    seconds, gap = bench.sizes["ingest_seconds"], 1.0
+    seconds = bench.sizes["ingest_seconds"]
     model_id = c.create_model(bench.arthur.url)
     out: dict[str, Any] = {"clients": 2, "seconds": seconds, "batch": 512}
-    with serve_service(bench, model_id) as serve:
-        # One schedule for both clients: sink then serve, generation traffic then mixed.
-        at = time.time() + bench.sizes["client_start_delay"]
-        phases = []
+    with contextlib.ExitStack() as services:
+        serves = {name: services.enter_context(serve_service(bench, model_id, None, *extra))
+                  for name, extra in SERVE_VARIANTS.items()}
         for traffic in ("generation", "mixed"):
-            for label, url in (("sink", bench.sink.url), ("serve", serve.url)):
-                phases.append({"label": f"{label}-{traffic}", "url": url, "traffic": traffic, "seconds": seconds,
-                               "start_at": at})
-                at += seconds + gap
-        cpu: dict[str, float] = {}
-
-        def watch_cpu() -> None:  # serve's CPU over each of its phases
-            for phase in phases:
-                if phase["label"].startswith("serve"):
-                    time.sleep(max(0.0, phase["start_at"] - time.time()))
-                    before = c.cpu_seconds(serve.pid)
-                    time.sleep(phase["seconds"])
-                    cpu[phase["label"]] = (c.cpu_seconds(serve.pid) - before) / phase["seconds"]
-
-        watcher = threading.Thread(target=watch_cpu, daemon=True)
-        watcher.start()
-        clients = _clients(phases, 2, timeout=at - time.time() + 120, bodies=bench.sizes["client_bodies"])
-        watcher.join(5)
-        by_label = {p["label"]: [client[i] for client in clients] for i, p in enumerate(phases)}
-        for traffic in ("generation", "mixed"):
-            ours, sink = by_label[f"serve-{traffic}"], by_label[f"sink-{traffic}"]
-            out[traffic] = {
-                "spans_per_s": _rate(ours, "spans"), "generation_spans_per_s": _rate(ours, "generation_spans"),
-                "sink_spans_per_s": _rate(sink, "spans"), "failed_requests": sum(r["failed_requests"] for r in ours),
-                "serve_cpu_cores": cpu.get(f"serve-{traffic}"), "body_bytes": ours[0]["body_bytes"],
-                "clients": ours, "sink_clients": sink,
-            }
-        out["serve_rss_mb"] = c.rss_mb(serve.pid)
-        out["delivered"] = metric(serve.url, "otel_arthur_records_delivered_total")
+            # The sink, then each serve; a serve's spool drained before the next phase, so one
+            # serve still delivering cannot take the CPU the next one is measured with.
+            sink = _phase(bench, {"url": bench.sink.url, "traffic": traffic, "seconds": seconds})
+            for name, serve in serves.items():
+                before = c.tree_cpu_seconds(serve.pid)
+                ours = _phase(bench, {"url": serve.url, "traffic": traffic, "seconds": seconds})
+                busy = max(r["seconds"] for r in ours)
+                cores = (c.tree_cpu_seconds(serve.pid) - before) / busy  # includes its start-up wait, ~0
+                drained = _drain(serve.url, bench.sizes["drain_timeout"])
+                out.setdefault(name, {"argv_extra": list(SERVE_VARIANTS[name])})[traffic] = {
+                    "spans_per_s": _rate(ours, "spans"), "generation_spans_per_s": _rate(ours, "generation_spans"),
+                    "sink_spans_per_s": _rate(sink, "spans"),
+                    "failed_requests": sum(r["failed_requests"] for r in ours),
+                    "serve_cpu_cores": cores, "drain_seconds_after": drained,
+                    "body_bytes": ours[0]["body_bytes"], "clients": ours, "sink_clients": sink,
+                }
+        for name, serve in serves.items():
+            out[name]["rss_mb"] = c.tree_rss_mb(serve.pid)
+            out[name]["delivered"] = metric(serve.url, "otel_arthur_records_delivered_total")
     return out
+
+
+def _phase(bench: Any, phase: dict[str, Any]) -> list[dict[str, Any]]:
+    """One phase from 2 clients started together; per client, what it had answered."""
+    delay = bench.sizes["client_start_delay"]
+    phase = {**phase, "start_at": time.time() + delay}
+    return [client[0] for client in _clients([phase], 2, timeout=delay + phase["seconds"] + 120,
+                                             bodies=bench.sizes["client_bodies"])]
+
+
+def _drain(url: str, timeout: float) -> float | None:
+    """Seconds until serve's spool is empty; None if it is not within ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if metric(url, "otel_arthur_spool_depth_records") == 0:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    return None
 
 
 def outage(bench: Any) -> dict[str, Any]:

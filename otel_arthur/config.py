@@ -89,16 +89,17 @@ def _env_bool(name: str, default: bool) -> bool:
     return default
 
 
-def _env_number(name: str, default: float, kind: type[int] | type[float]) -> float:
+def _env_number(name: str, default: float, kind: type[int] | type[float], *, zero_allowed: bool = False) -> float:
     raw = _env(name)
     if raw is None:
         return default
     try:
         value = kind(raw)
     except ValueError:
-        value = 0
-    if value <= 0:
-        _logger.warning("Ignoring %s=%r: expected a positive number; using %s", name, raw, default)
+        value = -1
+    if value < 0 or (value == 0 and not zero_allowed):
+        _logger.warning("Ignoring %s=%r: expected a %s number; using %s", name, raw,
+                        "non-negative" if zero_allowed else "positive", default)
         return default
     return value
 
@@ -340,6 +341,7 @@ OTEL_ARTHUR_RECEIVER_PORT = "OTEL_ARTHUR_RECEIVER_PORT"
 OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES = "OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES"
 OTEL_ARTHUR_RECEIVER_TOKEN = "OTEL_ARTHUR_RECEIVER_TOKEN"
 OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT = "OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT"
+OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES = "OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES"
 
 DEFAULT_RECEIVER_HOST = "127.0.0.1"  # beside the Collector; bind 0.0.0.0 explicitly to listen beyond the host
 DEFAULT_RECEIVER_PORT = 4319  # next to the Collector's own OTLP ports, 4317 (gRPC) and 4318 (HTTP)
@@ -356,6 +358,8 @@ class ReceiverSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     auth_token: str | None = field(default=None, repr=False)
     shutdown_timeout: float = DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT
+    decode_processes: int = 0
+    """Processes that decode and map request bodies; 0 decodes in the serving process."""
 
     @classmethod
     def resolve(
@@ -366,10 +370,13 @@ class ReceiverSettings:
         max_body_bytes: int | None = None,
         auth_token: str | None = None,
         shutdown_timeout: float | None = None,
+        decode_processes: int | None = None,
     ) -> ReceiverSettings:
         """Each setting from its argument, else ``OTEL_ARTHUR_RECEIVER_*``, else its default."""
         if port is not None and not 0 <= port <= 65535:
             raise ValueError(f"port must be 0-65535, got {port!r}")
+        if decode_processes is not None and decode_processes < 0:
+            raise ValueError(f"decode processes must be 0 or more, got {decode_processes!r}")
         for name, value in (("max_body_bytes", max_body_bytes), ("shutdown_timeout", shutdown_timeout)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -390,4 +397,6 @@ class ReceiverSettings:
             shutdown_timeout=float(shutdown_timeout if shutdown_timeout is not None
                                    else _env_number(OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT,
                                                     DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT, float)),
+            decode_processes=int(decode_processes if decode_processes is not None
+                                 else _env_number(OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES, 0, int, zero_allowed=True)),
         )

@@ -45,6 +45,7 @@ from otel_arthur.config import ArthurSettings, ReceiverSettings
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve import metrics
+from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
 from otel_arthur.stats import GAUGE, Sample
 
@@ -191,7 +192,15 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
     except BaseException:
         sock.close()
         raise
-    app = create_app(pipeline, settings)
+    try:
+        decoder = DecodeProcesses(settings.decode_processes) if settings.decode_processes else None
+    except BaseException:
+        sock.close()
+        pipeline.shutdown(0)
+        raise
+    receiver = Receiver(pipeline, max_body_bytes=settings.max_body_bytes, auth_token=settings.auth_token,
+                        decoder=decoder.decode if decoder else None)
+    app = create_app(pipeline, settings, receiver=receiver)
     lifecycle: Lifecycle = app.state.lifecycle
     config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1), server_header=False)
@@ -206,5 +215,7 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
         signal.signal(signal.SIGTERM, previous)
         sock.close()
         lifecycle.shutdown()  # a no-op when the lifespan already did it
+        if decoder is not None:
+            decoder.close()
     _logger.info("Stopped")
     return 0

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     receiver.add_argument("--shutdown-timeout", type=float, help=_help(
         "seconds from SIGTERM to exit: requests in flight finish, then delivery; the rest stays spooled",
         c.OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT, c.DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT))
+    receiver.add_argument("--decode-processes", type=int, help=_help(
+        "processes that decode and map request bodies, to use more than one core (e.g. the number of cores); "
+        "0 decodes in the serving process", c.OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES, 0))
 
     arthur = parser.add_argument_group("Arthur (as the exporter: the same ARTHUR_* variables)")
     arthur.add_argument("--url", help=_help("Arthur base URL, e.g. https://app.arthur.ai", c.ARTHUR_ENDPOINT_URL,
@@ -84,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
     )
     receiver = c.ReceiverSettings.resolve(
         host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, auth_token=args.auth_token,
-        shutdown_timeout=args.shutdown_timeout,
+        shutdown_timeout=args.shutdown_timeout, decode_processes=args.decode_processes,
     )
     return serve(arthur, receiver)

@@ -22,6 +22,7 @@ Accepted means spooled: ``accept`` is all or nothing, so a 503 leaves nothing ha
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import threading
@@ -35,7 +36,8 @@ from otel_arthur.mapping import InferenceRecord, map_span
 from otel_arthur.pipeline import Refusal
 from otel_arthur.stats import COUNTER, Sample
 
-__all__ = ["DEFAULT_RETRY_AFTER", "Intake", "Receiver", "ReceiverCounters", "Reply"]
+__all__ = ["DEFAULT_RETRY_AFTER", "Decoded", "DecoderUnavailable", "Intake", "Receiver", "ReceiverCounters", "Reply",
+           "decode_request"]
 
 _logger = logging.getLogger(__name__)
 
@@ -99,12 +101,53 @@ class ReceiverCounters:
             yield Sample("otel_arthur_receiver_http_responses_total", COUNTER, {"code": str(status)}, count)
 
 
+class DecoderUnavailable(RuntimeError):
+    """A ``Decoder`` could not run (a decode process died, or is shutting down): answered 503, retried."""
+
+
 @dataclass
-class _Mapped:
+class Decoded:
+    """One request body, decoded and mapped: what is left to do is spooling ``records``."""
+
     records: list[InferenceRecord] = field(default_factory=list)
     spans: int = 0
     rejected: int = 0
     reason: str = ""
+
+
+Mapper = Callable[..., "InferenceRecord | None"]
+Decoder = Callable[[bytes, "str | None", str, int], Decoded]
+
+
+def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes: int,
+                   mapper: Mapper = map_span) -> Decoded:
+    """Inflate, parse and map one body; ``otlp.RequestError`` when it is unusable as a whole.
+
+    Pure and module-level, so ``DecodeProcesses`` can run it in another process.
+    """
+    request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media)
+    decoded = Decoded(spans=otlp.count_spans(request))
+    for span in otlp.generation_spans(request):
+        record, reason = _map_one(mapper, span)
+        if record is not None:
+            decoded.records.append(record)
+        else:
+            decoded.rejected += 1
+            decoded.reason = decoded.reason or reason
+    return decoded
+
+
+def _map_one(mapper: Mapper, span: object) -> tuple[InferenceRecord | None, str]:
+    if isinstance(span, otlp.RequestError):
+        return None, str(span)
+    try:
+        record = mapper(span)
+    except Exception as exc:  # one odd span must not cost the others their place
+        _logger.debug("Cannot map span %r", getattr(span, "name", None), exc_info=True)
+        return None, f"span {getattr(span, 'name', '')!r} cannot be mapped: {type(exc).__name__}"
+    if record is None:
+        return None, f"span {getattr(span, 'name', '')!r} has no start time"
+    return record, ""
 
 
 class Receiver:
@@ -117,13 +160,15 @@ class Receiver:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         auth_token: str | None = None,
         retry_after: int = DEFAULT_RETRY_AFTER,
-        mapper: Callable[..., InferenceRecord | None] = map_span,
+        mapper: Mapper = map_span,
+        decoder: Decoder | None = None,
     ) -> None:
+        """``decoder`` runs ``decode_request`` elsewhere (``DecodeProcesses.decode``); else it runs here with ``mapper``."""
         self._intake = intake
         self.max_body_bytes = max_body_bytes
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
         self._retry_after = retry_after
-        self._map = mapper
+        self._decode: Decoder = decoder or functools.partial(decode_request, mapper=mapper)
         self._accepting = True
         self.counters = ReceiverCounters()
 
@@ -160,46 +205,24 @@ class Receiver:
         if len(body) > self.max_body_bytes or _declared_length(headers) > self.max_body_bytes:
             return self._error(media, 413, f"request body over the {self.max_body_bytes}-byte limit")
         try:
-            request = otlp.parse_request(
-                otlp.decompress(body, headers.get("content-encoding"), self.max_body_bytes), media)
-            mapped = self._map_request(request)
+            decoded = self._decode(body, headers.get("content-encoding"), media, self.max_body_bytes)
+        except DecoderUnavailable as exc:  # ours, not the client's: it may retry
+            _logger.error("Cannot decode a request: %s; answering 503", exc)
+            return self._unavailable(media, f"otel-arthur serve cannot decode right now ({exc}); retry")
         except otlp.RequestError as exc:
             _logger.debug("Answering %d: %s", exc.status, exc)
             return self._error(media, exc.status, str(exc))
         except Exception as exc:  # a decoder bug on odd input; the same bytes would fail again, so not a 5xx
             _logger.exception("Cannot process an OTLP request; answering 400")
             return self._error(media, 400, f"cannot process the request: {type(exc).__name__}")
-        return self._deliver(media, mapped)
+        return self._deliver(media, decoded)
 
     def _authorized(self, authorization: str | None) -> bool:
         if self._expected_auth is None:
             return True
         return hmac.compare_digest((authorization or "").encode(), self._expected_auth)
 
-    def _map_request(self, request: otlp.ExportTraceServiceRequest) -> _Mapped:
-        mapped = _Mapped(spans=otlp.count_spans(request))
-        for span in otlp.generation_spans(request):
-            record, reason = self._map_one(span)
-            if record is not None:
-                mapped.records.append(record)
-            else:
-                mapped.rejected += 1
-                mapped.reason = mapped.reason or reason
-        return mapped
-
-    def _map_one(self, span: object) -> tuple[InferenceRecord | None, str]:
-        if isinstance(span, otlp.RequestError):
-            return None, str(span)
-        try:
-            record = self._map(span)
-        except Exception as exc:  # one odd span must not cost the others their place
-            _logger.debug("Cannot map span %r", getattr(span, "name", None), exc_info=True)
-            return None, f"span {getattr(span, 'name', '')!r} cannot be mapped: {type(exc).__name__}"
-        if record is None:
-            return None, f"span {getattr(span, 'name', '')!r} has no start time"
-        return record, ""
-
-    def _deliver(self, media: str, mapped: _Mapped) -> Reply:
+    def _deliver(self, media: str, mapped: Decoded) -> Reply:
         try:
             refusal = self._intake.accept(mapped.records) if mapped.records else None
         except Exception:  # our side, not the client's: worth a retry, never a drop
@@ -217,7 +240,10 @@ class Receiver:
         return Reply(200, {"Content-Type": media}, otlp.encode_response(media, mapped.rejected, message))
 
     def _refused(self, media: str, refusal: Refusal) -> Reply:
-        return self._error(media, 503, _REFUSALS[refusal], {"Retry-After": str(self._retry_after)})
+        return self._unavailable(media, _REFUSALS[refusal])
+
+    def _unavailable(self, media: str, message: str) -> Reply:
+        return self._error(media, 503, message, {"Retry-After": str(self._retry_after)})
 
     @staticmethod
     def _error(media: str, status: int, message: str, extra: Mapping[str, str] | None = None) -> Reply:
