@@ -28,6 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from otel_arthur.conventions import CONVENTIONS
 from otel_arthur.mapping import classify
 
 PROTOBUF = "application/x-protobuf"
@@ -39,6 +40,17 @@ _SPAN_KINDS = {ProtoSpan.SPAN_KIND_SERVER: SpanKind.SERVER, ProtoSpan.SPAN_KIND_
                ProtoSpan.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, ProtoSpan.SPAN_KIND_CONSUMER: SpanKind.CONSUMER}
 _STATUS_CODES = {1: StatusCode.OK, 2: StatusCode.ERROR}
 _PRIMITIVES = (str, bool, int, float)
+
+
+def _marker_values() -> dict[str, frozenset[str]]:
+    """Marker attribute -> the values that make a span a generation, whichever convention says so."""
+    values: dict[str, frozenset[str]] = {}
+    for convention in CONVENTIONS:
+        values[convention.marker] = values.get(convention.marker, frozenset()) | convention.generation_values
+    return values
+
+
+_MARKER_VALUES = _marker_values()
 
 
 class RequestError(ValueError):
@@ -140,6 +152,16 @@ def _attributes(key_values: Any) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in key_values}
 
 
+def _marked(key_values: Any) -> bool:
+    """Whether a marker attribute says "generation": converts one value at most, where converting
+    them all costs several times as much, spent in vain on every span that is not an LLM call."""
+    for kv in key_values:
+        wanted = _MARKER_VALUES.get(kv.key)
+        if wanted is not None and kv.value.WhichOneof("value") == "string_value" and kv.value.string_value in wanted:
+            return True
+    return False
+
+
 def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpan | RequestError]:
     """Each generation span as a ``ReadableSpan``, or a ``RequestError`` saying why it is unusable.
 
@@ -149,6 +171,8 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
         resource: Resource | None = None
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
+                if not _marked(span.attributes):
+                    continue
                 attributes = _attributes(span.attributes)
                 if classify(attributes) is None:
                     continue
