@@ -329,6 +329,8 @@ def test_repeated_partner_inference_ids_are_accepted_and_counted(
         (b"not json", "malformed JSON body"),
         (b'{"inference_data": {}}', "JSON array"),
         (b"\xff\xfe", "malformed JSON body"),
+        (b"[] x", "malformed JSON body: Extra data"),
+        (b'[{"inference_data": {}} {"inference_data": {}}]', "malformed JSON body: Expecting ',' delimiter"),
     ],
 )
 def test_malformed_bodies_are_400(

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import repeat
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,7 +52,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_arthur.local.arthur_faults import FAULT_SCOPE_KEY, FaultInjector, Faults, InjectFaults
-from otel_arthur.local.arthur_schema import InferenceRecord, InferenceRejected, check_inference, check_model
+from otel_arthur.local.arthur_schema import InferenceChecker, InferenceRecord, InferenceRejected, check_model
 from otel_arthur.local.arthur_store import LocalArthurStore, ModelExists
 
 __all__ = [
@@ -298,7 +299,7 @@ async def _get_model(request: Request) -> Response:
     return JSONResponse(model)
 
 
-_SUCCESS = {"status": 200, "message": "success"}
+_SUCCESS = {"status": 200, "message": "success"}  # shared by every good row's result, never changed
 
 
 @_requires_auth
@@ -310,18 +311,18 @@ async def _post_inferences(request: Request) -> Response:
         raise HTTPException(400, "body must be a JSON array of inferences")
     results: list[dict[str, Any]] = []
     accepted: list[InferenceRecord] = []
+    check = InferenceChecker(model["attributes"])
     faults: FaultInjector = request.app.state.faults
-    for row in rows:
-        fault = faults.record_fault()
+    for row, fault in zip(rows, faults.record_faults(len(rows)) or repeat(None)):
         if fault is not None:
             results.append({"status": fault, "message": f"fault injected: record {fault}"})
             continue
         try:
-            accepted.append(check_inference(row, model["attributes"]))
+            accepted.append(check(row))
         except InferenceRejected as exc:
             results.append({"status": 400, "message": str(exc)})
         else:
-            results.append(dict(_SUCCESS))
+            results.append(_SUCCESS)
     _store(request).add_inferences(model["id"], accepted)
     failure = len(rows) - len(accepted)
     counts = {"success": len(accepted), "failure": failure, "total": len(rows)}

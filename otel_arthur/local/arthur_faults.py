@@ -126,6 +126,13 @@ class FaultInjector:
         fault = self._draw({"record_400": self.faults.rate_record_400, "record_500": self.faults.rate_record_500})
         return None if fault is None else int(fault.removeprefix("record_"))
 
+    def record_faults(self, count: int) -> list[int | None] | None:
+        """``record_fault()`` for each of ``count`` rows in order, or None (no draws) when record faults are off."""
+        faults = self.faults
+        if not (faults.rate_record_400 or faults.rate_record_500):
+            return None
+        return [self.record_fault() for _ in range(count)]
+
 
 class _HideDeliberateDrops(logging.Filter):
     """uvicorn logs each unfinished response as an error; the local Arthur leaves one unfinished only to drop it."""

@@ -133,44 +133,116 @@ class InferenceRejected(ValueError):
     """A row of ``POST /models/{id}/inferences`` that Arthur would answer with a per-record 400."""
 
 
+# value_type -> the exact types whose every value passes its check (null always does). ``json.loads``
+# makes only exact types, so one set lookup settles almost every value; anything else (a TIMESTAMP
+# string, a list of TOKENS, a subclass) takes the full check.
+_SETTLED_BY_TYPE: dict[str, frozenset[type]] = {
+    "STRING": frozenset({str, type(None)}),
+    "UNSTRUCTURED_TEXT": frozenset({str, type(None)}),
+    "INTEGER": frozenset({int, type(None)}),
+    "FLOAT": frozenset({int, float, type(None)}),
+    "BOOLEAN": frozenset({bool, type(None)}),
+}
+_NULL_ONLY = frozenset({type(None)})
+
+
+class InferenceChecker:
+    """``check_inference`` for one model: its attribute tables are built once, not once per row.
+
+    A fast path accepts the common good row with a few lookups; any row it cannot vouch for goes
+    through the full check, which alone decides rejections and words their messages. Make one per
+    request: it remembers the shapes of the good rows it has seen.
+    """
+
+    def __init__(self, attributes: list[dict[str, Any]]) -> None:
+        self._by_name = {a["name"]: a for a in attributes if a["stage"] not in _GROUND_TRUTH_STAGES}
+        self._names = frozenset(self._by_name)
+        self._types = {
+            name: _SETTLED_BY_TYPE.get(a["value_type"], _NULL_ONLY)
+            for name, a in self._by_name.items()
+            if a["value_type"] in _VALUE_CHECKS
+        }
+        self._required = tuple(name for name, a in self._by_name.items() if a["stage"] == "PIPELINE_INPUT")
+        # Names and value types of inference_data known good. Types alone settle such a shape's
+        # values, and one client's rows mostly share a few shapes: a set lookup instead of a loop.
+        self._good_shapes: set[tuple[object, ...]] = set()
+
+    def __call__(self, row: object) -> InferenceRecord:
+        """The stored record for ``row``; ``InferenceRejected`` saying why it cannot be stored."""
+        if type(row) is dict:
+            data = row.get("inference_data")
+            if type(data) is dict and self._plainly_good(data):
+                partner_inference_id = row.get("partner_inference_id")
+                timestamp = row.get("inference_timestamp")
+                batch_id = row.get("batch_id")
+                if (
+                    type(partner_inference_id) is str
+                    and partner_inference_id
+                    and _parse_timestamp(timestamp) is not None
+                    and (batch_id is None or type(batch_id) is str)
+                ):
+                    return InferenceRecord(partner_inference_id, timestamp, batch_id, data)
+        return self._check(row)
+
+    def _plainly_good(self, data: dict[str, Any]) -> bool:
+        shape = (*data, *map(type, data.values()))
+        if shape in self._good_shapes:
+            return True
+        if not data.keys() <= self._names:
+            return False
+        types = self._types
+        for name, value in data.items():
+            allowed = types.get(name)
+            if allowed is not None and type(value) not in allowed:
+                return False
+        if any(data.get(name) is None for name in self._required):
+            return False
+        self._good_shapes.add(shape)
+        return True
+
+    def _check(self, row: object) -> InferenceRecord:
+        """Every problem of the row in one message. Missing ``partner_inference_id`` gets a generated
+        one and a missing ``inference_timestamp`` is now, as Arthur does."""
+        if not isinstance(row, dict):
+            raise InferenceRejected("inference must be a JSON object")
+        data = row.get("inference_data")
+        if not isinstance(data, dict):
+            raise InferenceRejected("inference_data must be a JSON object")
+
+        problems: list[str] = []
+        by_name = self._by_name
+        for name, value in data.items():
+            attribute = by_name.get(name)
+            if attribute is None:
+                problems.append(f"unknown attribute {name!r}")
+            elif value is not None and not _VALUE_CHECKS.get(attribute["value_type"], _unchecked)(value):
+                problems.append(f"attribute {name!r} expects {attribute['value_type']}, got {type(value).__name__}")
+        for name in self._required:
+            if data.get(name) is None:
+                problems.append(f"missing required input attribute {name!r}")
+
+        partner_inference_id = row.get("partner_inference_id")
+        if partner_inference_id is None:
+            partner_inference_id = str(uuid.uuid4())
+        elif not isinstance(partner_inference_id, str) or not partner_inference_id:
+            problems.append("partner_inference_id must be a non-empty string")
+        timestamp = row.get("inference_timestamp")
+        if timestamp is None:
+            timestamp = datetime.now(timezone.utc).isoformat()
+        elif _parse_timestamp(timestamp) is None:
+            problems.append(f"inference_timestamp {timestamp!r} is not an ISO-8601 time with a UTC offset")
+        batch_id = row.get("batch_id")
+        if batch_id is not None and not isinstance(batch_id, str):
+            problems.append("batch_id must be a string")
+
+        if problems:
+            raise InferenceRejected("; ".join(problems))
+        return InferenceRecord(partner_inference_id, timestamp, batch_id, data)
+
+
 def check_inference(row: object, attributes: list[dict[str, Any]]) -> InferenceRecord:
     """Check one inference row against a model's attributes; raise ``InferenceRejected`` saying why.
 
-    Missing ``partner_inference_id`` gets a generated one and a missing ``inference_timestamp`` is
-    now, as Arthur does; every other problem in the row is reported in one message.
+    For many rows of one model, make one ``InferenceChecker`` and call it per row.
     """
-    if not isinstance(row, dict):
-        raise InferenceRejected("inference must be a JSON object")
-    data = row.get("inference_data")
-    if not isinstance(data, dict):
-        raise InferenceRejected("inference_data must be a JSON object")
-
-    problems: list[str] = []
-    by_name = {a["name"]: a for a in attributes if a["stage"] not in _GROUND_TRUTH_STAGES}
-    for name, value in data.items():
-        attribute = by_name.get(name)
-        if attribute is None:
-            problems.append(f"unknown attribute {name!r}")
-        elif value is not None and not _VALUE_CHECKS.get(attribute["value_type"], _unchecked)(value):
-            problems.append(f"attribute {name!r} expects {attribute['value_type']}, got {type(value).__name__}")
-    for attribute in by_name.values():
-        if attribute["stage"] == "PIPELINE_INPUT" and data.get(attribute["name"]) is None:
-            problems.append(f"missing required input attribute {attribute['name']!r}")
-
-    partner_inference_id = row.get("partner_inference_id")
-    if partner_inference_id is None:
-        partner_inference_id = str(uuid.uuid4())
-    elif not isinstance(partner_inference_id, str) or not partner_inference_id:
-        problems.append("partner_inference_id must be a non-empty string")
-    timestamp = row.get("inference_timestamp")
-    if timestamp is None:
-        timestamp = datetime.now(timezone.utc).isoformat()
-    elif _parse_timestamp(timestamp) is None:
-        problems.append(f"inference_timestamp {timestamp!r} is not an ISO-8601 time with a UTC offset")
-    batch_id = row.get("batch_id")
-    if batch_id is not None and not isinstance(batch_id, str):
-        problems.append("batch_id must be a string")
-
-    if problems:
-        raise InferenceRejected("; ".join(problems))
-    return InferenceRecord(partner_inference_id, timestamp, batch_id, data)
+    return InferenceChecker(attributes)(row)
