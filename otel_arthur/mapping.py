@@ -134,10 +134,15 @@ def render_messages(messages: Sequence[Message]) -> str:
 def limit_text(record: InferenceRecord, max_bytes: int) -> InferenceRecord:
     """The record with a prompt or completion over ``max_bytes`` of UTF-8 cut to fit, marked ``truncated``."""
     cut = {name: _truncate_utf8(record.fields[name], max_bytes) for name in (PROMPT, COMPLETION)
-           if isinstance(record.fields.get(name), str) and len(record.fields[name].encode("utf-8")) > max_bytes}
+           if isinstance(record.fields.get(name), str) and _utf8_over(record.fields[name], max_bytes)}
     if not cut:
         return record
     return replace(record, fields={**record.fields, **cut, TRUNCATED: True})
+
+
+def _utf8_over(text: str, max_bytes: int) -> bool:
+    # A character is at most 4 bytes of UTF-8: most texts are short enough to spare encoding a copy.
+    return len(text) * 4 > max_bytes and len(text.encode("utf-8")) > max_bytes
 
 
 def _truncate_utf8(text: str, max_bytes: int) -> str:

@@ -48,3 +48,25 @@ def test_unreachable_arthur_is_retryable():
     client = _client("http://127.0.0.1:9", api_key="k", timeout=1)
     with pytest.raises(RetryableError, match="cannot connect"):
         client.get_model("m")
+
+
+def test_the_environment_is_read_once_and_still_decides_proxies_and_netrc(local_arthur, monkeypatch, tmp_path):
+    """requests' environment (HTTP_PROXY, NO_PROXY, …) is read at the first request, not at each one;
+    it still decides, and a ~/.netrc never replaces the API key."""
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login intruder password netrc-secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = _client(local_arthur.url, api_key=local_arthur.api_key, timeout=2)
+    with pytest.raises(RetryableError, match="cannot connect"):
+        proxied.get_model("m")
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = _client(local_arthur.url, api_key=local_arthur.api_key, timeout=2)
+    with pytest.raises(client_module.ModelNotFoundError):  # reached Arthur, authenticated by the key
+        direct.get_model("nope")
+    monkeypatch.setenv("NO_PROXY", "")  # read once: this client keeps going direct
+    with pytest.raises(client_module.ModelNotFoundError):
+        direct.get_model("nope")
