@@ -211,7 +211,6 @@ class ArthurClient:
         self._base = settings.url + API_PREFIX
         self._session_given = session
         self._session_made: requests.Session | None = None
-        self._verify: bool | str = settings.verify_ssl  # a CA bundle's path when the environment names one
         self._session_lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._token: str | None = settings.api_key
@@ -292,7 +291,7 @@ class ArthurClient:
                                                                   None)
                     session.trust_env = False
                     session.proxies = settings["proxies"]
-                    session.verify = self._verify = settings["verify"]
+                    session.verify = settings["verify"]  # a CA bundle's path when the environment names one
                     session.headers.update({"Accept": JSON, "User-Agent": USER_AGENT})
                     self._session_made = session
         return self._session_made
@@ -301,9 +300,7 @@ class ArthurClient:
         import requests  # already imported by self._session below; here only for its exception classes
 
         try:
-            session = self._session
-            return session.request(method, self._base + path, timeout=self._settings.timeout, verify=self._verify,
-                                   **kwargs)
+            return self._session.request(method, self._base + path, timeout=self._settings.timeout, **kwargs)
         except requests.Timeout:
             raise RetryableError(f"{method} {path}: timed out after {self._settings.timeout:g}s") from None
         except requests.exceptions.SSLError as exc:

@@ -147,7 +147,7 @@ _NULL_ONLY = frozenset({type(None)})
 
 
 class InferenceChecker:
-    """``check_inference`` for one model: its attribute tables are built once, not once per row.
+    """Checks inference rows against one model's attributes: its tables are built once, not once per row.
 
     A fast path accepts the common good row with a few lookups; any row it cannot vouch for goes
     through the full check, which alone decides rejections and words their messages. Make one per
@@ -238,11 +238,3 @@ class InferenceChecker:
         if problems:
             raise InferenceRejected("; ".join(problems))
         return InferenceRecord(partner_inference_id, timestamp, batch_id, data)
-
-
-def check_inference(row: object, attributes: list[dict[str, Any]]) -> InferenceRecord:
-    """Check one inference row against a model's attributes; raise ``InferenceRejected`` saying why.
-
-    For many rows of one model, make one ``InferenceChecker`` and call it per row.
-    """
-    return InferenceChecker(attributes)(row)

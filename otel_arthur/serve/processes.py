@@ -93,7 +93,7 @@ class DecodeProcesses:
         except BrokenProcessPool:
             self._replace(pool)
             raise DecoderUnavailable("a decode process died; a new one was started") from None
-        except RuntimeError as exc:  # submit() after shutdown: the server is stopping
+        except RuntimeError:  # submit() after shutdown: the server is stopping
             if self._closed:
                 raise DecoderUnavailable("shutting down") from None
             raise
