@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from otel_arthur.client import PermanentError, RetryableError, SetupError
+from otel_arthur.client import PermanentError, RecordResult, RetryableError, SetupError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.delivery import ArthurSender, Sender
 from otel_arthur.mapping import InferenceRecord
@@ -391,33 +391,43 @@ class Pipeline:
         claimed = self._spool.claim(self._settings.batch_max_records)
         if not claimed:
             return _Outcome.IDLE
-        seqs = [c.seq for c in claimed]
+        unsettled = {index: c.seq for index, c in enumerate(claimed)}  # until Arthur's answer is recorded
+
+        def settle_answered(answered: list[tuple[int, RecordResult]]) -> None:
+            # Delivered now, while the rest of the batch is retried: a crash meanwhile must not re-send them.
+            self._settle_results([(unsettled.pop(index), result) for index, result in answered])
+
         try:
-            results = self._sender.send([c.record for c in claimed])
+            results = self._sender.send([c.record for c in claimed], on_settled=settle_answered)
         except SetupError as exc:
-            self._settle(released=seqs)
+            self._settle(released=list(unsettled.values()))
             self._health.blocked(exc)
             return _Outcome.BLOCKED
         except PermanentError as exc:
             self._health.up()
-            self._settle(refused=[Refused(seq, DeadLetterReason.BATCH_REFUSED, str(exc)) for seq in seqs])
+            self._settle(refused=[Refused(seq, DeadLetterReason.BATCH_REFUSED, str(exc)) for seq in unsettled.values()])
             return _Outcome.SETTLED
         except RetryableError:  # retried until its deadline; the observer has seen every failure
-            self._settle(released=seqs)
+            self._settle(released=list(unsettled.values()))
             return _Outcome.RETRY_LATER
         except BaseException:
-            self._settle(released=seqs)
+            self._settle(released=list(unsettled.values()))
             raise
         self._model_fetched = True  # the model is bound before anything is sent
         self._health.up()
-        released = [seq for seq, result in zip(seqs, results) if result.retryable]
+        released = self._settle_results([(seq, results[index]) for index, seq in unsettled.items()])
+        return _Outcome.RETRY_LATER if released else _Outcome.SETTLED
+
+    def _settle_results(self, answered: Sequence[tuple[int, RecordResult]]) -> int:
+        """Settle (seq, result) pairs by Arthur's answer; how many go back to pending."""
+        released = [seq for seq, result in answered if result.retryable]
         self._settle(
-            acked=[seq for seq, result in zip(seqs, results) if result.ok],
+            acked=[seq for seq, result in answered if result.ok],
             refused=[Refused(seq, DeadLetterReason.RECORD_REJECTED, f"{result.status}: {result.message}")
-                     for seq, result in zip(seqs, results) if not result.ok and not result.retryable],
+                     for seq, result in answered if not result.ok and not result.retryable],
             released=released,
         )
-        return _Outcome.RETRY_LATER if released else _Outcome.SETTLED
+        return len(released)
 
     def _settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = ()) -> None:
         self._spool.settle(acked, refused, released)

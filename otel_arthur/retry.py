@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -77,10 +77,17 @@ class RetrySender:
         self._not_before = 0.0  # monotonic time before which nothing is sent (backoff or Retry-After)
         self._last_error: RetryableError | None = None
 
-    def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
+    def send(
+        self,
+        records: Sequence[InferenceRecord],
+        on_settled: Callable[[list[tuple[int, RecordResult]]], None] | None = None,
+    ) -> list[RecordResult]:
         """One result per record. When time runs out (or shutdown begins) before every record is
         settled: the results so far, with the unsettled ones retryable; or, if Arthur answered
         none of them, the last ``RetryableError``.
+
+        ``on_settled`` is told, as (index, result) pairs, which records Arthur answered for good
+        while others of the same call are still to be retried, so the caller can mark them at once.
         """
         deadline = time.monotonic() + self._policy.max_elapsed
         if not self._pause_until(self._not_before, float("inf")):
@@ -100,6 +107,8 @@ class RetrySender:
                 if not refused:
                     self._failures = 0
                     return cast(list[RecordResult], results)
+                if on_settled is not None and len(refused) < len(todo):
+                    on_settled([(index, result) for index, result in zip(todo, answered) if not result.retryable])
                 todo = [index for index, _ in refused]
                 status, message = refused[0][1].status, refused[0][1].message
                 error = RetryableError(f"Arthur answered {status} for {len(todo)} of {len(records)} records: {message}")

@@ -120,6 +120,27 @@ def test_a_refused_request_dead_letters_its_batch_and_the_next_batch_goes_on(set
         [(DeadLetterReason.BATCH_REFUSED, "sending inferences: Arthur answered 413: too large")] * 2
 
 
+def test_records_arthur_accepted_leave_the_spool_while_the_rest_of_their_batch_is_retried(settings, pipelines):
+    second_attempt, release = threading.Event(), threading.Event()
+
+    def answer(batch):
+        if not second_attempt.is_set():  # the first answer: the first record is taken, the second refused for now
+            second_attempt.set()
+            return [RecordResult(200, "success"), RecordResult(503, "busy")]
+        release.wait(10)  # the retry hangs: a crash now must not re-send the first record
+        return [RecordResult(200, "success")] * len(batch)
+
+    pipeline = pipelines(settings(model_id="unused"), transport=Scripted(answer))
+    first, second = records(2)
+    pipeline.submit([first, second])
+    assert second_attempt.wait(10)
+    assert wait_for(lambda: pipeline.stats().delivered == 1)
+    assert pipeline.stats().spool_depth == 1  # only the second record is still in the spool (in flight)
+    release.set()
+    assert pipeline.force_flush(timeout=10)
+    assert pipeline.stats().delivered == 2 and pipeline.stats().spool_depth == 0
+
+
 def test_unknown_model_is_one_error_line_and_delivery_resumes_once_it_exists(settings, pipelines, local_arthur, caplog):
     partner_model_id = f"onboarded-later-{uuid.uuid4().hex[:8]}"
     pipeline = pipelines(settings(model_id=partner_model_id))
