@@ -79,7 +79,7 @@ class ArthurSender:
         return self._binding
 
     def prepare(self) -> None:
-        """Fetch the model now rather than at the first send (``serve`` is ready only once it has)."""
+        """Fetch the model now rather than at the first send (the pipeline's worker does, at start-up)."""
         _ = self.binding  # the property fetches and binds, once
 
     def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:

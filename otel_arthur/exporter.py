@@ -105,7 +105,7 @@ class ArthurSpanExporter(SpanExporter):
         return self._pipeline.stats() if self._pipeline is not None else PipelineStats()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Wait until everything spooled so far is delivered (or dead-lettered); False on timeout."""
+        """Wait until everything spooled so far is delivered; False on timeout or when Arthur refused some of it."""
         if self._pipeline is None:
             return True
         try:

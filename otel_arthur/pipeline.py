@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from otel_arthur.client import PermanentError, RecordResult, RetryableError, SetupError
+from otel_arthur.client import ArthurError, PermanentError, RecordResult, RetryableError, SetupError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.delivery import ArthurSender, Sender
 from otel_arthur.mapping import InferenceRecord
@@ -114,10 +114,12 @@ class _Health:
         self._state = self.UP
         self._failures = 0
         self.reachable: bool | None = None  # at the last attempt, whatever the log has said so far
+        self.last_problem: ArthurError | None = None  # why the last attempt failed; None once one succeeds
 
     def up(self) -> None:
         self._failures = 0
         self.reachable = True
+        self.last_problem = None
         if self._state != self.UP:
             _logger.info("Arthur %s again; delivering %d spooled records",
                          "is reachable" if self._state == self.DOWN else "accepts the set-up", self._spool.pending())
@@ -126,6 +128,7 @@ class _Health:
     def failed(self, error: RetryableError) -> None:
         self._failures += 1
         self.reachable = False
+        self.last_problem = error
         if self._failures >= DOWN_AFTER_FAILURES and self._state == self.UP:
             _logger.warning("Arthur unreachable (%s); records wait in %s and are retried with backoff",
                             error, self._spool.path)
@@ -133,6 +136,7 @@ class _Health:
 
     def blocked(self, error: PermanentError) -> None:
         self.reachable = False
+        self.last_problem = error
         if self._state != self.BLOCKED:
             _logger.error("Arthur refuses the set-up: %s. Nothing is delivered until this is fixed; records keep"
                           " spooling in %s and are delivered once it is.", error, self._spool.path)
@@ -148,13 +152,12 @@ class Pipeline:
         *,
         transport: Sender | None = None,
         retry_policy: RetryPolicy | None = None,
-        bind_at_start: bool = False,
         redact: Callable[[str], str] | None = None,
     ) -> None:
         """Opens (or creates) the spool and starts the worker; ``OSError`` or ``sqlite3.Error`` if it cannot.
 
-        ``bind_at_start``: the worker fetches the model before anything is submitted (``serve``, so
-        ``readiness`` means something from the start); otherwise at the first delivery.
+        The worker first fetches the model (so a wrong model or credentials is one ERROR line at
+        start-up, and ``serve``'s ``readiness`` means something from the start), then delivers.
         ``redact``: a hook run on every text field after the configured redaction (``otel_arthur.privacy``).
         """
         self._settings = settings
@@ -168,7 +171,6 @@ class Pipeline:
         self._health = _Health(self._spool)
         self._transport = transport or ArthurSender(settings, observe_request=self._counters.observe_request)
         self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
-        self._bind_at_start = bind_at_start
         self._filter = RecordFilter.from_settings(settings, redact)
         self._model_fetched = False
         self._closed = False
@@ -277,10 +279,15 @@ class Pipeline:
         )
 
     def force_flush(self, timeout: float) -> bool:
-        """True once every record of this destination spooled before the call is delivered or dead-lettered."""
+        """True once every record of this destination spooled before the call is delivered.
+
+        False when the timeout passes first, or as soon as they are all settled if Arthur refused
+        any of them for good (dead letters) or records were dropped meanwhile.
+        """
         if self._closed:
             return False
         deadline = time.monotonic() + timeout
+        started, dropped = time.time(), self._counters.dropped_total()
         try:
             mark = self._spool.last_seq()
             self._wake.set()
@@ -290,9 +297,9 @@ class Pipeline:
                     return False
                 with self._progress:
                     self._progress.wait(min(remaining, FLUSH_POLL))
+            return not self._spool.dead_lettered_since(started, upto=mark) and self._counters.dropped_total() == dropped
         except SpoolClosed:  # shut down meanwhile
             return False
-        return True
 
     def stats(self) -> PipelineStats:
         gauges = self._final_gauges if self._final_gauges is not None else self._spool.gauges()
@@ -314,8 +321,10 @@ class Pipeline:
         self._thread.join(timeout)
         remaining = self._spool.pending()
         if remaining:
-            _logger.warning("%d records not yet delivered remain in %s; the next process using it delivers them",
-                            remaining, self._spool.path)
+            # Short-lived apps exit before Arthur is declared down: this line is where they learn why.
+            problem = self._health.last_problem
+            _logger.warning("%d records not yet delivered remain in %s; the next process using it delivers them%s",
+                            remaining, self._spool.path, f" (last attempt: {problem})" if problem else "")
         if self._thread.is_alive():
             # Still inside a request: its records stay claimed by this process until it exits, then
             # the next process adopts them. Closing under the worker would release them mid-POST.
@@ -343,7 +352,7 @@ class Pipeline:
                     adopt_at = time.monotonic() + ADOPT_INTERVAL
                     self._spool.adopt_orphans()
                 self._wake.clear()
-                outcome = self._deliver_batch() if self._model_fetched or not self._bind_at_start else self._bind()
+                outcome = self._deliver_batch() if self._model_fetched else self._bind()
                 errors = 0
                 if outcome is _Outcome.IDLE:
                     self._wake.wait(IDLE_POLL)

@@ -315,6 +315,11 @@ class Spool:
             parameters.append(upto)
         return int(self._read(sql, parameters)[0][0])
 
+    def dead_lettered_since(self, since: float, upto: int) -> int:
+        """This destination's records with ``seq <= upto`` dead-lettered at or after ``since`` (epoch seconds)."""
+        return int(self._read("SELECT COUNT(*) FROM dead_letters WHERE destination = ? AND seq <= ? AND dead_at >= ?",
+                              (self.destination, upto, since))[0][0])
+
     def last_seq(self) -> int:
         """The newest record of this destination, 0 when none waits."""
         return int(self._read("SELECT MAX(seq) FROM records WHERE destination = ?", (self.destination,))[0][0] or 0)

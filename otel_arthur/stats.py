@@ -139,6 +139,10 @@ class Counters:
         with self._lock:
             self._dropped[reason] = self._dropped.get(reason, 0) + amount
 
+    def dropped_total(self) -> int:
+        with self._lock:
+            return sum(self._dropped.values())
+
     def observe_request(self, seconds: float) -> None:
         """One request to Arthur's inferences endpoint took ``seconds``, answered or not."""
         self._latency.observe(seconds)

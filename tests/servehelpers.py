@@ -48,7 +48,7 @@ class Served:
 def serving(settings: ArthurSettings, receiver: ReceiverSettings | None = None,
             retry_policy: RetryPolicy = QUICK) -> Iterator[Served]:
     """``serve`` in this process on a free 127.0.0.1 port; stopped, and its pipeline shut down, whatever happens."""
-    pipeline = Pipeline(settings, retry_policy=retry_policy, bind_at_start=True)
+    pipeline = Pipeline(settings, retry_policy=retry_policy)
     lifecycle = None
     try:
         app = create_app(pipeline, receiver or ReceiverSettings(port=0, shutdown_timeout=5))

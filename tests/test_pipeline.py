@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
 from otel_arthur import ArthurSpanExporter
-from otel_arthur.client import PermanentError, RecordResult
+from otel_arthur.client import PermanentError, RecordResult, RetryableError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local import arthur
 from otel_arthur.local.arthur_faults import Faults
@@ -93,7 +93,7 @@ def test_rejected_records_become_dead_letters_and_never_sink_their_batch(setting
     faults(Faults(rate_record_400=0.3, seed=4))
     pipeline = pipelines(config)
     pipeline.submit(records(50))
-    assert pipeline.force_flush(timeout=10)
+    assert not pipeline.force_flush(timeout=10)  # some were refused: not everything was delivered
     stats = pipeline.stats()
     rejected = local_arthur.faults.describe()["injected"]["record_400"]
     assert 0 < rejected < 50 and (stats.delivered, stats.dead_lettered) == (50 - rejected, rejected)
@@ -113,11 +113,13 @@ def test_a_refused_request_dead_letters_its_batch_and_the_next_batch_goes_on(set
     transport = Scripted(answer)
     pipeline = pipelines(settings(model_id="unused", batch_max_records=2), transport=transport)
     pipeline.submit(records(2, prefix="poison") + records(2, prefix="fine"))
-    assert pipeline.force_flush(timeout=10)
+    assert not pipeline.force_flush(timeout=10)  # settled, but not all delivered
     assert [sent[0].split("-")[0] for sent in transport.sent] == ["poison", "fine"]  # each sent once
     assert pipeline.stats().delivered == 2
     assert [(d["reason"], d["message"]) for d in pipeline.dead_letters()] == \
         [(DeadLetterReason.BATCH_REFUSED, "sending inferences: Arthur answered 413: too large")] * 2
+    pipeline.submit(records(2, prefix="later"))
+    assert pipeline.force_flush(timeout=10)  # earlier refusals do not count against a later flush
 
 
 def test_records_arthur_accepted_leave_the_spool_while_the_rest_of_their_batch_is_retried(settings, pipelines):
@@ -157,6 +159,23 @@ def test_unknown_model_is_one_error_line_and_delivery_resumes_once_it_exists(set
     assert pipeline.stats().delivered == 5
 
 
+def test_arthur_down_then_back_is_one_line_each_way(settings, pipelines, caplog):
+    failures = iter(range(5))
+
+    def answer(batch):
+        if next(failures, None) is not None:
+            raise RetryableError("POST inferences: cannot connect: connection refused")
+        return [RecordResult(200, "success")] * len(batch)
+
+    with caplog.at_level(logging.INFO, logger="otel_arthur"):
+        pipeline = pipelines(settings(model_id="unused"), transport=Scripted(answer))
+        pipeline.submit(records(3))
+        assert pipeline.force_flush(timeout=10)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if line.startswith("Arthur unreachable")]) == 1  # not one per failure
+    assert [line for line in lines if "again" in line] == ["Arthur is reachable again; delivering 3 spooled records"]
+
+
 def test_the_worker_survives_an_unexpected_error(settings, pipelines, caplog):
     calls = []
 
@@ -188,7 +207,8 @@ def test_shutdown_leaves_the_rest_on_disk_and_says_how_much_and_where(tmp_path, 
         pipeline.shutdown()
     lines = [r.getMessage() for r in caplog.records]
     assert [line for line in lines if "remain" in line] == [
-        f"4 records not yet delivered remain in {tmp_path / 'spool.sqlite3'}; the next process using it delivers them"]
+        f"4 records not yet delivered remain in {tmp_path / 'spool.sqlite3'}; the next process using it delivers them"
+        " (last attempt: GET /users/me: cannot connect to http://127.0.0.1:9: connection refused)"]
     assert lines[-1] == "Arthur delivery already shut down, ignoring call"
     assert not pipeline.submit(records(2)) and not pipeline.force_flush(timeout=1)
     stats = pipeline.stats()

@@ -50,7 +50,8 @@ def refused_by_arthur(local_arthur, settings, count: int) -> None:
     try:
         pipeline = Pipeline(settings, retry_policy=QUICK)
         pipeline.submit(records(count))
-        assert pipeline.force_flush(timeout=10)
+        assert not pipeline.force_flush(timeout=10)  # refused, not delivered
+        assert pipeline.stats().dead_lettered == count
         pipeline.shutdown()
     finally:
         local_arthur.faults.set(Faults())

@@ -188,7 +188,7 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
     sock = _bind(settings.host, settings.port)  # before anything else: a taken port fails fast
     port = sock.getsockname()[1]
     try:
-        pipeline = Pipeline(arthur, retry_policy=retry_policy, bind_at_start=True)
+        pipeline = Pipeline(arthur, retry_policy=retry_policy)
     except BaseException:
         sock.close()
         raise
