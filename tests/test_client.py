@@ -1,11 +1,17 @@
 """The native client against the local Arthur: login, token renewal, organization lookup, errors."""
 
 import pytest
+import requests
+from starlette.responses import JSONResponse
 
 from otel_arthur import client as client_module
 from otel_arthur.client import ArthurClient, AuthenticationError, RetryableError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local import arthur
+from otel_arthur.local.runner import BackgroundServer
+
+AUTH_INFO = f"{arthur.API_PREFIX}/users/me/auth_info"
+OTHER_ORGANIZATION_ID = "3f0c6b0e-1b7a-4c1e-9d2a-5a0e8c7d6b41"  # not the local Arthur's default
 
 
 def _client(url, **credentials):
@@ -70,3 +76,62 @@ def test_the_environment_is_read_once_and_still_decides_proxies_and_netrc(local_
     monkeypatch.setenv("NO_PROXY", "")  # read once: this client keeps going direct
     with pytest.raises(client_module.ModelNotFoundError):
         direct.get_model("nope")
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["api-key", "bad-key"])
+def test_auth_info_names_the_callers_organizations(local_arthur, good):
+    key = local_arthur.api_key if good else "not-the-key"
+    response = requests.get(local_arthur.url + AUTH_INFO, headers={"Authorization": key}, timeout=5)
+    if not good:
+        assert response.status_code == 401
+        return
+    assert response.status_code == 200
+    info = response.json()
+    assert info["organization_ids"] == [local_arthur.organization_id]
+    assert info["username"] == local_arthur.login
+
+
+class _ForbidUsersMe:
+    """ASGI wrapper: ``GET /users/me`` answers 403, as Arthur does for some API keys; the rest is the local Arthur.
+
+    The local Arthur itself never refuses /users/me with 403 (it does so only for a foreign
+    ``Arthur-Organization-ID``, which the organization lookup does not send), hence the wrapper.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.forbidden = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == f"{arthur.API_PREFIX}/users/me":
+            self.forbidden += 1
+            await JSONResponse({"message": "Forbidden"}, status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def users_me_forbidden():
+    """A local Arthur (own organization id) whose /users/me answers 403; yields (url, wrapper, store)."""
+    app = arthur.create_app(":memory:", organization_id=OTHER_ORGANIZATION_ID)
+    wrapper = _ForbidUsersMe(app)
+    try:
+        with BackgroundServer(wrapper) as server:
+            yield server.url, wrapper, app.state.store
+    finally:
+        app.state.store.close()
+
+
+@pytest.mark.parametrize("credentials", [{"api_key": arthur.DEFAULT_API_KEY},
+                                         {"login": arthur.DEFAULT_LOGIN, "password": arthur.DEFAULT_PASSWORD}],
+                         ids=["api-key", "login"])
+def test_organization_from_auth_info_when_users_me_is_forbidden(users_me_forbidden, credentials):
+    url, wrapper, store = users_me_forbidden
+    client = _client(url, **credentials)
+    assert client.organization_id == OTHER_ORGANIZATION_ID
+    assert wrapper.forbidden == 1
+    assert store.stats()["requests"][f"GET {AUTH_INFO}"] == {"200": 1}
+    # Arthur accepts the organization found there: the next request gets as far as the model lookup.
+    with pytest.raises(client_module.ModelNotFoundError):
+        client.get_model("nope")
+    assert wrapper.forbidden == 1 and store.stats()["requests"][f"GET {AUTH_INFO}"] == {"200": 1}  # looked up once

@@ -27,11 +27,13 @@ def test_environment_fills_everything(monkeypatch):
     monkeypatch.setenv("ARTHUR_ALLOW_INSECURE", "true")
     monkeypatch.setenv("ARTHUR_LOGIN", "admin")
     monkeypatch.setenv("ARTHUR_PASSWORD", "pw")
+    monkeypatch.setenv("ARTHUR_ORGANIZATION_ID", "org-from-env")
     monkeypatch.setenv("ARTHUR_MODEL_ID", "m")
     monkeypatch.setenv("ARTHUR_TIMEOUT", "2.5")
     monkeypatch.setenv("ARTHUR_ATTRIBUTE_MAP", "duration=latency, model=llm_model")
     settings = ArthurSettings.resolve()
     assert settings.login == "admin" and settings.password == "pw" and settings.allow_insecure
+    assert (settings.url, settings.model_id, settings.organization_id) == ("http://127.0.0.1:1", "m", "org-from-env")
     assert settings.timeout == 2.5
     assert settings.attribute_map == {"duration": "latency", "model": "llm_model"}
 

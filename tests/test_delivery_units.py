@@ -9,7 +9,7 @@ import pytest
 
 from otel_arthur.binding import BindingError, bind
 from otel_arthur.client import (
-    ArthurModel, ModelAttribute, RetryableError, jwt_expiry, parse_multistatus, parse_retry_after,
+    ArthurModel, ModelAttribute, RetryableError, jwt_expiry, parse_model, parse_multistatus, parse_retry_after,
 )
 from otel_arthur.delivery import split_batches
 from otel_arthur.fields import FIELDS
@@ -97,6 +97,23 @@ def test_binding_follows_the_seed_handlers_rules():
                    "inference_data": {"input_text": "Human: hi", "output_text": "hello",
                                       "prompt_tokens": 3, "latency_s": 1.0}}
     assert "model" in binding.skipped and "prompt_tokens" not in binding.skipped
+
+
+@pytest.mark.parametrize("inputs, outputs", [
+    (("question", "context"), ("answer", "rationale")),
+    (("context", "question"), ("rationale", "answer")),  # the same names, the other order: order decides, not name
+])
+def test_the_first_text_input_and_output_in_the_models_order_win(inputs, outputs):
+    """Two UNSTRUCTURED_TEXT inputs and two predicted values: the first of each, in the order Arthur lists them."""
+    def text(name, stage):
+        return {"name": name, "value_type": "UNSTRUCTURED_TEXT", "stage": stage}
+
+    body = {"id": "model-uuid", "partner_model_id": "partner", "attributes": [
+        text(inputs[0], "PIPELINE_INPUT"), text(outputs[0], "PREDICTED_VALUE"),
+        text(inputs[1], "PIPELINE_INPUT"), text(outputs[1], "PREDICTED_VALUE")]}
+    binding = bind(parse_model(body))
+    row = binding.to_row(InferenceRecord("i", "t", {"prompt": "Human: hi", "completion": "hello"}))
+    assert row["inference_data"] == {inputs[0]: "Human: hi", outputs[0]: "hello"}
 
 
 def test_binding_skips_are_logged_once(caplog):

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage, get_buffer_string, messages_from_dict
 from langchain_openai import ChatOpenAI
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -69,10 +70,13 @@ def _chat(history, llm):
     return reply
 
 
+def _rows_for(local_arthur, model_id, span_ids):
+    return [r for r in local_arthur.inferences(model_id) if r["inference_data"].get("span_id") in span_ids]
+
+
 def _records_for(local_arthur, model_id, spans):
     by_span = {f"{s.context.span_id:016x}": s for s in spans if s.name == "ChatOpenAI.chat"}
-    rows = [r for r in local_arthur.inferences(model_id) if r["inference_data"].get("span_id") in by_span]
-    return rows, by_span
+    return _rows_for(local_arthur, model_id, by_span), by_span
 
 
 def _as_openai(history):
@@ -129,7 +133,12 @@ def test_failed_llm_call_is_recorded_with_its_error(instrument, openai_server, l
 
 
 def test_openinference_instrumentor_in_its_own_process(openai_server, local_arthur, arthur_model):
-    # OpenInference and OpenLLMetry both patch LangChain as "langchain": never in one process.
+    """The same conversation as above, invoke and streaming, instrumented by OpenInference.
+
+    OpenInference and OpenLLMetry both patch LangChain as "langchain": never in one process. The app
+    reports each call as it saw it on the wire (messages sent, reply, the server's usage) with the
+    ids of the LLM span recorded for it; Arthur must hold exactly one matching record per call.
+    """
     env = os.environ | {
         "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": local_arthur.api_key,
         "ARTHUR_MODEL_ID": arthur_model, "ARTHUR_ALLOW_INSECURE": "true",
@@ -139,15 +148,39 @@ def test_openinference_instrumentor_in_its_own_process(openai_server, local_arth
     result = subprocess.run([sys.executable, str(ROOT / "tests/apps/openinference_chat.py")], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    span_ids = json.loads(result.stdout)
-    rows = [r for r in local_arthur.inferences(arthur_model) if r["inference_data"].get("span_id") in span_ids]
-    assert len(rows) == 2
+    calls = json.loads(result.stdout)  # the app shut its provider down: every record was delivered
+    assert [c["streaming"] for c in calls] == [False] * 3 + [True] * 3
+    assert all(len(c["spans"]) == 1 for c in calls)  # one LLM span per call
+    by_span = {c["spans"][0]["span_id"]: c for c in calls}
+    rows = _rows_for(local_arthur, arthur_model, by_span)
+    assert sorted(r["inference_data"]["span_id"] for r in rows) == sorted(by_span)  # one record per call
+
     for row in rows:
         data = row["inference_data"]
+        call = by_span[data["span_id"]]
+        sent = messages_from_dict(call["messages"])
+        usage = call["usage"]  # what the server reported for this request, as ChatOpenAI read it
+        server = openai.complete(_as_openai(sent))  # and what the local server answers by definition
+        assert (call["reply"], usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == \
+            (server.content, server.prompt_tokens, server.completion_tokens, server.total_tokens)
+        assert data["prompt"] == get_buffer_string(sent)  # System: …\nHuman: …\nAI: …\nHuman: …
+        assert data["completion"] == call["reply"]
+        assert (data["prompt_tokens"], data["completion_tokens"], data["total_tokens"]) == \
+            (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"])
+        assert data["finish_reason"] == call["finish_reason"] == "stop"
+        assert data["duration"] > 0
+        assert data["temperature"] == 0.1
+        # OpenInference names the response's model on a plain call, but the requested one when streaming.
+        assert data["model"] == ("gpt-4o-mini" if call["streaming"] else openai.DEFAULT_MODEL)
         assert data["service_name"] == "openinference-app"
-        assert data["completion"].startswith("Echo: ")
-        assert data["prompt_tokens"] > 0 and data["session_id"] == "oi-session"
-    assert sorted(r["inference_data"]["completion"] for r in rows) == ["Echo: first", "Echo: second"]
+        assert data["session_id"] == "oi-session"
+        assert (data["trace_id"], data["span_id"]) == (call["spans"][0]["trace_id"], call["spans"][0]["span_id"])
+        assert re.fullmatch(r"[0-9a-f]{32}", data["trace_id"]) and re.fullmatch(r"[0-9a-f]{16}", data["span_id"])
+        assert row["partner_inference_id"] == f"{data['trace_id']}-{data['span_id']}"
+    for streaming in (False, True):  # history was kept: the last prompt holds both earlier answers
+        last = [c for c in calls if c["streaming"] == streaming][-1]
+        [row] = [r for r in rows if r["inference_data"]["span_id"] == last["spans"][0]["span_id"]]
+        assert row["inference_data"]["prompt"].count("\nAI: Echo:") == 2
 
 
 def test_model_lacking_optional_attributes_gets_prompt_and_completion(
@@ -181,12 +214,12 @@ def test_unreachable_arthur_spools_and_never_raises_into_the_app(caplog, tmp_pat
             assert exporter.export([span]) is SpanExportResult.SUCCESS  # spooled: Arthur down is not the app's problem
         assert not exporter.force_flush(timeout_millis=500)
         assert exporter.stats().spooled == 2 and exporter.stats().spool_depth == 2
-        assert exporter.stats().retried >= 3
+        assert any("Arthur unreachable" in r.getMessage() for r in caplog.records)  # said at start-up, not at exit
         exporter.shutdown()
         exporter.shutdown()  # idempotent
     assert len([r for r in caplog.records if "Arthur unreachable" in r.getMessage()]) == 1  # one line per state change
     [remaining] = [r.getMessage() for r in caplog.records if "remain" in r.getMessage()]
-    assert remaining.startswith("2 records") and str(tmp_path) in remaining
+    assert remaining.startswith("2 records") and str(tmp_path) in remaining and "connection refused" in remaining
     assert exporter.export(spans) is SpanExportResult.FAILURE
 
 
