@@ -33,10 +33,11 @@ from otel_arthur.spool import FILE_NAME
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "apps" / "spool_app.py"
 QUICK = RetryPolicy(initial_interval=0.05, max_interval=0.5, max_elapsed=10)
-# 30% of requests fail, six points each: 429 (Retry-After 1 s), 500, 503, a dropped connection, a slow answer;
-# on top of that, 5% of the rows that do arrive are refused for now (a per-record 500 inside the 207).
-THIRTY_PERCENT = Faults(rate_429=0.06, rate_500=0.06, rate_503=0.06, rate_drop=0.06, rate_slow=0.06,
-                        slow_seconds=0.2, rate_record_500=0.05, seed=20261125)
+# 30% of requests fail, of every kind: 429 (Retry-After 1 s), 408, 500, 503, a dropped connection, a slow answer,
+# a stall the client's 1 s timeout gives up on; on top of that, 5% of the rows that do arrive are refused for now
+# (a per-record 500 inside the 207).
+THIRTY_PERCENT = Faults(rate_429=0.05, rate_408=0.04, rate_500=0.04, rate_503=0.05, rate_drop=0.04, rate_slow=0.04,
+                        slow_seconds=0.2, rate_stall=0.04, stall_seconds=1.5, rate_record_500=0.05, seed=20261125)
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_thirty_percent_faults_and_two_restarts_deliver_exactly_once(arthur_with
     server, model_id = arthur_with_model
     server.current.faults.set(THIRTY_PERCENT)
     exporter = ArthurSpanExporter(url=server.url, api_key=arthur.DEFAULT_API_KEY, model_id=model_id,
-                                  allow_insecure=True, spool_dir=tmp_path / "spool", batch_max_records=25, timeout=5,
+                                  allow_insecure=True, spool_dir=tmp_path / "spool", batch_max_records=25, timeout=1,
                                   retry_policy=QUICK)
     rng = random.Random(1)
     templates = generation_spans()

@@ -69,6 +69,18 @@ def test_the_client_sees_throttling_with_retry_after_and_drops_as_retryable(serv
     assert server.stats()["requests"]["GET <fault injected>"] == {"429": 1, "502": 1}
 
 
+def test_the_client_retries_a_408_and_a_stalled_request_that_times_out(server):
+    client = ArthurClient(ArthurSettings.resolve(url=server.url, api_key=server.api_key, model_id="m",
+                                                 allow_insecure=True, timeout=0.3))
+    server.faults.set(Faults(rate_408=1.0))
+    with pytest.raises(RetryableError, match="408"):
+        client.get_model("m")
+    server.faults.set(Faults(rate_stall=1.0, stall_seconds=1.0))
+    with pytest.raises(RetryableError, match="timed out"):
+        client.get_model("m")
+    assert server.faults.describe()["injected"] == {"stall": 1}
+
+
 def test_per_record_faults_inside_the_207_store_nothing(server):
     model_id = create_model_over_http(server)
     server.faults.set(Faults(rate_record_400=0.5, rate_record_500=0.5, seed=1))

@@ -6,9 +6,10 @@ Set at start (``create_app(faults=…)``, ``otel-arthur local-arthur --fault-…
 their defaults, so ``{}`` switches every fault off) and restarts the draws from its ``seed``.
 
 Every Arthur API request (never ``/_local``) draws one number: below ``rate_429`` it is answered
-429 with ``Retry-After``, then come 500, 503, a dropped connection (the response headers go out
-and the connection closes before the body: the client sees a broken connection) and a slow answer
-(``slow_seconds`` late, then normal). Each row of an inferences request then draws again: a
+429 with ``Retry-After``, then come 408, 500, 503, a dropped connection (the response headers go
+out and the connection closes before the body: the client sees a broken connection), a slow answer
+(``slow_seconds`` late, then normal) and a stall (no answer for ``stall_seconds``, then the dropped
+connection: a client with a shorter timeout sees its request time out). Each row of an inferences request then draws again: a
 per-record 400 or 500 inside the 207, the row not stored. Faulted requests never reach the store,
 so they can never create a duplicate. With a ``seed`` the draws repeat exactly, run after run.
 """
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 DROP = "drop"
 SLOW = "slow"
+STALL = "stall"
 FAULT_SCOPE_KEY = "local_arthur.fault"
 _DROP_LOG = "ASGI callable returned without completing response."
 
@@ -43,11 +45,14 @@ class Faults:
     """What to inject. Request rates are exclusive shares of all requests and add up to at most 1."""
 
     rate_429: float = _rate("share of requests answered 429 Too Many Requests, with Retry-After")
+    rate_408: float = _rate("share of requests answered 408 Request Timeout")
     rate_500: float = _rate("share of requests answered 500")
     rate_503: float = _rate("share of requests answered 503")
     rate_drop: float = _rate("share of requests whose connection is closed before the response body")
     rate_slow: float = _rate("share of requests answered normally but slow_seconds late")
     slow_seconds: float = field(default=0.5, metadata={"help": "delay of a slow answer, seconds"})
+    rate_stall: float = _rate("share of requests never answered: held stall_seconds, then the connection closed")
+    stall_seconds: float = field(default=15.0, metadata={"help": "how long a stalled request is held, seconds"})
     retry_after: int = field(default=1, metadata={"help": "Retry-After of a 429, whole seconds"})
     rate_record_400: float = _rate("share of inference rows rejected with a per-record 400 inside the 207")
     rate_record_500: float = _rate("share of inference rows answered a per-record 500 inside the 207")
@@ -59,11 +64,12 @@ class Faults:
             if spec.metadata.get("rate") and not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise ValueError(f"{spec.name} must be a number between 0 and 1, got {value!r}")
         if sum(self.request_shares().values()) > 1:
-            raise ValueError("rate_429 + rate_500 + rate_503 + rate_drop + rate_slow must not exceed 1")
+            raise ValueError(" + ".join(f"rate_{name}" for name in self.request_shares()) + " must not exceed 1")
         if self.rate_record_400 + self.rate_record_500 > 1:
             raise ValueError("rate_record_400 + rate_record_500 must not exceed 1")
-        if not isinstance(self.slow_seconds, (int, float)) or self.slow_seconds < 0:
-            raise ValueError(f"slow_seconds must be a number >= 0, got {self.slow_seconds!r}")
+        for name in ("slow_seconds", "stall_seconds"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.retry_after, int) or self.retry_after < 0:
             raise ValueError(f"retry_after must be whole seconds >= 0, got {self.retry_after!r}")
         if self.seed is not None and not isinstance(self.seed, int):
@@ -71,8 +77,8 @@ class Faults:
 
     def request_shares(self) -> dict[str, float]:
         """Request fault -> its share of requests, in the order the draw tests them."""
-        return {"429": self.rate_429, "500": self.rate_500, "503": self.rate_503, DROP: self.rate_drop,
-                SLOW: self.rate_slow}
+        return {"429": self.rate_429, "408": self.rate_408, "500": self.rate_500, "503": self.rate_503,
+                DROP: self.rate_drop, SLOW: self.rate_slow, STALL: self.rate_stall}
 
     @classmethod
     def from_json(cls, body: object) -> Faults:
@@ -118,7 +124,7 @@ class FaultInjector:
         return None
 
     def request_fault(self) -> str | None:
-        """``"429"``, ``"500"``, ``"503"``, ``DROP``, ``SLOW`` or None for this request."""
+        """``"429"``, ``"408"``, ``"500"``, ``"503"``, ``DROP``, ``SLOW``, ``STALL`` or None for this request."""
         return self._draw(self.faults.request_shares())
 
     def record_fault(self) -> int | None:
@@ -158,7 +164,9 @@ class InjectFaults:
         fault = self.injector.request_fault() if faultable else None
         if fault is not None:
             scope[FAULT_SCOPE_KEY] = fault  # answered before routing: the request counts file it under the fault
-        if fault == DROP:
+        if fault == STALL:
+            await asyncio.sleep(self.injector.faults.stall_seconds)
+        if fault in (DROP, STALL):
             # Headers promising a body, then nothing: uvicorn closes the connection mid-response.
             await send({"type": "http.response.start", "status": 502, "headers": [(b"content-length", b"1")]})
             return
