@@ -79,6 +79,13 @@ class Refusal(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Accepted:
+    """``accept`` took the records: all are spooled but ``oversized``, each alone over the spool's bound."""
+
+    oversized: int = 0
+
+
+@dataclass(frozen=True)
 class Readiness:
     """What ``serve``'s ``/readyz`` reports: can records accepted now be delivered?"""
 
@@ -222,15 +229,16 @@ class Pipeline:
         self._wake.set()
         return True
 
-    def accept(self, records: Sequence[InferenceRecord]) -> Refusal | None:
-        """All or nothing, for a front door whose client retries: None once every record is spooled.
+    def accept(self, records: Sequence[InferenceRecord]) -> Refusal | Accepted:
+        """All or nothing, for a front door whose client retries: ``Accepted`` once the records are spooled.
 
         Otherwise nothing was spooled and nothing is counted as dropped: the caller still holds the
         records and tells its client to retry. Never drops older records to make room. A record
-        alone over the spool's bound can never be stored: it is dropped and counted (``spool_full``).
+        alone over the spool's bound can never be stored, however often it is retried: it is
+        dropped, counted (``spool_full``) and reported in ``Accepted.oversized`` for the caller to reject.
         """
         if not records:
-            return None
+            return Accepted()
         if self._closed:
             return Refusal.SHUTTING_DOWN
         try:
@@ -254,7 +262,7 @@ class Pipeline:
         if appended.dropped:
             self._counters.drop(DropReason.SPOOL_FULL, appended.dropped)
         self._wake.set()
-        return None
+        return Accepted(oversized=appended.dropped)
 
     def _prepared(self, records: Sequence[InferenceRecord]) -> list[InferenceRecord]:
         """What is spooled for ``records``, whichever front door they came through."""

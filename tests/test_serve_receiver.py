@@ -29,7 +29,8 @@ from spanfixtures import load_spans
 from otel_arthur import otlp, spool
 from otel_arthur.conventions import CONVENTIONS, Messages
 from otel_arthur.mapping import map_span
-from otel_arthur.pipeline import Refusal
+from otel_arthur.config import ArthurSettings
+from otel_arthur.pipeline import Accepted, Pipeline, Refusal
 from otel_arthur.serve.receiver import DEFAULT_RETRY_AFTER, Receiver
 from otel_arthur.stats import Histogram
 
@@ -54,7 +55,7 @@ class FakeIntake:
         if self.refusal is not None:
             return self.refusal
         self.records.extend(spool.decode(spool.encode(r)) for r in records)
-        return None
+        return Accepted()
 
     def count_received(self, spans, generations):
         self.received.append((spans, generations))
@@ -125,6 +126,34 @@ def test_unmappable_generation_spans_are_a_partial_success():
     assert len(intake.records) == len(expected_records())
     counts = {s.name: s.value for s in receiver.counters.samples()}
     assert counts["otel_arthur_receiver_spans_rejected_total"] == 2
+
+
+def test_a_record_larger_than_the_whole_spool_is_rejected_not_silently_dropped(tmp_path):
+    settings = ArthurSettings.resolve(url="http://127.0.0.1:9", api_key="k", model_id="m", allow_insecure=True,
+                                      spool_dir=tmp_path, spool_max_bytes=300)
+    pipeline = Pipeline(settings, transport=NeverSends())
+    try:
+        receiver = Receiver(pipeline)
+        reply = receiver.handle(encode_spans(spans()).SerializeToString(), PROTOBUF)
+        assert reply.status == 200  # retrying could never help: no 503
+        partial = ExportTraceServiceResponse.FromString(reply.body).partial_success
+        generations = len(expected_records())
+        assert partial.rejected_spans == generations and "larger than the whole spool" in partial.error_message
+        assert pipeline.stats().spool_depth == 0
+        counts = {s.name: s.value for s in receiver.counters.samples()}
+        assert counts["otel_arthur_receiver_spans_rejected_total"] == generations
+    finally:
+        pipeline.shutdown(timeout=0)
+
+
+class NeverSends:
+    """A transport for a pipeline whose records must never leave the spool in the test."""
+
+    def send(self, records):
+        raise AssertionError("nothing should be delivered")
+
+    def close(self):
+        pass
 
 
 def test_a_span_that_breaks_the_mapper_is_rejected_alone():

@@ -33,7 +33,7 @@ from typing import Protocol
 from otel_arthur import otlp
 from otel_arthur.config import DEFAULT_MAX_BODY_BYTES
 from otel_arthur.mapping import InferenceRecord, map_span
-from otel_arthur.pipeline import Refusal
+from otel_arthur.pipeline import Accepted, Refusal
 from otel_arthur.stats import COUNTER, Sample
 
 __all__ = ["DEFAULT_RETRY_AFTER", "Decoded", "DecoderUnavailable", "Intake", "Receiver", "ReceiverCounters", "Reply",
@@ -57,7 +57,7 @@ _REFUSALS = {
 class Intake(Protocol):
     """Where accepted records go: ``Pipeline`` (tests pass fakes)."""
 
-    def accept(self, records: Sequence[InferenceRecord]) -> Refusal | None: ...
+    def accept(self, records: Sequence[InferenceRecord]) -> Refusal | Accepted: ...
 
     def count_received(self, spans: int, generations: int) -> None: ...
 
@@ -223,21 +223,22 @@ class Receiver:
         return hmac.compare_digest((authorization or "").encode(), self._expected_auth)
 
     def _deliver(self, media: str, mapped: Decoded) -> Reply:
+        outcome: Refusal | Accepted
         try:
-            refusal = self._intake.accept(mapped.records) if mapped.records else None
+            outcome = self._intake.accept(mapped.records) if mapped.records else Accepted()
         except Exception:  # our side, not the client's: worth a retry, never a drop
             _logger.exception("Cannot spool %d records; answering 503", len(mapped.records))
-            refusal = Refusal.SPOOL_ERROR
-        if refusal is not None:
+            outcome = Refusal.SPOOL_ERROR
+        if isinstance(outcome, Refusal):
             self.counters.spans(refused=mapped.spans)
-            return self._refused(media, refusal)
+            return self._refused(media, outcome)
         ignored = mapped.spans - len(mapped.records) - mapped.rejected
-        self.counters.spans(received=mapped.spans, ignored=ignored, rejected=mapped.rejected)
+        rejected = mapped.rejected + outcome.oversized
+        reason = mapped.reason or "a record larger than the whole spool may hold (--spool-max-bytes)"
+        self.counters.spans(received=mapped.spans, ignored=ignored, rejected=rejected)
         self._intake.count_received(mapped.spans, len(mapped.records))
-        message = ""
-        if mapped.rejected:
-            message = f"{mapped.rejected} generation spans not recorded; first: {mapped.reason}"[:_MESSAGE_LIMIT]
-        return Reply(200, {"Content-Type": media}, otlp.encode_response(media, mapped.rejected, message))
+        message = f"{rejected} generation spans not recorded; first: {reason}"[:_MESSAGE_LIMIT] if rejected else ""
+        return Reply(200, {"Content-Type": media}, otlp.encode_response(media, rejected, message))
 
     def _refused(self, media: str, refusal: Refusal) -> Reply:
         return self._unavailable(media, _REFUSALS[refusal])
