@@ -8,6 +8,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from otel_arthur import exit_codes
+from otel_arthur.config import ConfigurationError, as_flags
+
 # subcommand -> module providing ``add_arguments(parser)`` and ``run(args) -> int``; imported only
 # when chosen, so ``--help`` stays fast and the exporter never pays for the servers or the SDK.
 _SUBCOMMANDS = {
@@ -19,13 +22,29 @@ _SUBCOMMANDS = {
     "spool": ("otel_arthur.spool_cli", "Inspect the spool, replay dead letters after a fix, purge them."),
 }
 
+DEBUG_FLAG = "--debug"
+
+EPILOG = f"""\
+examples:
+  otel-arthur doctor                    # would records reach Arthur with this environment?
+  otel-arthur serve --port 4319         # beside a Collector: OTLP/HTTP in, Arthur inferences out
+  otel-arthur spool stats               # what waits in the spool, and the dead letters
+  otel-arthur doctor --debug            # DEBUG logs, and tracebacks instead of one-line errors
+  otel-arthur COMMAND --help            # a command's flags, examples and exit codes
+
+{exit_codes.epilog_table(tuple(exit_codes.DESCRIPTIONS))}
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-arthur",
         description="Carry LLM generation spans from OpenTelemetry into Arthur inference records.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--debug", action="store_true", help="log at DEBUG level and show tracebacks")
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help="log at DEBUG level and show tracebacks; also accepted after the command")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, summary) in _SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
@@ -35,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # --debug may also follow the command, at any depth (spool stats --debug): one flag, not one per subparser
+    args, unrecognized = parser.parse_known_args(argv)
+    args.debug = args.debug or DEBUG_FLAG in unrecognized
+    unrecognized = [arg for arg in unrecognized if arg != DEBUG_FLAG]
+    if unrecognized:
+        parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")  # as parse_args would
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -45,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return module.run(args)
     except KeyboardInterrupt:
         return 130
+    except ConfigurationError as exc:  # the settings, not a bug: one line in the command's terms
+        logging.getLogger("otel_arthur").error("%s", as_flags(str(exc)))
+        return exit_codes.CONFIGURATION
     except Exception as exc:  # one clear line; the traceback only when asked for
         if args.debug:
             raise

@@ -468,17 +468,29 @@ def _writable(directory: str) -> None:
         pass
 
 
+def _can_make_directory_in(parent: str) -> None:
+    """Raise ``OSError`` unless a directory can be made in ``parent``, as the exporter's ``os.makedirs`` would.
+
+    The probe is removed at once: the spool directory itself is never created here.
+    """
+    os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".otel-arthur-doctor-"))
+
+
 def _spool(report: Report, directory: str, destination: str | None) -> None:
     report.section("Spool")
     if not os.path.exists(directory):
         parent = os.path.dirname(os.path.abspath(directory))
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            report.problem(exit_codes.SPOOL, f"spool directory {directory} cannot be created: {parent} is not "
+                                             "a directory")
+            return
         try:
-            _writable(parent)
+            _can_make_directory_in(parent)
         except OSError as exc:
-            report.problem(exit_codes.SPOOL, f"spool directory {directory} cannot be created: {parent} is "
-                                             f"{(exc.strerror or str(exc)).lower()}")
+            report.problem(exit_codes.SPOOL, f"spool directory {directory} cannot be created: making a directory "
+                                             f"in {parent} fails: {(exc.strerror or str(exc)).lower()}")
             return
         report.item("directory", f"{directory} (does not exist yet; created at the first export)")
         return

@@ -52,8 +52,9 @@ examples:
 
 exit codes:
   0  created, or found by its partner model id
-  1  refused or unreachable, or settings missing (one line; the traceback with otel-arthur --debug)
+  1  refused or unreachable (one line; the traceback with --debug)
   2  bad command line
+  3  settings missing or invalid (no URL or credentials, plain http without --allow-insecure)
 """
 
 

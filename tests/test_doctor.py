@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 
@@ -110,8 +111,8 @@ def test_the_spool_section_counts_what_waits_and_the_dead_letters(capsys, local_
     assert "dead letters   1 (record_rejected 1)" in out and "latest refusal 400: unknown attribute 'x'" in out
 
 
-@pytest.mark.parametrize("case", ["wrong-key", "unreachable", "tls", "unknown-model", "no-output-attribute",
-                                  "unfilled-input"])
+@pytest.mark.parametrize("case", ["wrong-key", "unreachable", "tls", "unknown-model", "no-input-attribute",
+                                  "no-output-attribute", "unfilled-input"])
 def test_each_broken_configuration_is_one_precise_line_and_its_exit_code(capsys, client, local_arthur, new_model,
                                                                          tmp_path, case):
     url, api_key, model_id, insecure = local_arthur.url, local_arthur.api_key, new_model(), ["--allow-insecure"]
@@ -127,6 +128,9 @@ def test_each_broken_configuration_is_one_precise_line_and_its_exit_code(capsys,
     elif case == "unknown-model":
         model_id = "no-such-model"
         expected = (exit_codes.REFUSED, "Arthur has no model 'no-such-model' (as id or partner_model_id)")
+    elif case == "no-input-attribute":
+        model_id = model_with(local_arthur, MINIMAL[1:])
+        expected = (exit_codes.REFUSED, f"model {model_id!r} has no PIPELINE_INPUT UNSTRUCTURED_TEXT attribute")
     elif case == "no-output-attribute":
         model_id = model_with(local_arthur, MINIMAL[:1])
         expected = (exit_codes.REFUSED, f"model {model_id!r} has no PREDICTED_VALUE UNSTRUCTURED_TEXT attribute")
@@ -163,6 +167,14 @@ def test_a_spool_that_cannot_be_created_and_several_problems_at_once(capsys, tmp
                                 f"error: spool directory {blocker / 'spool'} cannot be created: {blocker} is not "
                                 "a directory"]
     assert "2 problems" in out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where nothing can be created")
+def test_a_spool_that_cannot_be_created_says_which_step_fails(capsys):
+    code, _, err = doctor(capsys, "--spool-dir", "/proc/otel-arthur-spool")
+    assert code == exit_codes.CONFIGURATION  # no URL; the spool's problem is the second line
+    assert err.splitlines()[1] == ("error: spool directory /proc/otel-arthur-spool cannot be created: making a "
+                                   "directory in /proc fails: no such file or directory")
 
 
 def test_a_spool_path_that_is_a_file(capsys, local_arthur, new_model, tmp_path):

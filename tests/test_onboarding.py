@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from otel_arthur import cli, onboarding
+from otel_arthur import cli, exit_codes, onboarding
 from otel_arthur.config import ConfigurationError
 from otel_arthur.fields import FIELDS, Stage
 from otel_arthur.local import arthur
@@ -112,7 +112,7 @@ def test_the_command_fails_with_one_line_and_never_prompts(
     with caplog.at_level(logging.ERROR):
         status = cli.main(["create-model", "--url", "https://a.example", "--login", "admin"])
 
-    assert status == 1
+    assert status == exit_codes.CONFIGURATION
     assert "has no password" in caplog.text
     assert capsys.readouterr().out == ""
 

@@ -239,8 +239,10 @@ def _spool_bytes(directory: Path) -> bytes:
     return b"".join(path.read_bytes() for path in directory.rglob("*") if path.is_file())
 
 
-SECRETS = (EMAIL, OPENAI_KEY, "4111111111111111", "EMP-123456", "Acme Corp")
-TEXT = f"I am {EMAIL}, employee EMP-123456 of Acme Corp; card 4111111111111111, key {OPENAI_KEY}"
+BEARER_TOKEN = BEARER.split()[1]
+SECRETS = (EMAIL, OPENAI_KEY, "4111111111111111", "EMP-123456", "Acme Corp", BEARER_TOKEN, JWT)
+TEXT = (f"I am {EMAIL}, employee EMP-123456 of Acme Corp; card 4111111111111111, key {OPENAI_KEY}, "
+        f"header {BEARER}, token {JWT}")
 
 
 def test_positive_control_without_redaction_the_secret_is_in_the_spool_file(tmp_path):
@@ -284,13 +286,15 @@ def test_redacted_values_reach_neither_the_spool_file_nor_any_request_body(local
 
     sent = b"".join(bodies)
     assert b"[REDACTED:api_key]" in sent and b"[REDACTED:card]" in sent and b"[REDACTED:employee]" in sent
+    assert b"[REDACTED:bearer]" in sent and b"[REDACTED:jwt]" in sent
     assert not [secret for secret in SECRETS if secret.encode() in sent]
     stored = local_arthur.inferences(model_id)
     assert len(stored) == 2
     for row in stored:
         data = row["inference_data"]
         assert data["prompt"] == ("Human: I am [REDACTED:email], employee [REDACTED:employee] of [REDACTED:customer];"
-                                  " card [REDACTED:card], key [REDACTED:api_key]")
+                                  " card [REDACTED:card], key [REDACTED:api_key], header [REDACTED:bearer],"
+                                  " token [REDACTED:jwt]")
         assert data["completion"].startswith("echo I am [REDACTED:email]") and data["prompt_tokens"] == 7
     assert not [secret for secret in SECRETS if secret in json.dumps(stored)]
     assert not [secret for secret in SECRETS if secret.encode() in _spool_bytes(tmp_path)]

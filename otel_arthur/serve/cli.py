@@ -8,11 +8,24 @@ Flags left unset stay ``None`` here, which is what lets the environment decide.
 from __future__ import annotations
 
 import argparse
-import logging
 
 from otel_arthur import config as c
+from otel_arthur import exit_codes
 
-_logger = logging.getLogger(__name__)
+EPILOG = f"""\
+Point an OpenTelemetry Collector's otlphttp exporter at http://HOST:PORT (it appends /v1/traces); see
+collector-config/. Endpoints: POST /v1/traces, GET /healthz, /readyz, /metrics. ARTHUR_ATTRIBUTE_MAP and
+the privacy settings (ARTHUR_SEND_CONTENT, ARTHUR_REDACT, ARTHUR_REDACT_PATTERNS) are read from the
+environment, as by the exporter. Secrets are better set through their environment variables than flags,
+which other users can see in the process list.
+
+examples:
+  ARTHUR_ENDPOINT_URL=https://app.arthur.ai ARTHUR_API_KEY=… ARTHUR_MODEL_ID=my-chatbot otel-arthur serve
+  otel-arthur serve --host 0.0.0.0 --port 4319 --decode-processes 2
+  OTEL_ARTHUR_RECEIVER_TOKEN=… otel-arthur serve --url http://127.0.0.1:8787 --allow-insecure --model-id chat
+
+{exit_codes.epilog_table((exit_codes.OK, exit_codes.ERROR, exit_codes.USAGE, exit_codes.CONFIGURATION))}
+"""
 
 
 def _help(text: str, env: str, default: object) -> str:
@@ -20,12 +33,8 @@ def _help(text: str, env: str, default: object) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "Point an OpenTelemetry Collector's otlphttp exporter at http://HOST:PORT (it appends /v1/traces); see "
-        "collector-config/. Endpoints: POST /v1/traces, GET /healthz, /readyz, /metrics. ARTHUR_ATTRIBUTE_MAP and "
-        "the privacy settings (ARTHUR_SEND_CONTENT, ARTHUR_REDACT, ARTHUR_REDACT_PATTERNS) are read from the "
-        "environment, as by the exporter. Secrets are better set through their environment variables than flags, "
-        "which other users can see in the process list.")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     receiver = parser.add_argument_group("receiver")
     receiver.add_argument("--host", help=_help("interface to listen on; 0.0.0.0 for every interface",
                                                c.OTEL_ARTHUR_RECEIVER_HOST, c.DEFAULT_RECEIVER_HOST))
@@ -84,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         verify_ssl=args.verify_ssl,
         timeout=args.timeout, batch_max_records=args.batch_max_records, batch_max_bytes=args.batch_max_bytes,
         spool_dir=args.spool_dir, spool_max_bytes=args.spool_max_bytes, max_text_bytes=args.max_text_bytes,
-    )
+    )  # a ConfigurationError is one line and exit 3 (otel_arthur.cli)
     receiver = c.ReceiverSettings.resolve(
         host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, auth_token=args.auth_token,
         shutdown_timeout=args.shutdown_timeout, decode_processes=args.decode_processes,
