@@ -176,6 +176,22 @@ def test_arthur_down_then_back_is_one_line_each_way(settings, pipelines, caplog)
     assert [line for line in lines if "again" in line] == ["Arthur is reachable again; delivering 3 spooled records"]
 
 
+def test_two_pipelines_sharing_a_spool_deliver_each_record_once(settings, local_arthur):
+    config = settings(batch_max_records=20)
+    first, second = Pipeline(config, retry_policy=QUICK), Pipeline(config, retry_policy=QUICK)  # two owners
+    try:
+        batches = [records(25, prefix=f"b{n}") for n in range(40)]
+        for n, batch in enumerate(batches):
+            (first if n % 2 else second).submit(batch)
+        assert first.force_flush(timeout=30) and second.force_flush(timeout=30)
+        delivered = first.stats().delivered + second.stats().delivered
+    finally:
+        first.shutdown(timeout=1)
+        second.shutdown(timeout=1)
+    ids = [r["partner_inference_id"] for r in local_arthur.inferences(config.model_id)]
+    assert delivered == len(ids) == len(set(ids)) == 1000  # claims are exclusive: nothing delivered twice
+
+
 def test_the_worker_survives_an_unexpected_error(settings, pipelines, caplog):
     calls = []
 
