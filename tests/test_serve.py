@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from servehelpers import JSON, PROTOBUF, arthur_settings, otlp_json, serving, wait_for  # noqa: F401
 from spanfixtures import generation_spans, load_spans, reidentified
 
-from otel_arthur import cli
+from otel_arthur import cli, exit_codes
 from otel_arthur import config as c
 from otel_arthur.config import ReceiverSettings
 from otel_arthur.conventions import CONVENTIONS
@@ -309,10 +309,10 @@ def test_flags_fall_back_to_the_environment(monkeypatch, arthur_env):
     assert ReceiverSettings.resolve(port=4500).port == 4500
 
 
-def test_missing_arthur_settings_are_one_clear_line_and_exit_1(arthur_env, caplog):
-    assert cli.main(["serve", "--port", "0"]) == 1
+def test_missing_arthur_settings_are_one_clear_line_and_the_configuration_exit_code(arthur_env, caplog):
+    assert cli.main(["serve", "--port", "0"]) == exit_codes.CONFIGURATION
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert c.ARTHUR_ENDPOINT_URL in line
+    assert c.ARTHUR_ENDPOINT_URL in line and "--url" in line
 
 
 COLLECTOR_CONFIGS = sorted((ROOT / "collector-config").glob("*.yaml"))
