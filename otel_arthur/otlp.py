@@ -87,17 +87,29 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
+    """The inflated body: gzip member after member, as Go's reader (the Collector's) reads them; deflate
+    (zlib framing) is one stream, so bytes after it are refused.
+
+    The input is fed in chunks because zlib copies what is left of it after each call (``unconsumed_tail``,
+    ``unused_data``): fed whole, a body of many tiny members would take quadratic time.
+    """
+    view = memoryview(body)
     inflater = zlib.decompressobj(wbits)
     pieces, size = [], 0
     try:
-        data = body
-        while data:
-            piece = inflater.decompress(data, _CHUNK)
-            size += len(piece)
-            if size > limit:
-                raise RequestError(413, f"request body over the {limit}-byte limit once decompressed")
-            pieces.append(piece)
-            data = inflater.unconsumed_tail
+        for start in range(0, len(view), _CHUNK):
+            data: bytes | memoryview = view[start:start + _CHUNK]
+            while data:
+                if inflater.eof:  # more bytes after a complete stream: the next gzip member, or garbage
+                    if wbits == zlib.MAX_WBITS:
+                        raise RequestError(400, "trailing bytes after the deflate stream")
+                    inflater = zlib.decompressobj(wbits)
+                piece = inflater.decompress(data, _CHUNK)
+                size += len(piece)
+                if size > limit:
+                    raise RequestError(413, f"request body over the {limit}-byte limit once decompressed")
+                pieces.append(piece)
+                data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
         if not inflater.eof:
             raise RequestError(400, "compressed body is truncated")
     except zlib.error as exc:
@@ -111,7 +123,8 @@ def parse_request(body: bytes, media: str) -> ExportTraceServiceRequest:
         if media == PROTOBUF:
             request.ParseFromString(body)
         else:
-            json_format.ParseDict(_hex_ids_to_base64(json.loads(body)), request)
+            # The OTLP spec: receivers MUST ignore unknown fields in OTLP/JSON, for forward compatibility.
+            json_format.ParseDict(_hex_ids_to_base64(json.loads(body)), request, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise RequestError(400, f"cannot decode {media} body: {str(exc)[:200]}") from None
     return request

@@ -3,6 +3,7 @@
 import base64
 import gzip
 import json
+import tracemalloc
 import zlib
 
 import pytest
@@ -56,6 +57,46 @@ def test_otlp_json_gives_the_same_records_as_protobuf():
     assert _records(_otlp_json(encode_spans(_spans())), "application/json; charset=utf-8") == EXPECTED
 
 
+def test_otlp_json_unknown_fields_are_ignored():
+    """The OTLP spec: receivers MUST ignore unknown fields in OTLP/JSON (a newer sender's additions)."""
+    document = json.loads(_otlp_json(encode_spans(_spans())))
+    document["futureTopLevel"] = {"anything": [1, 2]}
+    document["resourceSpans"][0]["futureResourceField"] = "x"
+    span = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["futureSpanField"] = 7
+    span["attributes"][0]["value"]["futureValueField"] = True
+    assert _records(json.dumps(document).encode(), otlp.JSON) == EXPECTED
+
+
+def _gzip_members(body: bytes, size: int) -> bytes:
+    """``body`` as consecutive gzip members of ``size`` bytes each, as a multi-member gzip stream."""
+    return b"".join(gzip.compress(body[i:i + size]) for i in range(0, len(body), size))
+
+
+@pytest.mark.parametrize("chunk", [otlp._CHUNK, 7])  # 7: member ends and headers straddle the input chunks
+@pytest.mark.parametrize("members", ["halves", "empty-first", "hundreds"])
+def test_gzip_members_are_all_inflated(members, chunk, monkeypatch):
+    monkeypatch.setattr(otlp, "_CHUNK", chunk)
+    body = encode_spans(_spans()).SerializeToString()
+    body = {"halves": _gzip_members(body, len(body) // 2 + 1), "empty-first": gzip.compress(b"") + gzip.compress(body),
+            "hundreds": _gzip_members(body, 100)}[members]
+    assert _records(body, otlp.PROTOBUF, "gzip") == EXPECTED
+
+
+def test_gzip_bomb_over_many_members_is_refused_at_the_limit():
+    """1 GiB of zeros in 4096 members: refused once past the limit, holding little more than the limit."""
+    bomb = gzip.compress(b"\0" * 2**18) * 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(otlp.RequestError) as error:
+            otlp.decompress(bomb, "gzip", 2**20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert error.value.status == 413
+    assert peak < 4 * 2**20
+
+
 def test_empty_body_is_an_empty_request():
     assert list(otlp.generation_spans(otlp.parse_request(b"", otlp.PROTOBUF))) == []
 
@@ -94,6 +135,19 @@ def test_bad_encodings(encoding, body, status):
     with pytest.raises(otlp.RequestError) as error:
         otlp.decompress(body, encoding, 1000)
     assert error.value.status == status
+
+
+@pytest.mark.parametrize("encoding, body", [
+    ("gzip", gzip.compress(b"abc") + b"trailing"),
+    ("gzip", gzip.compress(b"abc") + b"\0" * 8),
+    ("gzip", gzip.compress(b"abc") + b"\x1f\x8b"),  # a member cut short in its header
+    ("gzip", gzip.compress(b"x" * 200_000) + b"junk"),  # a member inflated over several bounded calls
+    ("deflate", zlib.compress(b"abc") + b"trailing"),  # zlib framing holds one stream only
+], ids=["gzip-garbage", "gzip-zeros", "gzip-cut-header", "gzip-long-member", "deflate-garbage"])
+def test_trailing_bytes_after_the_compressed_body_are_400(encoding, body):
+    with pytest.raises(otlp.RequestError) as error:
+        otlp.decompress(body, encoding, 20 * 2**20)
+    assert error.value.status == 400
 
 
 def test_unsupported_content_type_is_415():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import re
 import time
+from urllib.parse import urlsplit
 from collections import Counter
 from pathlib import Path
 
@@ -326,18 +327,29 @@ def _arthur_exporters(document: dict) -> dict[str, dict]:
 
 @pytest.mark.parametrize("path", COLLECTOR_CONFIGS, ids=[p.name for p in COLLECTOR_CONFIGS])
 def test_collector_config_points_at_serves_defaults(path):
+
     yaml = pytest.importorskip("yaml")
     document = yaml.safe_load(path.read_text())
     [(name, exporter)] = _arthur_exporters(document).items()
-    assert exporter["endpoint"] == f"http://{c.DEFAULT_RECEIVER_HOST}:{c.DEFAULT_RECEIVER_PORT}"
-    path_in_use = exporter.get("traces_endpoint", exporter["endpoint"] + TRACES_PATH)  # otlphttp appends the path
-    assert path_in_use.endswith(TRACES_PATH)
-    assert exporter.get("encoding", "proto") == "proto"
-    assert exporter.get("compression", "gzip") in ("gzip", "deflate", "none")
+    endpoint = urlsplit(exporter["endpoint"])
+    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", c.DEFAULT_RECEIVER_HOST,
+                                                                   c.DEFAULT_RECEIVER_PORT)
+    # otlphttp posts to traces_endpoint as given, else to endpoint with /v1/traces appended
+    traces_url = urlsplit(exporter.get("traces_endpoint", exporter["endpoint"].rstrip("/") + "/v1/traces"))
+    assert (traces_url.hostname, traces_url.port, traces_url.path) == (endpoint.hostname, endpoint.port, TRACES_PATH)
+    assert (exporter.get("encoding"), exporter.get("compression")) == ("proto", "gzip")
     assert exporter["headers"]["Authorization"] == f"Bearer ${{env:{c.OTEL_ARTHUR_RECEIVER_TOKEN}}}"
     assert exporter["retry_on_failure"]["enabled"] is True
-    assert exporter["sending_queue"]["storage"] in document["extensions"]
-    assert [p for p in document["service"]["pipelines"].values() if name in p["exporters"]][0]["receivers"] == ["otlp"]
+    storage = exporter["sending_queue"]["storage"]  # a file_storage extension: the queue survives restarts
+    assert storage.split("/")[0] == "file_storage" and storage in document["extensions"]
+    assert storage in document["service"]["extensions"]  # defined but not enabled, the Collector refuses it
+    pipelines = document["service"]["pipelines"]
+    [(pipeline_name, pipeline)] = [(k, p) for k, p in pipelines.items() if name in p["exporters"]]
+    assert pipeline_name.split("/")[0] == "traces" and pipeline["receivers"] == ["otlp"]
+    [batch] = [document["processors"][p] for p in pipeline["processors"] if p.split("/")[0] == "batch"]
+    max_spans = batch.get("send_batch_max_size", 0)  # the Collector's default, 0, is no cap at all
+    assert 0 < max_spans <= c.DEFAULT_MAX_BODY_BYTES // (64 * 1024)  # 64 KiB a span: room for long prompts
+    assert batch.get("send_batch_size", 8192) <= max_spans  # else the Collector refuses the config
 
 
 def test_llm_only_filter_covers_exactly_the_conventions():
