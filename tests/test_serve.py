@@ -9,9 +9,9 @@ from __future__ import annotations
 import gzip
 import re
 import time
-from urllib.parse import urlsplit
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
