@@ -422,7 +422,8 @@ class Pipeline:
             return _Outcome.BLOCKED
         except PermanentError as exc:
             self._health.up()
-            self._settle(refused=[Refused(seq, DeadLetterReason.BATCH_REFUSED, str(exc)) for seq in unsettled.values()])
+            self._settle(refused=[Refused(seq, DeadLetterReason.BATCH_REFUSED, str(exc))
+                                  for seq in unsettled.values()])
             return _Outcome.SETTLED
         except RetryableError:  # retried until its deadline; the observer has seen every failure
             self._settle(released=list(unsettled.values()))

@@ -9,9 +9,10 @@ Every Arthur API request (never ``/_local``) draws one number: below ``rate_429`
 429 with ``Retry-After``, then come 408, 500, 503, a dropped connection (the response headers go
 out and the connection closes before the body: the client sees a broken connection), a slow answer
 (``slow_seconds`` late, then normal) and a stall (no answer for ``stall_seconds``, then the dropped
-connection: a client with a shorter timeout sees its request time out). Each row of an inferences request then draws again: a
-per-record 400 or 500 inside the 207, the row not stored. Faulted requests never reach the store,
-so they can never create a duplicate. With a ``seed`` the draws repeat exactly, run after run.
+connection: a client with a shorter timeout sees its request time out). Each row of an inferences
+request then draws again: a per-record 400 or 500 inside the 207, the row not stored. Faulted
+requests never reach the store, so they can never create a duplicate. With a ``seed`` the draws
+repeat exactly, run after run.
 """
 
 from __future__ import annotations
