@@ -56,6 +56,7 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0  # seconds shutdown() spends delivering before l
 IDLE_POLL = 5.0  # seconds between looks at the spool when nothing wakes the worker (other processes' leftovers)
 ADOPT_INTERVAL = 30.0  # seconds between looks for in-flight records of processes that died
 FLUSH_POLL = 0.1  # seconds; force_flush also sees progress made by other processes sharing the spool
+IDLE_EXIT_GRACE = 0.5  # seconds shutdown waits for a worker with nothing to deliver (it exits in milliseconds)
 DOWN_AFTER_FAILURES = 3  # consecutive failed requests before Arthur is said to be down: one blip is not news
 DEAD_LETTER_LOG_INTERVAL = 60.0  # seconds; at most one line about refused records per interval
 THREAD_NAME = "otel-arthur-delivery"
@@ -326,7 +327,9 @@ class Pipeline:
         self._drain_deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        # With nothing to deliver, do not wait out a request in flight: fetching the model from an
+        # Arthur that never answers would hold the application's exit for the whole request timeout.
+        self._thread.join(timeout if self._spool.pending() else min(timeout, IDLE_EXIT_GRACE))
         remaining = self._spool.pending()
         if remaining:
             # Short-lived apps exit before Arthur is declared down: this line is where they learn why.
@@ -334,8 +337,8 @@ class Pipeline:
             _logger.warning("%d records not yet delivered remain in %s; the next process using it delivers them%s",
                             remaining, self._spool.path, f" (last attempt: {problem})" if problem else "")
         if self._thread.is_alive():
-            # Still inside a request: its records stay claimed by this process until it exits, then
-            # the next process adopts them. Closing under the worker would release them mid-POST.
+            # Still inside a request: any records it carries stay claimed by this process until it
+            # exits, then the next process adopts them. Closing under the worker would release them mid-POST.
             return
         self._final_gauges = self._spool.gauges()
         self._spool.close()
@@ -365,6 +368,8 @@ class Pipeline:
                 if outcome is _Outcome.IDLE:
                     self._wake.wait(IDLE_POLL)
                 elif outcome is _Outcome.BLOCKED:
+                    if self._stop.is_set():
+                        return  # it failed while shutdown waited for it: another try would only hold the exit
                     setup_failures += 1
                     self._stop.wait(self._policy.interval(setup_failures, self._rng))
                 else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
@@ -229,6 +230,45 @@ def test_shutdown_leaves_the_rest_on_disk_and_says_how_much_and_where(tmp_path, 
     assert not pipeline.submit(records(2)) and not pipeline.force_flush(timeout=1)
     stats = pipeline.stats()
     assert stats.dropped == {DropReason.SHUTDOWN: 2} and stats.spool_depth == 4 and stats.delivered == 0
+
+
+def connections_made(listener: socket.socket) -> int:
+    """How many connections wait in the backlog of a socket that never accepted any."""
+    listener.setblocking(False)
+    made = 0
+    while True:
+        try:
+            listener.accept()[0].close()
+        except BlockingIOError:
+            return made
+        made += 1
+
+
+@pytest.mark.parametrize(("waiting", "request_timeout"), [(0, 10), (3, 2)],
+                         ids=["nothing-to-deliver", "records-waiting"])
+def test_shutdown_never_waits_for_more_than_the_request_in_flight_to_an_arthur_that_never_answers(
+        tmp_path, caplog, waiting, request_timeout):
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        config = ArthurSettings.resolve(url=f"http://127.0.0.1:{silent.getsockname()[1]}", api_key="k",
+                                        model_id="m", allow_insecure=True, spool_dir=tmp_path, timeout=request_timeout)
+        pipeline = Pipeline(config, retry_policy=QUICK)  # its worker is now waiting on the model request
+        pipeline.submit(records(waiting))
+        time.sleep(0.2)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="otel_arthur"):
+            pipeline.shutdown(timeout=20)
+        if not waiting:  # nothing to deliver: the request in flight is not waited for
+            assert time.monotonic() - started < request_timeout / 2
+        assert connections_made(silent) == 1  # the model request in flight, and no second try at exit
+        remains = [r.getMessage() for r in caplog.records if "remain" in r.getMessage()]
+        assert remains == ([f"{waiting} records not yet delivered remain in {tmp_path / 'spool.sqlite3'}; the next"
+                            " process using it delivers them (last attempt: GET /users/me: timed out after 2s)"]
+                           if waiting else [])
+    finally:
+        silent.close()
 
 
 def test_stats_are_plain_numbers_with_labels(settings, pipelines):
