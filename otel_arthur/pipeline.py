@@ -56,6 +56,7 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0  # seconds shutdown() spends delivering before l
 IDLE_POLL = 5.0  # seconds between looks at the spool when nothing wakes the worker (other processes' leftovers)
 ADOPT_INTERVAL = 30.0  # seconds between looks for in-flight records of processes that died
 FLUSH_POLL = 0.1  # seconds; force_flush also sees progress made by other processes sharing the spool
+BIND_DELAY = 1.0  # seconds after start-up before the model is fetched, unless records come sooner
 IDLE_EXIT_GRACE = 0.5  # seconds shutdown waits for a worker with nothing to deliver (it exits in milliseconds)
 DOWN_AFTER_FAILURES = 3  # consecutive failed requests before Arthur is said to be down: one blip is not news
 DEAD_LETTER_LOG_INTERVAL = 60.0  # seconds; at most one line about refused records per interval
@@ -164,8 +165,9 @@ class Pipeline:
     ) -> None:
         """Opens (or creates) the spool and starts the worker; ``OSError`` or ``sqlite3.Error`` if it cannot.
 
-        The worker first fetches the model (so a wrong model or credentials is one ERROR line at
-        start-up, and ``serve``'s ``readiness`` means something from the start), then delivers.
+        The worker first fetches the model, ``BIND_DELAY`` after start-up or at the first record (so
+        a wrong model or credentials is one ERROR line at start-up, and ``serve``'s ``readiness``
+        means something from the start), then delivers.
         ``redact``: a hook run on every text field after the configured redaction (``otel_arthur.privacy``).
         """
         self._settings = settings
@@ -357,6 +359,9 @@ class Pipeline:
     def _run(self) -> None:
         adopt_at = time.monotonic() + ADOPT_INTERVAL  # the spool adopted orphans when it opened
         setup_failures = errors = 0
+        # Fetch the model at start-up, but give the application a moment first (or its first record):
+        # a process that exits at once should not pay for a request it never needed (~70 ms).
+        self._wake.wait(BIND_DELAY)
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= adopt_at:

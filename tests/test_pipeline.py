@@ -21,7 +21,7 @@ from otel_arthur.config import ArthurSettings
 from otel_arthur.local import arthur
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import InferenceRecord
-from otel_arthur.pipeline import THREAD_NAME, DeadLetterReason, Pipeline
+from otel_arthur.pipeline import BIND_DELAY, THREAD_NAME, DeadLetterReason, Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import DropReason
 
@@ -244,6 +244,19 @@ def connections_made(listener: socket.socket) -> int:
         made += 1
 
 
+def test_a_pipeline_shut_down_at_once_with_nothing_to_deliver_never_contacts_arthur(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        config = ArthurSettings.resolve(url=f"http://127.0.0.1:{listener.getsockname()[1]}", api_key="k",
+                                        model_id="m", allow_insecure=True, spool_dir=tmp_path)
+        Pipeline(config, retry_policy=QUICK).shutdown(timeout=5)  # a short-lived process that never exported
+        assert connections_made(listener) == 0
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize(("waiting", "request_timeout"), [(0, 10), (3, 2)],
                          ids=["nothing-to-deliver", "records-waiting"])
 def test_shutdown_never_waits_for_more_than_the_request_in_flight_to_an_arthur_that_never_answers(
@@ -254,9 +267,9 @@ def test_shutdown_never_waits_for_more_than_the_request_in_flight_to_an_arthur_t
     try:
         config = ArthurSettings.resolve(url=f"http://127.0.0.1:{silent.getsockname()[1]}", api_key="k",
                                         model_id="m", allow_insecure=True, spool_dir=tmp_path, timeout=request_timeout)
-        pipeline = Pipeline(config, retry_policy=QUICK)  # its worker is now waiting on the model request
+        pipeline = Pipeline(config, retry_policy=QUICK)
         pipeline.submit(records(waiting))
-        time.sleep(0.2)
+        time.sleep(0.2 if waiting else BIND_DELAY + 0.2)  # the worker is now waiting on the model request
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="otel_arthur"):
             pipeline.shutdown(timeout=20)
