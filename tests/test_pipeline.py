@@ -232,6 +232,23 @@ def test_shutdown_leaves_the_rest_on_disk_and_says_how_much_and_where(tmp_path, 
     assert stats.dropped == {DropReason.SHUTDOWN: 2} and stats.spool_depth == 4 and stats.delivered == 0
 
 
+@pytest.fixture
+def silent_arthur():
+    """A socket that accepts connections (the kernel's backlog) and never answers: an Arthur that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def silent_settings(listener: socket.socket, spool_dir, **overrides) -> ArthurSettings:
+    return ArthurSettings.resolve(url=f"http://127.0.0.1:{listener.getsockname()[1]}", api_key="k", model_id="m",
+                                  allow_insecure=True, spool_dir=spool_dir, **overrides)
+
+
 def connections_made(listener: socket.socket) -> int:
     """How many connections wait in the backlog of a socket that never accepted any."""
     listener.setblocking(False)
@@ -244,44 +261,28 @@ def connections_made(listener: socket.socket) -> int:
         made += 1
 
 
-def test_a_pipeline_shut_down_at_once_with_nothing_to_deliver_never_contacts_arthur(tmp_path):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    try:
-        config = ArthurSettings.resolve(url=f"http://127.0.0.1:{listener.getsockname()[1]}", api_key="k",
-                                        model_id="m", allow_insecure=True, spool_dir=tmp_path)
-        Pipeline(config, retry_policy=QUICK).shutdown(timeout=5)  # a short-lived process that never exported
-        assert connections_made(listener) == 0
-    finally:
-        listener.close()
+def test_a_pipeline_shut_down_at_once_with_nothing_to_deliver_never_contacts_arthur(tmp_path, silent_arthur):
+    Pipeline(silent_settings(silent_arthur, tmp_path), retry_policy=QUICK).shutdown(timeout=5)  # never exported
+    assert connections_made(silent_arthur) == 0
 
 
 @pytest.mark.parametrize(("waiting", "request_timeout"), [(0, 10), (3, 2)],
                          ids=["nothing-to-deliver", "records-waiting"])
 def test_shutdown_never_waits_for_more_than_the_request_in_flight_to_an_arthur_that_never_answers(
-        tmp_path, caplog, waiting, request_timeout):
-    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    try:
-        config = ArthurSettings.resolve(url=f"http://127.0.0.1:{silent.getsockname()[1]}", api_key="k",
-                                        model_id="m", allow_insecure=True, spool_dir=tmp_path, timeout=request_timeout)
-        pipeline = Pipeline(config, retry_policy=QUICK)
-        pipeline.submit(records(waiting))
-        time.sleep(0.2 if waiting else BIND_DELAY + 0.2)  # the worker is now waiting on the model request
-        started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="otel_arthur"):
-            pipeline.shutdown(timeout=20)
-        if not waiting:  # nothing to deliver: the request in flight is not waited for
-            assert time.monotonic() - started < request_timeout / 2
-        assert connections_made(silent) == 1  # the model request in flight, and no second try at exit
-        remains = [r.getMessage() for r in caplog.records if "remain" in r.getMessage()]
-        assert remains == ([f"{waiting} records not yet delivered remain in {tmp_path / 'spool.sqlite3'}; the next"
-                            " process using it delivers them (last attempt: GET /users/me: timed out after 2s)"]
-                           if waiting else [])
-    finally:
-        silent.close()
+        tmp_path, caplog, silent_arthur, waiting, request_timeout):
+    pipeline = Pipeline(silent_settings(silent_arthur, tmp_path, timeout=request_timeout), retry_policy=QUICK)
+    pipeline.submit(records(waiting))
+    time.sleep(0.2 if waiting else BIND_DELAY + 0.2)  # the worker is now waiting on the model request
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="otel_arthur"):
+        pipeline.shutdown(timeout=20)
+    if not waiting:  # nothing to deliver: the request in flight is not waited for
+        assert time.monotonic() - started < request_timeout / 2
+    assert connections_made(silent_arthur) == 1  # the model request in flight, and no second try at exit
+    remains = [r.getMessage() for r in caplog.records if "remain" in r.getMessage()]
+    assert remains == ([f"{waiting} records not yet delivered remain in {tmp_path / 'spool.sqlite3'}; the next"
+                        " process using it delivers them (last attempt: GET /users/me: timed out after 2s)"]
+                       if waiting else [])
 
 
 def test_stats_are_plain_numbers_with_labels(settings, pipelines):
