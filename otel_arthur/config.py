@@ -334,6 +334,124 @@ def resolve_privacy(send_content: bool | None = None, builtins: str | Sequence[s
     }
 
 
+# Arthur Engine, the second destination (otel_arthur.destinations.engine).
+ARTHUR_ENGINE_URL = "ARTHUR_ENGINE_URL"
+ARTHUR_ENGINE_API_KEY = "ARTHUR_ENGINE_API_KEY"
+ARTHUR_TASK_ID = "ARTHUR_TASK_ID"
+ARTHUR_ENGINE_SPANS = "ARTHUR_ENGINE_SPANS"
+# Arthur's own observability SDK's pair, understood only when no v3 URL is configured (the key
+# would otherwise be the v3 one, and a credential never goes to a host it was not meant for).
+ARTHUR_BASE_URL = "ARTHUR_BASE_URL"
+
+ENGINE_SPANS_AI = "ai"  # the spans some supported convention marks as AI work
+ENGINE_SPANS_ALL = "all"
+DEFAULT_ENGINE_BATCH_MAX_SPANS = 512  # the SDK's BatchSpanProcessor export size
+DEFAULT_ENGINE_BATCH_MAX_BYTES = 4 * 1024 * 1024  # protobuf bytes of one /api/v1/traces request
+
+
+def v3_configured(url: str | None = None) -> bool:
+    """Whether the v3 destination is asked for: a URL argument or ``ARTHUR_ENDPOINT_URL``."""
+    return url is not None or _env(ARTHUR_ENDPOINT_URL) is not None
+
+
+def engine_configured(engine_url: str | None = None, *, v3_url: str | None = None) -> bool:
+    """Whether the Engine destination is asked for: an Engine URL from an argument or the environment."""
+    return engine_url is not None or _env(ARTHUR_ENGINE_URL) is not None or (
+        not v3_configured(v3_url) and _env(ARTHUR_BASE_URL) is not None)
+
+
+def _checked_url(url: str, what: str, allow_insecure: bool) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in ("https", "http") or not urlsplit(url).netloc:
+        raise ConfigurationError(f"{what} URL {url!r} is not an http(s) URL")
+    if scheme == "http" and not allow_insecure:
+        raise ConfigurationError(
+            f"{what} URL {url!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it")
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Where Arthur Engine is, its key (kept out of ``repr``), which task, which spans; spool and privacy as v3's."""
+
+    url: str
+    api_key: str = field(repr=False)
+    task_id: str | None = None
+    spans: str = ENGINE_SPANS_AI
+    allow_insecure: bool = False
+    verify_ssl: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+    batch_max_records: int = DEFAULT_ENGINE_BATCH_MAX_SPANS  # spans per request
+    batch_max_bytes: int = DEFAULT_ENGINE_BATCH_MAX_BYTES
+    spool_dir: str = field(default_factory=default_spool_dir)
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    send_content: bool | None = None
+    redact_builtins: tuple[str, ...] = ()
+    redact_patterns: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        engine_url: str | None = None,
+        engine_api_key: str | None = None,
+        task_id: str | None = None,
+        engine_spans: str | None = None,
+        v3_url: str | None = None,
+        allow_insecure: bool | None = None,
+        verify_ssl: bool | None = None,
+        timeout: float | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int | None = None,
+        max_text_bytes: int | None = None,
+        send_content: bool | None = None,
+        redact_builtins: str | Sequence[str] | None = None,
+        redact_patterns: str | Mapping[str, str] | None = None,
+    ) -> EngineSettings:
+        """Each setting from its argument, else its environment variable, else its default.
+
+        ``ARTHUR_BASE_URL`` / ``ARTHUR_API_KEY`` (Arthur's own SDK's names) count only when no v3 URL
+        is configured (``v3_url`` or ``ARTHUR_ENDPOINT_URL``). Raises ``ConfigurationError``.
+        """
+        sdk_pair = not v3_configured(v3_url)
+        url = engine_url if engine_url is not None else _env(ARTHUR_ENGINE_URL)
+        if url is None and sdk_pair:
+            url = _env(ARTHUR_BASE_URL)
+        if url is None:
+            raise ConfigurationError(f"no Arthur Engine URL: pass engine_url= or set {ARTHUR_ENGINE_URL}")
+        allow_insecure = allow_insecure if allow_insecure is not None else _env_bool(ARTHUR_ALLOW_INSECURE, False)
+        url = _checked_url(url, "Arthur Engine", allow_insecure)
+        api_key = engine_api_key if engine_api_key is not None else _env(ARTHUR_ENGINE_API_KEY)
+        if api_key is None and sdk_pair:
+            api_key = _env(ARTHUR_API_KEY)
+        if api_key is None:
+            where = f"{ARTHUR_ENGINE_API_KEY}" + ("" if not sdk_pair else f" (or {ARTHUR_API_KEY})")
+            raise ConfigurationError(f"no Arthur Engine API key: pass engine_api_key= or set {where}")
+        spans = (engine_spans if engine_spans is not None else _env(ARTHUR_ENGINE_SPANS) or ENGINE_SPANS_AI)
+        if spans.strip().lower() not in (ENGINE_SPANS_AI, ENGINE_SPANS_ALL):
+            raise ConfigurationError(f"{ARTHUR_ENGINE_SPANS}={spans!r}: expected {ENGINE_SPANS_AI} or {ENGINE_SPANS_ALL}")
+        for name, value in (("timeout", timeout), ("spool_max_bytes", spool_max_bytes),
+                            ("max_text_bytes", max_text_bytes)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        return cls(
+            url=url,
+            api_key=api_key,
+            task_id=task_id if task_id is not None else _env(ARTHUR_TASK_ID),
+            spans=spans.strip().lower(),
+            allow_insecure=allow_insecure,
+            verify_ssl=verify_ssl if verify_ssl is not None else _env_bool(VERIFY_SSL, True),
+            timeout=timeout if timeout is not None else _env_number(ARTHUR_TIMEOUT, DEFAULT_TIMEOUT, float),
+            spool_dir=resolve_spool_dir(spool_dir),
+            spool_max_bytes=int(spool_max_bytes if spool_max_bytes is not None
+                                else _env_number(ARTHUR_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, int)),
+            max_text_bytes=int(max_text_bytes if max_text_bytes is not None
+                               else _env_number(ARTHUR_MAX_TEXT_BYTES, DEFAULT_MAX_TEXT_BYTES, int)),
+            **resolve_privacy(send_content, redact_builtins, redact_patterns),
+        )
+
+
 # `otel-arthur serve`'s own settings: where it listens and what it lets in. Its Arthur side is
 # ArthurSettings above, the same as the exporter's.
 OTEL_ARTHUR_RECEIVER_HOST = "OTEL_ARTHUR_RECEIVER_HOST"

@@ -542,7 +542,7 @@ def diagnose(args: argparse.Namespace) -> Report:
         if model is not None:
             _binding(report, model, settings)
     _privacy(report, settings)
-    from otel_arthur.pipeline import destination
+    from otel_arthur.destinations.v3 import destination
 
     spool_dir = settings.spool_dir if settings is not None else resolve_spool_dir(args.spool_dir)
     _spool(report, spool_dir, destination(settings) if settings is not None else None)

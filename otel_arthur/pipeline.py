@@ -39,13 +39,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from otel_arthur.client import ArthurError, PermanentError, RecordResult, RetryableError, SetupError
 from otel_arthur.config import ArthurSettings
-from otel_arthur.delivery import ArthurSender, Sender
+from otel_arthur.delivery import Sender
+from otel_arthur.destinations import Destination
+from otel_arthur.destinations.v3 import V3Destination
 from otel_arthur.mapping import InferenceRecord
-from otel_arthur.privacy import RecordFilter
 from otel_arthur.retry import RetryPolicy, RetrySender
 from otel_arthur.spool import Gauges, Refused, Spool, SpoolClosed, SpoolFull
 from otel_arthur.stats import Counters, DropReason, PipelineStats
@@ -107,12 +107,6 @@ class _Outcome(enum.Enum):
     BLOCKED = "Arthur refuses the set-up"
 
 
-def destination(settings: ArthurSettings) -> str:
-    """Which Arthur model records are for: URL (without user info) and model id. Spool rows carry it."""
-    parts = urlsplit(settings.url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path} {settings.model_id}"
-
-
 class _Health:
     """Arthur's state as delivery sees it. Logs one line per change, never one per failed request."""
 
@@ -157,8 +151,9 @@ class Pipeline:
 
     def __init__(
         self,
-        settings: ArthurSettings,
+        settings: ArthurSettings | None = None,
         *,
+        to: Destination | None = None,
         transport: Sender | None = None,
         retry_policy: RetryPolicy | None = None,
         redact: Callable[[str], str] | None = None,
@@ -168,10 +163,15 @@ class Pipeline:
         The worker first fetches the model, ``BIND_DELAY`` after start-up or at the first record (so
         a wrong model or credentials is one ERROR line at start-up, and ``serve``'s ``readiness``
         means something from the start), then delivers.
+        ``to``: the destination (``otel_arthur.destinations``); by default the v3 one for ``settings``.
         ``redact``: a hook run on every text field after the configured redaction (``otel_arthur.privacy``).
         """
-        self._settings = settings
-        self._spool = Spool(settings.spool_dir, destination(settings), settings.spool_max_bytes)
+        if to is None:
+            assert settings is not None, "a Pipeline needs settings or a destination"
+            to = V3Destination(settings, redact)
+        self._destination = to
+        self._settings = settings = to.settings
+        self._spool = Spool(settings.spool_dir, to.key, settings.spool_max_bytes, to.codec)
         self._counters = Counters()
         self._policy = retry_policy or RetryPolicy()
         self._rng = random.Random()
@@ -179,9 +179,8 @@ class Pipeline:
         self._wake = threading.Event()  # records were submitted
         self._progress = threading.Condition()  # the worker settled a batch
         self._health = _Health(self._spool)
-        self._transport = transport or ArthurSender(settings, observe_request=self._counters.observe_request)
+        self._transport = transport or to.sender(self._counters.observe_request)
         self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
-        self._filter = RecordFilter.from_settings(settings, redact)
         self._model_fetched = False
         self._closed = False
         self._close_lock = threading.Lock()
@@ -269,7 +268,7 @@ class Pipeline:
 
     def _prepared(self, records: Sequence[InferenceRecord]) -> list[InferenceRecord]:
         """What is spooled for ``records``, whichever front door they came through."""
-        return [self._filter(r) for r in records]  # content switches, redaction, size caps
+        return self._destination.prepared(records)
 
     def _spool_write_failed(self, error: Exception, fate: str) -> None:
         if not self._spool_failing:

@@ -57,6 +57,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from otel_arthur.mapping import InferenceRecord
 
@@ -123,7 +124,7 @@ class Claimed:
     """A record taken from the spool by ``claim``; ``seq`` settles it."""
 
     seq: int
-    record: InferenceRecord
+    record: Any  # what the spool's codec decodes: an InferenceRecord for v3
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +183,30 @@ def decode(body: str) -> InferenceRecord:
     return InferenceRecord(**json.loads(body))
 
 
+class Codec(Protocol):
+    """How one destination's items are stored: a row's body, and the identity a re-send keeps."""
+
+    def encode(self, item: Any) -> str: ...
+
+    def decode(self, body: str) -> Any: ...
+
+    def identity(self, item: Any) -> str: ...
+
+
+class RecordCodec:
+    """v3 inference records: the record as JSON, identified by its ``partner_inference_id``."""
+
+    encode = staticmethod(encode)
+    decode = staticmethod(decode)
+
+    @staticmethod
+    def identity(record: InferenceRecord) -> str:
+        return record.partner_inference_id
+
+
+RECORD_CODEC = RecordCodec()
+
+
 class Spool:
     """One process's handle on a spool directory, for one destination.
 
@@ -190,12 +215,14 @@ class Spool:
     milliseconds at most.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], destination: str, max_bytes: int) -> None:
+    def __init__(self, directory: str | os.PathLike[str], destination: str, max_bytes: int,
+                 codec: Codec = RECORD_CODEC) -> None:
         if fcntl is None:
             raise OSError("the spool needs flock() (POSIX); it is not available on this platform")
         self.directory = os.fspath(directory)
         self.destination = destination
         self.max_bytes = max_bytes
+        self.codec = codec
         self.path = os.path.join(self.directory, FILE_NAME)
         self.owner = uuid.uuid4().hex
         self._lock = threading.Lock()
@@ -244,7 +271,7 @@ class Spool:
 
     # -- the queue ---------------------------------------------------------------------------
 
-    def append(self, records: Sequence[InferenceRecord], *, refuse_when_full: bool = False) -> Appended:
+    def append(self, records: Sequence[Any], *, refuse_when_full: bool = False) -> Appended:
         """Store records as pending; past the bound, drop the oldest (a record alone over it is dropped itself).
 
         ``refuse_when_full``: dead letters still make room, pending records never do; if the records
@@ -252,13 +279,14 @@ class Spool:
         """
         now = time.time()
         rows, too_big = [], 0
+        encode, identity = self.codec.encode, self.codec.identity
         for record in records:
             body = encode(record)
             size = len(body.encode("utf-8"))
             if size > self.max_bytes:
                 too_big += 1
                 continue
-            rows.append((self.destination, record.partner_inference_id, body, size, now))
+            rows.append((self.destination, identity(record), body, size, now))
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO records (destination, partner_inference_id, body, size, enqueued_at)"
@@ -286,6 +314,7 @@ class Spool:
                 (self.destination, limit),
             ).fetchall()
             db.executemany("UPDATE records SET owner = ? WHERE seq = ?", [(self.owner, seq) for seq, _ in rows])
+        decode = self.codec.decode
         return [Claimed(seq, decode(body)) for seq, body in rows]
 
     def settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = ()) -> None:

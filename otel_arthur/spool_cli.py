@@ -342,7 +342,7 @@ def _replay(args: argparse.Namespace, directory: str) -> int:
     if settings is None:
         print("they are delivered by the next process configured for their model (exporter or serve)")
         return exit_codes.OK
-    from otel_arthur.pipeline import destination
+    from otel_arthur.destinations.v3 import destination
 
     ours = sum(1 for letter in letters if letter["destination"] == destination(settings))
     if ours < requeued:
@@ -375,7 +375,8 @@ def _check_arthur(args: argparse.Namespace) -> ArthurSettings:
 
 def _deliver(settings: ArthurSettings, timeout: float) -> int:
     """Run a pipeline until what waits for this model is settled or ``timeout`` passes; summarise."""
-    from otel_arthur.pipeline import Pipeline, destination
+    from otel_arthur.destinations.v3 import destination
+    from otel_arthur.pipeline import Pipeline
 
     watch = _open(settings.spool_dir, destination(settings))
     pipeline = Pipeline(settings)

@@ -15,7 +15,8 @@ from otel_arthur import cli, exit_codes, spool_cli
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import InferenceRecord
-from otel_arthur.pipeline import Pipeline, destination
+from otel_arthur.destinations.v3 import destination
+from otel_arthur.pipeline import Pipeline
 from otel_arthur.privacy import CONTENT_NOT_CAPTURED
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.spool import FILE_NAME, Refused, Spool

@@ -1,0 +1,41 @@
+"""Arthur's v3 inference API: one inference record per generation span, bound to a GENERATIVE_TEXT model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from otel_arthur.config import ArthurSettings
+from otel_arthur.delivery import ArthurSender, Sender
+from otel_arthur.mapping import InferenceRecord, map_span
+from otel_arthur.privacy import RecordFilter
+from otel_arthur.spool import RECORD_CODEC
+
+
+def destination(settings: ArthurSettings) -> str:
+    """Which Arthur model records are for: URL (without user info) and model id. Spool rows carry it."""
+    parts = urlsplit(settings.url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path} {settings.model_id}"
+
+
+class V3Destination:
+    name = "v3"
+    title = "Arthur"
+    codec = RECORD_CODEC
+
+    def __init__(self, settings: ArthurSettings, redact: Callable[[str], str] | None = None) -> None:
+        self.settings = settings
+        self.key = destination(settings)
+        self._filter = RecordFilter.from_settings(settings, redact)
+
+    def items(self, spans: Sequence[ReadableSpan]) -> list[InferenceRecord]:
+        return [record for record in map(map_span, spans) if record is not None]
+
+    def prepared(self, items: Sequence[Any]) -> list[InferenceRecord]:
+        return [self._filter(r) for r in items]  # content switches, redaction, size caps
+
+    def sender(self, observe_request: Callable[[float], None]) -> Sender:
+        return ArthurSender(self.settings, observe_request=observe_request)
