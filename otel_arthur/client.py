@@ -22,6 +22,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -203,6 +205,41 @@ def is_uuid(text: str) -> bool:
     return True
 
 
+def pooled_session(url: str, verify_ssl: bool, session: requests.Session | None = None) -> requests.Session:
+    """A ``requests.Session`` for one service at ``url``, with the environment's proxies and CA bundle read once.
+
+    What requests reads from the environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE…) is read
+    once for the service's URL: per request, scanning os.environ cost ~0.45 ms of CPU. trust_env off
+    also keeps a ~/.netrc from replacing our Authorization header.
+    """
+    import requests
+
+    session = session or requests.Session()
+    settings = session.merge_environment_settings(url, {}, None, verify_ssl, None)
+    session.trust_env = False
+    session.proxies = settings["proxies"]
+    session.verify = settings["verify"]  # a CA bundle's path when the environment names one
+    session.headers.update({"Accept": JSON, "User-Agent": USER_AGENT})
+    return session
+
+
+@contextmanager
+def request_errors(method: str, path: str, url: str, timeout: float) -> Iterator[None]:
+    """``requests``' exceptions inside become ``RetryableError`` naming the request and why it got no answer."""
+    import requests
+
+    try:
+        yield
+    except requests.Timeout:
+        raise RetryableError(f"{method} {path}: timed out after {timeout:g}s") from None
+    except requests.exceptions.SSLError as exc:
+        raise RetryableError(f"{method} {path}: TLS with {url} failed: {network_reason(exc)}") from None
+    except requests.ConnectionError as exc:
+        raise RetryableError(f"{method} {path}: cannot connect to {url}: {network_reason(exc)}") from None
+    except requests.RequestException as exc:
+        raise RetryableError(f"{method} {path}: {type(exc).__name__}") from None
+
+
 class ArthurClient:
     """Thread-safe client over one pooled session. Authenticates lazily, on the first request."""
 
@@ -281,34 +318,12 @@ class ArthurClient:
         if self._session_made is None:
             with self._session_lock:
                 if self._session_made is None:
-                    import requests
-
-                    session = self._session_given or requests.Session()
-                    # What requests reads from the environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE…),
-                    # read once for Arthur's URL: per request, scanning os.environ cost ~0.45 ms of CPU.
-                    # trust_env off also keeps a ~/.netrc from replacing our Authorization header.
-                    settings = session.merge_environment_settings(self._base, {}, None, self._settings.verify_ssl,
-                                                                  None)
-                    session.trust_env = False
-                    session.proxies = settings["proxies"]
-                    session.verify = settings["verify"]  # a CA bundle's path when the environment names one
-                    session.headers.update({"Accept": JSON, "User-Agent": USER_AGENT})
-                    self._session_made = session
+                    self._session_made = pooled_session(self._base, self._settings.verify_ssl, self._session_given)
         return self._session_made
 
     def _request_raw(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        import requests  # already imported by self._session below; here only for its exception classes
-
-        try:
+        with request_errors(method, path, self._settings.url, self._settings.timeout):
             return self._session.request(method, self._base + path, timeout=self._settings.timeout, **kwargs)
-        except requests.Timeout:
-            raise RetryableError(f"{method} {path}: timed out after {self._settings.timeout:g}s") from None
-        except requests.exceptions.SSLError as exc:
-            raise RetryableError(f"{method} {path}: TLS with {self._settings.url} failed: {network_reason(exc)}") from None
-        except requests.ConnectionError as exc:
-            raise RetryableError(f"{method} {path}: cannot connect to {self._settings.url}: {network_reason(exc)}") from None
-        except requests.RequestException as exc:
-            raise RetryableError(f"{method} {path}: {type(exc).__name__}") from None
 
     def _request(self, method: str, path: str, *, data: bytes | None = None, **kwargs: Any) -> requests.Response:
         """An authenticated request; a 401 on a JWT logs in once more (it can be revoked before exp)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from openinference.semconv.trace import SpanAttributes as OpenInferenceSpan
+
 
 class GenAI:
     """OpenTelemetry GenAI semantic conventions, as OpenLLMetry >= 0.55 emits them."""
@@ -198,3 +200,33 @@ OPENINFERENCE = Convention(
 # Tried in this order; the first whose marker has a generation value claims the span. The GenAI
 # row before the legacy one: a span carrying both layouts is read the current way.
 CONVENTIONS: tuple[Convention, ...] = (OPENINFERENCE, GENAI, LEGACY_OPENLLMETRY)
+
+
+@dataclass(frozen=True)
+class ContentAttributes:
+    """Attributes, of any convention, that carry what was said: what privacy settings act on beyond v3 records.
+
+    A key is content when it equals a prefix or starts with it followed by ``.``; a ``.role`` key is not.
+    """
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def side(self, key: str) -> str | None:
+        """``"input"``, ``"output"`` or None for a key that carries no content."""
+        if key.endswith(".role"):
+            return None
+        for side, prefixes in (("input", self.inputs), ("output", self.outputs)):
+            for prefix in prefixes:
+                if key.startswith(prefix) and (len(key) == len(prefix) or key[len(prefix)] == "."):
+                    return side
+        return None
+
+
+CONTENT_ATTRIBUTES = ContentAttributes(
+    inputs=(GenAI.INPUT_MESSAGES, GenAI.SYSTEM_INSTRUCTIONS, LegacyOpenLLMetry.PROMPT_PREFIX,
+            "gen_ai.tool.call.arguments", "traceloop.entity.input",
+            OpenInferenceSpan.LLM_INPUT_MESSAGES, OpenInferenceSpan.LLM_PROMPTS, OpenInferenceSpan.INPUT_VALUE),
+    outputs=(GenAI.OUTPUT_MESSAGES, LegacyOpenLLMetry.COMPLETION_PREFIX, "gen_ai.tool.call.result",
+             "traceloop.entity.output", OpenInferenceSpan.LLM_OUTPUT_MESSAGES, OpenInferenceSpan.OUTPUT_VALUE),
+)

@@ -35,20 +35,54 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
-def split_batches(bodies: Sequence[bytes], max_records: int, max_bytes: int) -> Iterator[range]:
-    """Index ranges of consecutive rows whose JSON array stays within both limits.
+class SenderObserver(Protocol):
+    """What a sender reports to its pipeline: each request's duration, and records it had to give up."""
 
-    A single row larger than ``max_bytes`` travels alone rather than being lost.
+    def observe_request(self, seconds: float) -> None: ...
+
+    def drop(self, reason: str, amount: int) -> None: ...
+
+
+def split_batches(sizes: Sequence[int], max_records: int, max_bytes: int) -> Iterator[range]:
+    """Index ranges of consecutive items (of these encoded sizes) whose request stays within both limits.
+
+    Sized as a JSON array (brackets and commas), a close upper bound for other encodings too. A
+    single item larger than ``max_bytes`` travels alone rather than being lost.
     """
     start, size = 0, 2  # the brackets of the JSON array
-    for index, body in enumerate(bodies):
-        added = len(body) + (1 if index > start else 0)
+    for index, length in enumerate(sizes):
+        added = length + (1 if index > start else 0)
         if index > start and (index - start >= max_records or size + added > max_bytes):
             yield range(start, index)
-            start, size, added = index, 2, len(body)
+            start, size, added = index, 2, length
         size += added
-    if start < len(bodies):
-        yield range(start, len(bodies))
+    if start < len(sizes):
+        yield range(start, len(sizes))
+
+
+def send_in_batches(sizes: Sequence[int], max_records: int, max_bytes: int,
+                    post: Callable[[range], list[RecordResult]],
+                    observe_request: Callable[[float], None] | None = None) -> list[RecordResult]:
+    """``post`` each index range of ``split_batches``; one result per item, in order.
+
+    Raises the first request's ``ArthurError``; once a request was answered, a later failure
+    leaves the rest ``NOT_SENT`` (so only they are sent again, where the error, should it persist,
+    is raised by the first request).
+    """
+    results: list[RecordResult] = []
+    for batch in split_batches(sizes, max_records, max_bytes):
+        started = time.monotonic()
+        try:
+            results.extend(post(batch))
+        except ArthurError as exc:
+            if not results:
+                raise
+            results.extend([RecordResult(NOT_SENT, f"not sent: {exc}")] * (len(sizes) - len(results)))
+            break
+        finally:
+            if observe_request is not None:
+                observe_request(time.monotonic() - started)
+    return results
 
 
 class ArthurSender:
@@ -86,23 +120,13 @@ class ArthurSender:
         binding = self.binding
         rows = [binding.to_row(record) for record in records]
         bodies = [encode_row(row) for row in rows]  # each row's JSON, for sizing and joining
-        results: list[RecordResult] = []
-        for batch in split_batches(bodies, self._settings.batch_max_records, self._settings.batch_max_bytes):
+
+        def post(batch: range) -> list[RecordResult]:
             body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
-            started = time.monotonic()
-            try:
-                results.extend(self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body))
-            except ArthurError as exc:
-                if not results:
-                    raise
-                # Earlier requests were answered: keep their results so only the rest is sent again
-                # (where this error, should it persist, is raised by the first request).
-                results.extend([RecordResult(NOT_SENT, f"not sent: {exc}")] * (len(rows) - len(results)))
-                break
-            finally:
-                if self._observe_request is not None:
-                    self._observe_request(time.monotonic() - started)
-        return results
+            return self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body)
+
+        return send_in_batches([len(body) for body in bodies], self._settings.batch_max_records,
+                               self._settings.batch_max_bytes, post, self._observe_request)
 
     def close(self) -> None:
         self._client.close()

@@ -140,6 +140,11 @@ def limit_text(record: InferenceRecord, max_bytes: int) -> InferenceRecord:
     return replace(record, fields={**record.fields, **cut, TRUNCATED: True})
 
 
+def cap_text(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, ending in ``TRUNCATION_MARKER`` when it was cut."""
+    return _truncate_utf8(text, max_bytes) if _utf8_over(text, max_bytes) else text
+
+
 def _utf8_over(text: str, max_bytes: int) -> bool:
     # A character is at most 4 bytes of UTF-8: most texts are short enough to spare encoding a copy.
     return len(text) * 4 > max_bytes and len(text.encode("utf-8")) > max_bytes

@@ -179,7 +179,7 @@ class Pipeline:
         self._wake = threading.Event()  # records were submitted
         self._progress = threading.Condition()  # the worker settled a batch
         self._health = _Health(self._spool)
-        self._transport = transport or to.sender(self._counters.observe_request)
+        self._transport = transport or to.sender(self._counters)
         self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
         self._model_fetched = False
         self._closed = False
@@ -196,6 +196,10 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({self._spool!r})"
+
+    @property
+    def destination(self) -> Destination:
+        return self._destination
 
     # -- the caller's side --------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ class DropReason:
     """The spool could not be written (disk full, locked past the busy timeout, unreadable file)."""
     SHUTDOWN = "shutdown"
     """Submitted after shutdown."""
+    ENGINE_REJECTED = "engine_rejected"
+    """Arthur Engine refused them inside a 206, without saying which of the request's spans they were."""
 
 
 class Sample(NamedTuple):

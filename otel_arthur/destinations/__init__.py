@@ -11,12 +11,12 @@ than this contract::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_arthur.delivery import Sender
+from otel_arthur.delivery import Sender, SenderObserver
 from otel_arthur.spool import Codec
 
 
@@ -46,6 +46,6 @@ class Destination(Protocol):
         """Items as they are spooled, whichever front door made them (privacy filters not yet applied)."""
         ...
 
-    def sender(self, observe_request: Callable[[float], None]) -> Sender:
-        """The transport end of the delivery chain; ``observe_request(seconds)`` per request."""
+    def sender(self, observer: SenderObserver) -> Sender:
+        """The transport end of the delivery chain; tells ``observer`` each request's time and what it drops."""
         ...

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur.config import ArthurSettings
-from otel_arthur.delivery import ArthurSender, Sender
+from otel_arthur.delivery import ArthurSender, Sender, SenderObserver
 from otel_arthur.mapping import InferenceRecord, map_span
 from otel_arthur.privacy import RecordFilter
 from otel_arthur.spool import RECORD_CODEC
@@ -37,5 +37,5 @@ class V3Destination:
     def prepared(self, items: Sequence[Any]) -> list[InferenceRecord]:
         return [self._filter(r) for r in items]  # content switches, redaction, size caps
 
-    def sender(self, observe_request: Callable[[float], None]) -> Sender:
-        return ArthurSender(self.settings, observe_request=observe_request)
+    def sender(self, observer: SenderObserver) -> Sender:
+        return ArthurSender(self.settings, observe_request=observer.observe_request)

@@ -1,0 +1,276 @@
+"""Arthur Engine: the AI spans of a trace, in OpenInference form, over ``POST /api/v1/traces``.
+
+The Engine reads only OpenInference attributes (``../shared/reference/arthur-engine-api.md``), so
+each span it gets carries them: spans already in OpenInference pass as they are, OpenLLMetry and
+GenAI-semconv spans get them added (``otel_arthur.openinference``), every original attribute,
+id, parent link, timing, status and event kept. What is spooled per span is its OTLP protobuf
+(resource, scope and span, serialized apart so a request can group spans by resource and scope);
+a re-sent span carries the same trace and span id.
+
+Privacy acts on the span as it leaves: with content withheld (``ARTHUR_SEND_CONTENT=false`` or an
+instrumentor's switch here) every attribute that carries what was said, in any convention
+(``conventions.CONTENT_ATTRIBUTES``), becomes ``[content withheld]``, and so does every string
+attribute of the span's events; redaction runs on every string attribute; every string is capped
+at ``max_text_bytes``.
+
+The Engine's 206 says how many spans it refused and why, not which: re-sending would store the
+others twice, so the refused ones are counted as dropped (reason ``engine_rejected``) and logged
+with the Engine's reasons.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from otel_arthur.client import RecordResult
+from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings
+from otel_arthur.conventions import CONTENT_ATTRIBUTES
+from otel_arthur.delivery import Sender, SenderObserver, send_in_batches
+from otel_arthur.engine_client import EngineClient
+from otel_arthur.mapping import cap_text, span_attributes
+from otel_arthur.openinference import openinference_attributes, span_kind
+from otel_arthur.privacy import CONTENT_WITHHELD, ContentPolicy
+from otel_arthur.redaction import Redactor
+from otel_arthur.stats import DropReason
+
+_logger = logging.getLogger(__name__)
+
+TASK_ATTRIBUTE = "arthur.task"  # the resource attribute the Engine routes a trace by, first
+REJECTION_LOG_INTERVAL = 60.0  # seconds; at most one line about refused spans per interval
+_DELIVERED = RecordResult(200, "")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpan:
+    """One span as the Engine gets it: serialized OTLP ``Resource``, ``InstrumentationScope`` and ``Span``."""
+
+    id: str  # <trace_id>-<span_id>, hex: the spool's identity column
+    resource: bytes
+    scope: bytes
+    span: bytes
+
+
+class EngineSpanCodec:
+    """Spool rows: the three protobufs base64'd in a small JSON object."""
+
+    @staticmethod
+    def encode(item: EngineSpan) -> str:
+        return json.dumps({"id": item.id, "resource": base64.b64encode(item.resource).decode("ascii"),
+                           "scope": base64.b64encode(item.scope).decode("ascii"),
+                           "span": base64.b64encode(item.span).decode("ascii")}, separators=(",", ":"))
+
+    @staticmethod
+    def decode(body: str) -> EngineSpan:
+        row = json.loads(body)
+        return EngineSpan(row["id"], base64.b64decode(row["resource"]), base64.b64decode(row["scope"]),
+                          base64.b64decode(row["span"]))
+
+    @staticmethod
+    def identity(item: EngineSpan) -> str:
+        return item.id
+
+
+def engine_key(settings: EngineSettings) -> str:
+    """Which Engine and task spans are for (URL without user info); spool rows carry it."""
+    parts = urlsplit(settings.url)
+    return f"engine {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path} {settings.task_id or '-'}"
+
+
+class SpanPrivacy:
+    """``attributes -> attributes``: content withheld by side, then redaction, then the size cap, on every string."""
+
+    def __init__(self, settings: EngineSettings, redact: Callable[[str], str] | None = None) -> None:
+        self.content = ContentPolicy.resolve(settings.send_content)
+        withheld = {side for side, sent in (("input", self.content.send_prompt),
+                                            ("output", self.content.send_completion)) if not sent}
+        self._withheld = frozenset(withheld)
+        self._redactor = (Redactor(settings.redact_builtins, settings.redact_patterns, redact)
+                          if settings.redact_builtins or settings.redact_patterns or redact is not None else None)
+        self._max_bytes = settings.max_text_bytes
+
+    @property
+    def withholds(self) -> bool:
+        return bool(self._withheld)
+
+    def text(self, value: str) -> str:
+        if self._redactor is not None:
+            value = self._redactor(value)
+        return cap_text(value, self._max_bytes)
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, (list, tuple)):
+            return [self.text(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    def attributes(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        if self._withheld:
+            side = CONTENT_ATTRIBUTES.side
+            return {key: CONTENT_WITHHELD if side(key) in self._withheld else self.value(value)
+                    for key, value in attributes.items()}
+        return {key: self.value(value) for key, value in attributes.items()}
+
+
+class _Encoder:
+    """A ``ReadableSpan`` → OTLP protobuf, with the resource and scope serialized once per object."""
+
+    def __init__(self, task_id: str | None) -> None:
+        from opentelemetry.exporter.otlp.proto.common._internal import (
+            _encode_attributes,
+            _encode_instrumentation_scope,
+            _encode_resource,
+        )
+        from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
+
+        self._encode_attributes, self._encode_span = _encode_attributes, _encode_span
+        self._encode_resource, self._encode_scope = _encode_resource, _encode_instrumentation_scope
+        self._task_id = task_id
+        self._resources: dict[int, tuple[Any, bytes]] = {}  # id(resource) -> (resource, bytes): keeps it alive
+        self._scopes: dict[int, tuple[Any, bytes]] = {}
+
+    def resource(self, resource: Any) -> bytes:
+        cached = self._resources.get(id(resource))
+        if cached is None or cached[0] is not resource:
+            message = self._encode_resource(resource)
+            if self._task_id:
+                kept = [kv for kv in message.attributes if kv.key != TASK_ATTRIBUTE]
+                del message.attributes[:]
+                message.attributes.extend(kept + self._encode_attributes({TASK_ATTRIBUTE: self._task_id}))
+            cached = self._resources[id(resource)] = (resource, message.SerializeToString())
+            if len(self._resources) > 64:  # resources are few; a churn of them must not grow this
+                self._resources = {id(resource): cached}
+        return cached[1]
+
+    def scope(self, scope: Any) -> bytes:
+        cached = self._scopes.get(id(scope))
+        if cached is None or cached[0] is not scope:
+            message = self._encode_scope(scope)
+            cached = self._scopes[id(scope)] = (scope, message.SerializeToString() if message is not None else b"")
+            if len(self._scopes) > 256:
+                self._scopes = {id(scope): cached}
+        return cached[1]
+
+    def span(self, span: ReadableSpan, attributes: dict[str, Any], privacy: SpanPrivacy) -> bytes:
+        message = self._encode_span(span)
+        del message.attributes[:]
+        message.attributes.extend(self._encode_attributes(attributes))
+        for event in message.events:
+            for kv in event.attributes:
+                if kv.value.HasField("string_value"):
+                    kv.value.string_value = CONTENT_WITHHELD if privacy.withholds else privacy.text(kv.value.string_value)
+        return message.SerializeToString()
+
+
+class EngineDestination:
+    name = "engine"
+    title = "Arthur Engine"
+    codec = EngineSpanCodec()
+
+    def __init__(self, settings: EngineSettings, redact: Callable[[str], str] | None = None) -> None:
+        self.settings = settings
+        self.key = engine_key(settings)
+        self.privacy = SpanPrivacy(settings, redact)
+        self._only_ai = settings.spans == ENGINE_SPANS_AI
+        self._encoder: _Encoder | None = None  # made at the first span: imports the protobuf stack
+
+    def items(self, spans: Sequence[ReadableSpan]) -> list[EngineSpan]:
+        items = []
+        for span in spans:
+            item = self.item(span)
+            if item is not None:
+                items.append(item)
+        return items
+
+    def item(self, span: ReadableSpan) -> EngineSpan | None:
+        """The span as the Engine gets it, or None when it is not sent (not AI work, with ``engine_spans=ai``)."""
+        attributes = span_attributes(span)
+        if (self._only_ai and span_kind(attributes) is None) or span.context is None:
+            return None
+        if self._encoder is None:
+            self._encoder = _Encoder(self.settings.task_id)
+        added = openinference_attributes(attributes)
+        merged = self.privacy.attributes({**attributes, **added})
+        context = span.context
+        return EngineSpan(f"{context.trace_id:032x}-{context.span_id:016x}", self._encoder.resource(span.resource),
+                          self._encoder.scope(span.instrumentation_scope),
+                          self._encoder.span(span, merged, self.privacy))
+
+    def prepared(self, items: Sequence[Any]) -> list[Any]:
+        return list(items)  # privacy was applied when the span was translated
+
+    def sender(self, observer: SenderObserver) -> Sender:
+        return EngineSender(self.settings, observer)
+
+
+def build_request(items: Sequence[EngineSpan]) -> bytes:
+    """One ``ExportTraceServiceRequest``, spans grouped under their resource and scope, in order of arrival."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    resources: dict[bytes, Any] = {}
+    scopes: dict[tuple[bytes, bytes], Any] = {}
+    for item in items:
+        scope_spans = scopes.get((item.resource, item.scope))
+        if scope_spans is None:
+            resource_spans = resources.get(item.resource)
+            if resource_spans is None:
+                resource_spans = resources[item.resource] = request.resource_spans.add()
+                resource_spans.resource.ParseFromString(item.resource)
+            scope_spans = scopes[(item.resource, item.scope)] = resource_spans.scope_spans.add()
+            scope_spans.scope.ParseFromString(item.scope)
+        scope_spans.spans.add().ParseFromString(item.span)
+    return request.SerializeToString()
+
+
+class EngineSender:
+    """Sends spooled spans in requests bounded by span count and bytes; refused-in-a-206 spans are counted."""
+
+    def __init__(self, settings: EngineSettings, observer: SenderObserver, client: EngineClient | None = None) -> None:
+        self._settings = settings
+        self._observer = observer
+        self._client = client or EngineClient(settings)
+        self._rejection_log_at = 0.0
+        self._unreported = 0
+
+    def prepare(self) -> None:
+        """With a task id, check the task exists (a wrong one is one ERROR line at start-up, not 500s later)."""
+        if self._settings.task_id:
+            self._client.get_task(self._settings.task_id)
+
+    def send(self, items: Sequence[EngineSpan]) -> list[RecordResult]:
+        sizes = [len(item.span) + len(item.resource) + len(item.scope) for item in items]
+
+        def post(batch: range) -> list[RecordResult]:
+            chosen = items[batch.start:batch.stop]
+            answer = self._client.send_traces(build_request(chosen), len(chosen))
+            if answer.rejected:
+                self._rejected(answer.rejected, len(chosen), answer.reasons)
+            return [_DELIVERED] * len(chosen)
+
+        return send_in_batches(sizes, self._settings.batch_max_records, self._settings.batch_max_bytes, post,
+                               self._observer.observe_request)
+
+    def _rejected(self, rejected: int, sent: int, reasons: tuple[str, ...]) -> None:
+        self._observer.drop(DropReason.ENGINE_REJECTED, rejected)
+        self._unreported += rejected
+        now = time.monotonic()
+        if now >= self._rejection_log_at:
+            _logger.warning("Arthur Engine refused %d spans (latest: %d of %d in one request: %s); it does not say"
+                            " which, so they are counted as dropped (reason %s), not sent again",
+                            self._unreported, rejected, sent, "; ".join(reasons) or "no reason given",
+                            DropReason.ENGINE_REJECTED)
+            self._unreported = 0
+            self._rejection_log_at = now + REJECTION_LOG_INTERVAL
+
+    def close(self) -> None:
+        self._client.close()
