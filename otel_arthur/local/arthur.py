@@ -50,10 +50,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from otel_arthur.local import arthur_faults
 from otel_arthur.local.arthur_faults import FaultInjector, Faults, InjectFaults
 from otel_arthur.local.arthur_schema import InferenceChecker, InferenceRecord, InferenceRejected, check_model
 from otel_arthur.local.arthur_store import LocalArthurStore, ModelExists
-from otel_arthur.local.stand_in import CountRequests, same
+from otel_arthur.local.stand_in import CountRequests, http_error_handler, local_stats, same
 
 __all__ = [
     "API_PREFIX",
@@ -329,28 +330,6 @@ async def _get_local_inferences(request: Request) -> Response:
     return JSONResponse(_store(request).inferences(model["id"]))
 
 
-async def _get_local_stats(request: Request) -> Response:
-    return JSONResponse(_store(request).stats())
-
-
-async def _get_local_faults(request: Request) -> Response:
-    return JSONResponse(request.app.state.faults.describe())
-
-
-async def _post_local_faults(request: Request) -> Response:
-    try:
-        faults = Faults.from_json(await _json_body(request))
-    except (TypeError, ValueError) as exc:
-        raise HTTPException(400, str(exc)) from None
-    request.app.state.faults.set(faults)
-    return JSONResponse(request.app.state.faults.describe())
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
 def create_app(
     db_path: str | os.PathLike[str],
     *,
@@ -375,16 +354,15 @@ def create_app(
         Route(f"{API_PREFIX}/models/{{model_id}}", _get_model, methods=["GET"]),
         Route(f"{API_PREFIX}/models/{{model_id}}/inferences", _post_inferences, methods=["POST"]),
         Route(f"{LOCAL_PREFIX}/models/{{model_id}}/inferences", _get_local_inferences, methods=["GET"]),
-        Route(f"{LOCAL_PREFIX}/stats", _get_local_stats, methods=["GET"]),
-        Route(f"{LOCAL_PREFIX}/faults", _get_local_faults, methods=["GET"]),
-        Route(f"{LOCAL_PREFIX}/faults", _post_local_faults, methods=["POST"]),
+        Route(f"{LOCAL_PREFIX}/stats", local_stats, methods=["GET"]),
+        *arthur_faults.routes(LOCAL_PREFIX),
     ]
     app = Starlette(
         routes=routes,
         # Counting outermost: injected faults show in the request counts (a dropped connection as 502).
         middleware=[Middleware(CountRequests, store=store, local_prefix=LOCAL_PREFIX),
                     Middleware(InjectFaults, injector=injector, prefix=API_PREFIX)],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: http_error_handler("message")},
     )
     app.state.store = store
     app.state.faults = injector

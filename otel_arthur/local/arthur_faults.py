@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import random
 import threading
@@ -30,7 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 DROP = "drop"
@@ -191,6 +195,25 @@ class InjectFaults:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+async def _get_faults(request: Request) -> Response:
+    return JSONResponse(request.app.state.faults.describe())
+
+
+async def _post_faults(request: Request) -> Response:
+    try:
+        faults = Faults.from_json(json.loads(await request.body()))
+    except (TypeError, ValueError) as exc:  # malformed JSON too
+        raise HTTPException(400, str(exc)) from None
+    request.app.state.faults.set(faults)
+    return JSONResponse(request.app.state.faults.describe())
+
+
+def routes(local_prefix: str) -> list[Route]:
+    """``GET`` and ``POST {local_prefix}/faults`` over the app's ``app.state.faults`` injector."""
+    return [Route(f"{local_prefix}/faults", _get_faults, methods=["GET"]),
+            Route(f"{local_prefix}/faults", _post_faults, methods=["POST"])]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,12 +1,18 @@
 """What the local stand-ins (``local-arthur``, ``local-engine``) share besides their faults (``arthur_faults``):
-a constant-time credential comparison and the per-route request counts behind ``GET /_local/stats``."""
+a constant-time credential comparison, the per-route request counts behind ``GET /_local/stats``, the
+error handler and the command's server flags."""
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_arthur.local.arthur_faults import FAULT_SCOPE_KEY
@@ -77,3 +83,28 @@ class CountRequests:
                 "<fault injected>" if FAULT_SCOPE_KEY in scope else "<unmatched>")
             if not path.startswith(self.local_prefix):
                 self.store.count_request(scope["method"], path, status)
+
+
+async def local_stats(request: Request) -> Response:
+    """``GET /_local/stats``: the counts of the app's ``app.state.store``."""
+    return JSONResponse(request.app.state.store.stats())
+
+
+def http_error_handler(error_key: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """Answers an ``HTTPException`` as the API does: its message under ``error_key``."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({error_key: exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    return answer
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, *, epilog: str, host: str, port: int, db: str,
+                         holding: str) -> None:
+    """A stand-in command's ``--host``, ``--port`` and ``--db`` (a SQLite file ``holding`` what it stores)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = epilog
+    parser.add_argument("--host", default=host, help="interface to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=port, help="port to bind (default: %(default)s)")
+    parser.add_argument("--db", default=db, help=f"SQLite file holding {holding}, or :memory: (default: %(default)s)")
