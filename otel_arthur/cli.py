@@ -15,6 +15,7 @@ from otel_arthur.config import ConfigurationError, as_flags
 # when chosen, so ``--help`` stays fast and the exporter never pays for the servers or the SDK.
 _SUBCOMMANDS = {
     "local-arthur": ("otel_arthur.local.arthur_cli", "Run a local server speaking Arthur's v3 API."),
+    "local-engine": ("otel_arthur.local.engine_cli", "Run a local stand-in of the Arthur Engine's trace ingest."),
     "local-openai": ("otel_arthur.local.openai_cli", "Run a local OpenAI-compatible chat completions server."),
     "create-model": ("otel_arthur.onboarding", "Onboard an Arthur generative-text model for these records."),
     "serve": ("otel_arthur.serve.cli", "Receive OTLP/HTTP traces beside a Collector and send the LLM calls to Arthur."),

@@ -13,7 +13,7 @@ from otel_arthur import cli, exit_codes
 
 COMMANDS = [
     (), ("doctor",), ("spool",), ("spool", "stats"), ("spool", "dead-letters"), ("spool", "replay"), ("spool", "purge"),
-    ("create-model",), ("serve",), ("local-arthur",), ("local-openai",),
+    ("create-model",), ("serve",), ("local-arthur",), ("local-engine",), ("local-openai",),
 ]
 WITH_EXIT_CODES = {(), ("doctor",), ("spool",), ("spool", "replay"), ("spool", "purge"), ("create-model",), ("serve",)}
 

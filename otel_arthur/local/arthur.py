@@ -49,11 +49,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otel_arthur.local.arthur_faults import FAULT_SCOPE_KEY, FaultInjector, Faults, InjectFaults
+from otel_arthur.local import arthur_faults
+from otel_arthur.local.arthur_faults import FaultInjector, Faults, InjectFaults
 from otel_arthur.local.arthur_schema import InferenceChecker, InferenceRecord, InferenceRejected, check_model
 from otel_arthur.local.arthur_store import LocalArthurStore, ModelExists
+from otel_arthur.local.stand_in import CountRequests, http_error_handler, local_stats, same
 
 __all__ = [
     "API_PREFIX",
@@ -93,11 +94,6 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _same(a: str, b: str) -> bool:
-    """Constant-time equality that also copes with non-ASCII header values."""
-    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))
-
-
 _JWT_HEADER = _b64url(b'{"alg":"HS256","typ":"JWT"}')
 
 
@@ -118,7 +114,7 @@ class _Auth:
 
     def password_ok(self, login: str, password: str) -> bool:
         # both compared, always: how long a refusal takes says nothing about which one was wrong
-        return _same(login, self.login) & _same(password, self.password)
+        return same(login, self.login) & same(password, self.password)
 
     def mint(self, subject: str, ttl: int = TOKEN_TTL) -> str:
         now = int(time.time())
@@ -131,7 +127,7 @@ class _Auth:
 
     def _token_problem(self, token: str) -> str | None:
         parts = token.split(".")
-        if len(parts) != 3 or not _same(self._sign(f"{parts[0]}.{parts[1]}"), parts[2]):
+        if len(parts) != 3 or not same(self._sign(f"{parts[0]}.{parts[1]}"), parts[2]):
             return "invalid API key or token"
         try:
             exp = json.loads(_b64url_decode(parts[1])).get("exp")
@@ -148,7 +144,7 @@ class _Auth:
             raise HTTPException(401, "missing Authorization header")
         if credential[:7].lower() == "bearer ":
             raise HTTPException(401, "send the API key or session token raw in Authorization, without 'Bearer '")
-        if not _same(credential, self.api_key):
+        if not same(credential, self.api_key):
             problem = self._token_problem(credential)
             if problem is not None:
                 raise HTTPException(401, problem)
@@ -334,57 +330,6 @@ async def _get_local_inferences(request: Request) -> Response:
     return JSONResponse(_store(request).inferences(model["id"]))
 
 
-async def _get_local_stats(request: Request) -> Response:
-    return JSONResponse(_store(request).stats())
-
-
-async def _get_local_faults(request: Request) -> Response:
-    return JSONResponse(request.app.state.faults.describe())
-
-
-async def _post_local_faults(request: Request) -> Response:
-    try:
-        faults = Faults.from_json(await _json_body(request))
-    except (TypeError, ValueError) as exc:
-        raise HTTPException(400, str(exc)) from None
-    request.app.state.faults.set(faults)
-    return JSONResponse(request.app.state.faults.describe())
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-class _CountRequests:
-    """ASGI middleware counting Arthur API requests by method, route template and status."""
-
-    def __init__(self, app: ASGIApp, store: LocalArthurStore) -> None:
-        self.app = app
-        self.store = store
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500  # unless a response starts
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            # The router records the matched route in this same scope dict.
-            path = getattr(scope.get("route"), "path", None) or (
-                "<fault injected>" if FAULT_SCOPE_KEY in scope else "<unmatched>")
-            if not path.startswith(LOCAL_PREFIX):
-                self.store.count_request(scope["method"], path, status)
-
-
 def create_app(
     db_path: str | os.PathLike[str],
     *,
@@ -409,16 +354,15 @@ def create_app(
         Route(f"{API_PREFIX}/models/{{model_id}}", _get_model, methods=["GET"]),
         Route(f"{API_PREFIX}/models/{{model_id}}/inferences", _post_inferences, methods=["POST"]),
         Route(f"{LOCAL_PREFIX}/models/{{model_id}}/inferences", _get_local_inferences, methods=["GET"]),
-        Route(f"{LOCAL_PREFIX}/stats", _get_local_stats, methods=["GET"]),
-        Route(f"{LOCAL_PREFIX}/faults", _get_local_faults, methods=["GET"]),
-        Route(f"{LOCAL_PREFIX}/faults", _post_local_faults, methods=["POST"]),
+        Route(f"{LOCAL_PREFIX}/stats", local_stats, methods=["GET"]),
+        *arthur_faults.routes(LOCAL_PREFIX),
     ]
     app = Starlette(
         routes=routes,
         # Counting outermost: injected faults show in the request counts (a dropped connection as 502).
-        middleware=[Middleware(_CountRequests, store=store),
+        middleware=[Middleware(CountRequests, store=store, local_prefix=LOCAL_PREFIX),
                     Middleware(InjectFaults, injector=injector, prefix=API_PREFIX)],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: http_error_handler("message")},
     )
     app.state.store = store
     app.state.faults = injector

@@ -17,6 +17,7 @@ from otel_arthur.local.arthur import (
     LOCAL_PREFIX,
     create_app,
 )
+from otel_arthur.local.stand_in import add_server_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,8 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
-    parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind (default: %(default)s)")
-    parser.add_argument(
-        "--db", default=DEFAULT_DB, help="SQLite file holding models and inferences, or :memory: (default: %(default)s)"
-    )
+    add_server_arguments(parser, epilog=EPILOG, host=DEFAULT_HOST, port=DEFAULT_PORT, db=DEFAULT_DB,
+                         holding="models and inferences")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="API key clients must send (default: %(default)s)")
     parser.add_argument("--login", default=DEFAULT_LOGIN, help="login accepted by /login (default: %(default)s)")
     parser.add_argument("--password", default=DEFAULT_PASSWORD, help="password for --login (default: %(default)s)")

@@ -1,18 +1,21 @@
-"""Faults the local Arthur injects on purpose, so delivery can be proven against a misbehaving Arthur.
+"""Faults the local stand-ins inject on purpose, so delivery can be proven against a misbehaving Arthur.
 
-Set at start (``create_app(faults=…)``, ``otel-arthur local-arthur --fault-…``) and at run time:
+Shared by the local Arthur (v3 API) and the local Arthur Engine; "record" means an inference row of
+the one and a span of the other. Set at start (``create_app(faults=…)``, ``otel-arthur local-arthur
+--fault-…``, ``otel-arthur local-engine --fault-…``) and at run time:
 ``GET /_local/faults`` answers the faults in force and how many of each were injected;
 ``POST /_local/faults`` replaces them with a JSON object of ``Faults`` fields (missing fields take
 their defaults, so ``{}`` switches every fault off) and restarts the draws from its ``seed``.
 
-Every Arthur API request (never ``/_local``) draws one number: below ``rate_429`` it is answered
+Every API request (never ``/_local``) draws one number: below ``rate_429`` it is answered
 429 with ``Retry-After``, then come 408, 500, 503, a dropped connection (the response headers go
 out and the connection closes before the body: the client sees a broken connection), a slow answer
 (``slow_seconds`` late, then normal) and a stall (no answer for ``stall_seconds``, then the dropped
 connection: a client with a shorter timeout sees its request time out). Each row of an inferences
-request then draws again: a per-record 400 or 500 inside the 207, the row not stored. Faulted
-requests never reach the store, so they can never create a duplicate. With a ``seed`` the draws
-repeat exactly, run after run.
+request then draws again: a per-record 400 or 500 inside the 207, the row not stored; each span of
+an Engine trace request likewise: either draw rejects the span inside the 206 (422 when none is
+left). Faulted requests never reach the store, so they can never create a duplicate. With a
+``seed`` the draws repeat exactly, run after run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import random
 import threading
@@ -27,7 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 DROP = "drop"
@@ -55,8 +62,10 @@ class Faults:
     rate_stall: float = _rate("share of requests never answered: held stall_seconds, then the connection closed")
     stall_seconds: float = field(default=15.0, metadata={"help": "how long a stalled request is held, seconds"})
     retry_after: int = field(default=1, metadata={"help": "Retry-After of a 429, whole seconds"})
-    rate_record_400: float = _rate("share of inference rows rejected with a per-record 400 inside the 207")
-    rate_record_500: float = _rate("share of inference rows answered a per-record 500 inside the 207")
+    rate_record_400: float = _rate("share of records rejected: an inference row's 400 inside the 207, a span"
+                                   " rejected inside the Engine's 206")
+    rate_record_500: float = _rate("share of records failed: an inference row's 500 inside the 207, a span"
+                                   " rejected inside the Engine's 206")
     seed: int | None = field(default=None, metadata={"help": "seed of the draws: the same faults, run after run"})
 
     def __post_init__(self) -> None:
@@ -129,12 +138,12 @@ class FaultInjector:
         return self._draw(self.faults.request_shares())
 
     def record_fault(self) -> int | None:
-        """400, 500 or None for this inference row."""
+        """400, 500 or None for this record (inference row or span)."""
         fault = self._draw({"record_400": self.faults.rate_record_400, "record_500": self.faults.rate_record_500})
         return None if fault is None else int(fault.removeprefix("record_"))
 
     def record_faults(self, count: int) -> list[int | None] | None:
-        """``record_fault()`` for each of ``count`` rows in order, or None (no draws) when record faults are off."""
+        """``record_fault()`` for each of ``count`` records in order, or None (no draws) when record faults are off."""
         faults = self.faults
         if not (faults.rate_record_400 or faults.rate_record_500):
             return None
@@ -142,7 +151,7 @@ class FaultInjector:
 
 
 class _HideDeliberateDrops(logging.Filter):
-    """uvicorn logs each unfinished response as an error; the local Arthur leaves one unfinished only to drop it."""
+    """uvicorn logs each unfinished response as an error; a stand-in leaves one unfinished only to drop it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() != _DROP_LOG
@@ -152,12 +161,18 @@ _HIDE_DROPS = _HideDeliberateDrops()
 
 
 class InjectFaults:
-    """ASGI middleware answering the request-level faults before the request reaches Arthur's handlers."""
+    """ASGI middleware answering the request-level faults before the request reaches the API's handlers.
 
-    def __init__(self, app: ASGIApp, injector: FaultInjector, prefix: str) -> None:
+    Only paths under ``prefix`` (one or a tuple) are faulted; an error answer carries its message under
+    ``error_key``, where the API puts its own (the v3 API's ``message``, the Engine's ``detail``).
+    """
+
+    def __init__(self, app: ASGIApp, injector: FaultInjector, prefix: str | tuple[str, ...],
+                 error_key: str = "message") -> None:
         self.app = app
         self.injector = injector
         self.prefix = prefix
+        self.error_key = error_key
         logging.getLogger("uvicorn.error").addFilter(_HIDE_DROPS)  # idempotent: the same filter object
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -175,10 +190,30 @@ class InjectFaults:
             await asyncio.sleep(self.injector.faults.slow_seconds)
         elif fault is not None:
             headers = {"Retry-After": str(self.injector.faults.retry_after)} if fault == "429" else None
-            response = JSONResponse({"message": f"fault injected: {fault}"}, status_code=int(fault), headers=headers)
+            response = JSONResponse({self.error_key: f"fault injected: {fault}"}, status_code=int(fault),
+                                    headers=headers)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+async def _get_faults(request: Request) -> Response:
+    return JSONResponse(request.app.state.faults.describe())
+
+
+async def _post_faults(request: Request) -> Response:
+    try:
+        faults = Faults.from_json(json.loads(await request.body()))
+    except (TypeError, ValueError) as exc:  # malformed JSON too
+        raise HTTPException(400, str(exc)) from None
+    request.app.state.faults.set(faults)
+    return JSONResponse(request.app.state.faults.describe())
+
+
+def routes(local_prefix: str) -> list[Route]:
+    """``GET`` and ``POST {local_prefix}/faults`` over the app's ``app.state.faults`` injector."""
+    return [Route(f"{local_prefix}/faults", _get_faults, methods=["GET"]),
+            Route(f"{local_prefix}/faults", _post_faults, methods=["POST"])]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

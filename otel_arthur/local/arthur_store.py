@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from otel_arthur.local.arthur_schema import InferenceRecord
+from otel_arthur.local.stand_in import REQUESTS_TABLE, count_request, request_counts
 
 _encode_json = json.JSONEncoder().encode  # json.dumps(), without building an encoder per row
 
@@ -33,13 +34,6 @@ CREATE TABLE IF NOT EXISTS inferences (
 -- (random) partner ids dirtied a page per row, most of a batch's cost; duplicates are found in memory.
 DROP INDEX IF EXISTS inferences_by_partner_id;
 CREATE INDEX IF NOT EXISTS inferences_by_model ON inferences (model_id);
-CREATE TABLE IF NOT EXISTS requests (
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,                       -- the route template, e.g. /api/v3/models/{model_id}
-    status INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (method, path, status)
-);
 """
 
 class ModelExists(Exception):
@@ -69,7 +63,7 @@ class LocalArthurStore:
                 # WAL commits without fsync: a crashed server loses nothing, a crashed OS at most
                 # the last transactions; a commit per request then costs no disk flush.
                 self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + REQUESTS_TABLE)
 
     def close(self) -> None:
         with self._lock:
@@ -147,12 +141,8 @@ class LocalArthurStore:
         return int(row[0])
 
     def count_request(self, method: str, path: str, status: int) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO requests (method, path, status, count) VALUES (?, ?, ?, 1)"
-                " ON CONFLICT (method, path, status) DO UPDATE SET count = count + 1",
-                (method, path, status),
-            )
+        with self._lock:
+            count_request(self._db, method, path, status)
 
     def stats(self) -> dict[str, Any]:
         """Counts, shaped as ``GET /_local/stats`` answers them::
@@ -166,11 +156,8 @@ class LocalArthurStore:
             per_model = self._db.execute(
                 "SELECT model_id, COUNT(*), SUM(duplicate) FROM inferences GROUP BY model_id"
             ).fetchall()
-            requests = self._db.execute("SELECT method, path, status, count FROM requests").fetchall()
+            by_path = request_counts(self._db)
         by_model = {row[0]: {"inferences": row[1], "duplicates": row[2]} for row in per_model}
-        by_path: dict[str, dict[str, int]] = {}
-        for method, path, status, count in requests:
-            by_path.setdefault(f"{method} {path}", {})[str(status)] = count
         return {
             "models": models,
             "inferences": sum(m["inferences"] for m in by_model.values()),
