@@ -162,4 +162,5 @@ def _indexed_tool_calls(attributes: Mapping[str, Any], prefix: str, keys: ToolCa
         name, arguments = attributes.get(f"{base}.{keys.name}"), attributes.get(f"{base}.{keys.arguments}")
         if name is None and arguments is None:
             return tuple(calls)
-        calls.append(ToolCall(scalar_text(name), scalar_text(arguments), scalar_text(attributes.get(f"{base}.{keys.id}"))))
+        call_id = attributes.get(f"{base}.{keys.id}")
+        calls.append(ToolCall(scalar_text(name), scalar_text(arguments), scalar_text(call_id)))
