@@ -93,7 +93,7 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
     if isinstance(fields.get("finish_reason"), Sequence) and not isinstance(fields["finish_reason"], str):
         fields["finish_reason"] = fields["finish_reason"][0] if fields["finish_reason"] else None
 
-    inputs, outputs = convention_messages(attributes, convention)
+    inputs, outputs = convention_messages(attributes, convention, tool_calls=False)
     if inputs:
         fields[PROMPT] = render_messages(inputs)
     if outputs:

@@ -12,10 +12,10 @@ Every text that can carry content (message contents, tool-call arguments, input 
 values) goes through the caller's hook first (``RecordFilter.text_hook``: the content switch,
 redaction and size cap that records get); a hook returning None withholds that text. The hook
 covers only what is added here: the span's own content attributes (``gen_ai.input.messages``, …)
-are the sender's to withhold or redact. Values a
-span should not hold (malformed or over-deep JSON, bytes, lone surrogates, wrong types) never
-raise: what can be read is translated, the rest left out. At most ``MAX_MESSAGES`` messages a side
-(the newest inputs, the first outputs) and ``MAX_TOOL_CALLS`` calls a message are written.
+are the sender's to withhold or redact. Values a span should not hold (malformed or over-deep
+JSON, bytes, lone surrogates, wrong types) never raise: what can be read is translated, the rest
+left out. At most ``MAX_MESSAGES`` messages a side (the newest inputs, the first outputs) and
+``MAX_TOOL_CALLS`` calls a message are written.
 """
 
 from __future__ import annotations
