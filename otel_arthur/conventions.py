@@ -27,6 +27,13 @@ class GenAI:
     REQUEST_MODEL = "gen_ai.request.model"
     RESPONSE_MODEL = "gen_ai.response.model"
     REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+    REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+    REQUEST_TOP_P = "gen_ai.request.top_p"
+    REQUEST_TOP_K = "gen_ai.request.top_k"
+    REQUEST_FREQUENCY_PENALTY = "gen_ai.request.frequency_penalty"
+    REQUEST_PRESENCE_PENALTY = "gen_ai.request.presence_penalty"
+    REQUEST_SEED = "gen_ai.request.seed"
+    REQUEST_STOP_SEQUENCES = "gen_ai.request.stop_sequences"
     PROVIDER_NAME = "gen_ai.provider.name"
     SYSTEM = "gen_ai.system"
     """The provider, before gen_ai.provider.name replaced it."""
@@ -37,8 +44,16 @@ class GenAI:
     RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
     """A sequence, one per choice."""
     CONVERSATION_ID = "gen_ai.conversation.id"
+    TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+    """On an execute_tool span: the arguments the tool was called with (JSON)."""
+    TOOL_CALL_RESULT = "gen_ai.tool.call.result"
     ERROR_TYPE = "error.type"
     GENERATION_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
+    PART_TEXT = "text"
+    PART_TOOL_CALL = "tool_call"
+    """A message part {"type": "tool_call", "id", "name", "arguments"}; arguments a JSON value or text."""
+    PART_TOOL_CALL_RESPONSE = "tool_call_response"
+    """A tool-role message's part {"type": "tool_call_response", "id", "response"}."""
 
 
 class Traceloop:
@@ -47,6 +62,11 @@ class Traceloop:
     SESSION_ID = "traceloop.association.properties.session_id"
     """Any LangChain metadata key lands under traceloop.association.properties.*."""
     USER_ID = "traceloop.association.properties.user_id"
+    SPAN_KIND = "traceloop.span.kind"
+    """workflow / task / agent / tool on the spans around generations."""
+    ENTITY_INPUT = "traceloop.entity.input"
+    """JSON of a workflow, task or tool run's inputs."""
+    ENTITY_OUTPUT = "traceloop.entity.output"
 
 
 class LegacyOpenLLMetry:
@@ -57,7 +77,7 @@ class LegacyOpenLLMetry:
     PROMPT_PREFIX = "gen_ai.prompt"
     """gen_ai.prompt.{i}.role / .content, system at 0."""
     COMPLETION_PREFIX = "gen_ai.completion"
-    """gen_ai.completion.{i}.role / .content / .finish_reason."""
+    """gen_ai.completion.{i}.role / .content / .finish_reason, and .tool_calls.{j}.id / .name / .arguments."""
     USAGE_TOTAL_TOKENS = "llm.usage.total_tokens"
     USAGE_PROMPT_TOKENS = "gen_ai.usage.prompt_tokens"
     USAGE_COMPLETION_TOKENS = "gen_ai.usage.completion_tokens"
@@ -70,7 +90,7 @@ class OpenInference:
     SPAN_KIND = "openinference.span.kind"
     """LLM for generations; CHAIN, TOOL, RETRIEVER… otherwise."""
     INPUT_MESSAGES_PREFIX = "llm.input_messages"
-    """llm.input_messages.{i}.message.role / .message.content."""
+    """llm.input_messages.{i}.message.role / .message.content / .message.tool_calls.{j}.tool_call.function.name…"""
     OUTPUT_MESSAGES_PREFIX = "llm.output_messages"
     MODEL_NAME = "llm.model_name"
     PROVIDER = "llm.provider"
@@ -93,7 +113,20 @@ class Messages:
     JSON = "json"
     """One attribute holding a JSON list of {"role", "parts": [{"type", "content"}]}."""
     INDEXED = "indexed"
-    """Flat attributes {prefix}.{i}{infix}.role / .content, i = 0, 1, …"""
+    """Flat attributes {prefix}.{i}{infix}.role / .content / .tool_call_id, i = 0, 1, …"""
+    TOOL_CALLS = "tool_calls"
+    """Indexed: a message's tool calls are {prefix}.{i}{infix}.tool_calls.{j}.<ToolCallKeys>."""
+    TOOL_CALL_ID = "tool_call_id"
+    """Indexed: the call a tool-role message answers."""
+
+
+@dataclass(frozen=True)
+class ToolCallKeys:
+    """Where an indexed layout keeps one tool call's parts, below {message}.tool_calls.{j}."""
+
+    name: str = "name"
+    arguments: str = "arguments"
+    id: str = "id"
 
 
 @dataclass(frozen=True)
@@ -109,6 +142,7 @@ class Convention:
     input_messages: str
     output_messages: str
     message_infix: str = ""
+    tool_call_keys: ToolCallKeys = ToolCallKeys()
     system_instructions: str | None = None
     model: tuple[str, ...] = ()
     provider: tuple[str, ...] = ()
@@ -182,6 +216,7 @@ OPENINFERENCE = Convention(
     input_messages=OpenInference.INPUT_MESSAGES_PREFIX,
     output_messages=OpenInference.OUTPUT_MESSAGES_PREFIX,
     message_infix=".message",
+    tool_call_keys=ToolCallKeys("tool_call.function.name", "tool_call.function.arguments", "tool_call.id"),
     model=(OpenInference.MODEL_NAME,),
     provider=(OpenInference.PROVIDER,),
     prompt_tokens=(OpenInference.TOKEN_COUNT_PROMPT,),

@@ -8,7 +8,6 @@ span does not carry stays absent (usage that was not reported is not 0).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_arthur.conventions import CONVENTIONS, GenAI, Convention, Messages
 from otel_arthur.fields import COMPLETION, PROMPT, TRUNCATED
+from otel_arthur.messages import Message, clean_text, convention_messages, first, parse_json
 
 SERVICE_NAME = "service.name"
 TRUNCATION_MARKER = " …[truncated]"  # ends a cut text, so whoever reads it in Arthur knows
@@ -33,8 +33,6 @@ _ROLE_PREFIXES = {
     "tool": "Tool",
     "function": "Function",
 }
-
-Message = tuple[str, str]  # (role, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +49,11 @@ def classify(attributes: Mapping[str, Any]) -> Convention | None:
     for convention in CONVENTIONS:
         # Conventions share marker names across versions (legacy OpenLLMetry sets
         # gen_ai.operation.name=llm_request), so a non-matching value moves on to the next row.
-        if attributes.get(convention.marker) in convention.generation_values:
-            return convention
+        try:
+            if attributes.get(convention.marker) in convention.generation_values:
+                return convention
+        except TypeError:  # an unhashable value (a list) marks nothing
+            continue
     return None
 
 
@@ -84,7 +85,7 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
     fields: dict[str, Any] = {}
     get = attributes.get
     for name, keys in convention.scalars.items():
-        for key in keys:  # _first(), inlined: this loop runs for every field of every generation
+        for key in keys:  # first(), inlined: this loop runs for every field of every generation
             value = get(key)
             if value is not None:
                 fields[name] = value
@@ -92,23 +93,19 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
     if isinstance(fields.get("finish_reason"), Sequence) and not isinstance(fields["finish_reason"], str):
         fields["finish_reason"] = fields["finish_reason"][0] if fields["finish_reason"] else None
 
-    inputs, outputs = _messages(attributes, convention)
-    if convention.system_instructions:
-        system = _parts_text(_json(attributes.get(convention.system_instructions)))
-        if system:
-            inputs.insert(0, ("system", system))
+    inputs, outputs = convention_messages(attributes, convention, tool_calls=False)
     if inputs:
         fields[PROMPT] = render_messages(inputs)
     if outputs:
-        fields[COMPLETION] = outputs[0][1]
+        fields[COMPLETION] = outputs[0].text
     if fields.get("finish_reason") is None and convention.message_layout == Messages.JSON:
         fields["finish_reason"] = _output_finish_reason(attributes.get(convention.output_messages))
     for source, wanted in convention.json_sources.items():
-        document = _json(attributes.get(source))
+        document = parse_json(attributes.get(source))
         if isinstance(document, dict):
             for name, keys in wanted.items():
                 if fields.get(name) is None:
-                    fields[name] = _first(document, keys)
+                    fields[name] = first(document, keys)
 
     if span.end_time is not None:
         fields["duration"] = (span.end_time - span.start_time) / 1e9
@@ -126,9 +123,9 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
     )
 
 
-def render_messages(messages: Sequence[Message]) -> str:
+def render_messages(messages: Sequence[Message | tuple[str, str]]) -> str:
     """``System: …\\nHuman: …\\nAI: …``, as LangChain's get_buffer_string renders a chat history."""
-    return "\n".join(f"{_ROLE_PREFIXES.get(role.lower(), role)}: {text}" for role, text in messages)
+    return "\n".join(f"{_ROLE_PREFIXES.get(role.lower(), role)}: {text}" for role, text, *_ in messages)
 
 
 def limit_text(record: InferenceRecord, max_bytes: int) -> InferenceRecord:
@@ -140,8 +137,8 @@ def limit_text(record: InferenceRecord, max_bytes: int) -> InferenceRecord:
     return replace(record, fields={**record.fields, **cut, TRUNCATED: True})
 
 
-def cap_text(text: str, max_bytes: int) -> str:
-    """``text`` cut to at most ``max_bytes`` of UTF-8, ending in ``TRUNCATION_MARKER`` when it was cut."""
+def cut_text(text: str, max_bytes: int) -> str:
+    """``text`` if it fits in ``max_bytes`` of UTF-8, else cut as ``limit_text`` cuts a prompt."""
     return _truncate_utf8(text, max_bytes) if _utf8_over(text, max_bytes) else text
 
 
@@ -157,82 +154,12 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:room].decode("utf-8", "ignore") + marker
 
 
-def clean_text(text: str) -> str:
-    """Lone surrogates cannot be encoded as UTF-8; replace them rather than fail the batch later."""
-    if text.isascii():  # no surrogate possible; spares encoding a copy of every prompt
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
-
-
-def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    for key in keys:
-        value = attributes.get(key)
-        if value is not None:
-            return value
-    return None
-
-
 def _iso(time_ns: int) -> str:
     return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat()
 
 
-def _json(raw: Any) -> Any:
-    if not isinstance(raw, str):
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def _messages(attributes: Mapping[str, Any], convention: Convention) -> tuple[list[Message], list[Message]]:
-    if convention.message_layout == Messages.JSON:
-        return (_json_messages(attributes.get(convention.input_messages)),
-                _json_messages(attributes.get(convention.output_messages)))
-    return (_indexed_messages(attributes, convention.input_messages, convention.message_infix),
-            _indexed_messages(attributes, convention.output_messages, convention.message_infix))
-
-
-def _parts_text(parts: Any) -> str:
-    """Text of a GenAI ``parts`` list (or a bare string); non-text parts are left out."""
-    if isinstance(parts, str):
-        return parts
-    if not isinstance(parts, list):
-        return ""
-    return "".join(
-        str(part.get("content", "")) for part in parts
-        if isinstance(part, dict) and part.get("type", "text") == "text"
-    )
-
-
-def _json_messages(raw: Any) -> list[Message]:
-    messages = _json(raw)
-    if not isinstance(messages, list):
-        return []
-    return [
-        (str(m.get("role") or "unknown"), _parts_text(m.get("parts", m.get("content"))))
-        for m in messages if isinstance(m, dict)
-    ]
-
-
 def _output_finish_reason(raw: Any) -> str | None:
-    messages = _json(raw)
+    messages = parse_json(raw)
     if isinstance(messages, list) and messages and isinstance(messages[0], dict):
         return messages[0].get("finish_reason")
     return None
-
-
-def _indexed_messages(attributes: Mapping[str, Any], prefix: str, infix: str) -> list[Message]:
-    messages: list[Message] = []
-    index = 0
-    while True:
-        base = f"{prefix}.{index}{infix}"
-        role, content = attributes.get(f"{base}.role"), attributes.get(f"{base}.content")
-        if role is None and content is None:
-            return messages
-        messages.append((str(role or "unknown"), "" if content is None else str(content)))
-        index += 1

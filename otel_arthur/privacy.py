@@ -33,11 +33,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from otel_arthur.fields import COMPLETION, PROMPT
-from otel_arthur.mapping import InferenceRecord, limit_text
+from otel_arthur.mapping import InferenceRecord, cut_text, limit_text
+from otel_arthur.messages import clean_text
 from otel_arthur.redaction import Redactor
 
 if TYPE_CHECKING:
-    from otel_arthur.config import ArthurSettings
+    from otel_arthur.config import ArthurSettings, EngineSettings
 
 CONTENT_WITHHELD = "[content withheld]"
 """Prompt or completion dropped on our side (``ARTHUR_SEND_CONTENT=false`` or an instrumentor's switch here)."""
@@ -108,7 +109,7 @@ class RecordFilter:
                           ((PROMPT, content.send_prompt), (COMPLETION, content.send_completion)) if not sent}
 
     @classmethod
-    def from_settings(cls, settings: ArthurSettings, redact: Callable[[str], str] | None = None) -> RecordFilter:
+    def from_settings(cls, settings: ArthurSettings | EngineSettings, redact: Callable[[str], str] | None = None) -> RecordFilter:
         """Redaction from ``redact_builtins``, ``redact_patterns`` and the hook; none at all when all three are off."""
         redactor = None
         if settings.redact_builtins or settings.redact_patterns or redact is not None:
@@ -125,3 +126,23 @@ class RecordFilter:
                 for name, value in record.fields.items()
             })
         return limit_text(record, self._max_text_bytes)
+
+    def text_hook(self, *, output: bool) -> Callable[[str], str | None]:
+        """The same switch, redaction and size cap for one text of a span translated to OpenInference.
+
+        ``output`` picks the switch: completion (output messages, output value) or prompt (the rest).
+        The hook returns None for a withheld text: the translation then leaves that attribute out.
+        """
+        if not (self.content.send_completion if output else self.content.send_prompt):
+            return _withhold
+        redactor, max_bytes = self.redactor, self._max_text_bytes
+
+        def hook(text: str) -> str:
+            text = clean_text(text)
+            return cut_text(text if redactor is None else redactor(text), max_bytes)
+
+        return hook
+
+
+def _withhold(text: str) -> None:
+    return None

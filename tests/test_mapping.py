@@ -1,5 +1,6 @@
 """span -> record, from real spans recorded with each convention (tests/fixtures/spans)."""
 
+import json
 from datetime import datetime
 
 import pytest
@@ -143,3 +144,30 @@ def test_over_long_texts_are_cut_at_a_character_boundary_and_flagged():
     assert cut.fields["completion"] == completion and cut.fields["truncated"] is True
     assert record.fields == {"prompt": prompt, "completion": completion}  # the original is left alone
     assert limit_text(record, 3).fields["prompt"] == "é"  # no room for the marker: the text alone, still whole
+
+
+def test_json_nested_past_the_recursion_limit_is_left_out_not_fatal():
+    deep = "[" * 100_000  # json.loads raises RecursionError, not ValueError, on this
+    record = map_span(_span({
+        "gen_ai.operation.name": "chat", "gen_ai.input.messages": deep, "gen_ai.output.messages": deep,
+        "gen_ai.system_instructions": deep, "gen_ai.usage.input_tokens": 3,
+    }))
+    assert "prompt" not in record.fields and "completion" not in record.fields
+    assert record.fields["prompt_tokens"] == 3
+
+
+def test_an_unhashable_marker_value_marks_nothing():
+    assert classify({"gen_ai.operation.name": ["chat"]}) is None
+    assert classify({"gen_ai.operation.name": ["chat"], "llm.request.type": "chat"}).name == "openllmetry-legacy"
+
+
+def test_tool_results_are_part_of_the_prompt():
+    record = map_span(_span({
+        "gen_ai.operation.name": "chat",
+        "gen_ai.input.messages": json.dumps([
+            {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
+            {"role": "assistant", "parts": [{"type": "tool_call", "id": "c1", "name": "weather", "arguments": {}}]},
+            {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "sunny"}]},
+        ]),
+    }))
+    assert record.fields["prompt"] == "Human: weather?\nAI: \nTool: sunny"

@@ -7,11 +7,11 @@ id, parent link, timing, status and event kept. What is spooled per span is its 
 (resource, scope and span, serialized apart so a request can group spans by resource and scope);
 a re-sent span carries the same trace and span id.
 
-Privacy acts on the span as it leaves: with content withheld (``ARTHUR_SEND_CONTENT=false`` or an
-instrumentor's switch here) every attribute that carries what was said, in any convention
-(``conventions.CONTENT_ATTRIBUTES``), becomes ``[content withheld]``, and so does every string
-attribute of the span's events; redaction runs on every string attribute; every string is capped
-at ``max_text_bytes``.
+Privacy is v3's (``RecordFilter``) applied to the whole span: the added OpenInference texts go
+through its text hooks (a withheld one is left out); the span's own attributes that carry what
+was said, in any convention (``conventions.CONTENT_ATTRIBUTES``), become ``[content withheld]``
+when their side is withheld, as does every string attribute of its events; redaction and the
+``max_text_bytes`` cap act on every string.
 
 The Engine's 206 says how many spans it refused and why, not which: re-sending would store the
 others twice, so the refused ones are counted as dropped (reason ``engine_rejected``) and logged
@@ -24,7 +24,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,10 +36,9 @@ from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import Sender, SenderObserver, send_in_batches
 from otel_arthur.engine_client import EngineClient
-from otel_arthur.mapping import cap_text, span_attributes
+from otel_arthur.mapping import cut_text, span_attributes
 from otel_arthur.openinference import openinference_attributes, span_kind
-from otel_arthur.privacy import CONTENT_WITHHELD, ContentPolicy
-from otel_arthur.redaction import Redactor
+from otel_arthur.privacy import CONTENT_WITHHELD, RecordFilter
 from otel_arthur.stats import DropReason
 
 _logger = logging.getLogger(__name__)
@@ -86,16 +85,20 @@ def engine_key(settings: EngineSettings) -> str:
 
 
 class SpanPrivacy:
-    """``attributes -> attributes``: content withheld by side, then redaction, then the size cap, on every string."""
+    """The privacy of v3 records (``RecordFilter``: content switch, redaction, size cap) for a whole span.
+
+    The OpenInference attributes are translated through its text hooks; the span's own attributes
+    and its events, which carry the same texts in their convention's form, go through ``attributes``.
+    """
 
     def __init__(self, settings: EngineSettings, redact: Callable[[str], str] | None = None) -> None:
-        self.content = ContentPolicy.resolve(settings.send_content)
-        withheld = {side for side, sent in (("input", self.content.send_prompt),
-                                            ("output", self.content.send_completion)) if not sent}
-        self._withheld = frozenset(withheld)
-        self._redactor = (Redactor(settings.redact_builtins, settings.redact_patterns, redact)
-                          if settings.redact_builtins or settings.redact_patterns or redact is not None else None)
-        self._max_bytes = settings.max_text_bytes
+        self.filter = RecordFilter.from_settings(settings, redact)  # EngineSettings has the fields it reads
+        content = self.filter.content
+        self._withheld = frozenset(side for side, sent in (("input", content.send_prompt),
+                                                           ("output", content.send_completion)) if not sent)
+        self.input_text = self.filter.text_hook(output=False)
+        self.output_text = self.filter.text_hook(output=True)
+        self._redactor, self._max_bytes = self.filter.redactor, settings.max_text_bytes
 
     @property
     def withholds(self) -> bool:
@@ -104,7 +107,7 @@ class SpanPrivacy:
     def text(self, value: str) -> str:
         if self._redactor is not None:
             value = self._redactor(value)
-        return cap_text(value, self._max_bytes)
+        return cut_text(value, self._max_bytes)
 
     def value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -113,11 +116,13 @@ class SpanPrivacy:
             return [self.text(v) if isinstance(v, str) else v for v in value]
         return value
 
-    def attributes(self, attributes: dict[str, Any]) -> dict[str, Any]:
+    def attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
         if self._withheld:
             side = CONTENT_ATTRIBUTES.side
             return {key: CONTENT_WITHHELD if side(key) in self._withheld else self.value(value)
                     for key, value in attributes.items()}
+        if self._redactor is None:
+            return {key: self.value(value) if isinstance(value, str) else value for key, value in attributes.items()}
         return {key: self.value(value) for key, value in attributes.items()}
 
 
@@ -198,8 +203,9 @@ class EngineDestination:
             return None
         if self._encoder is None:
             self._encoder = _Encoder(self.settings.task_id)
-        added = openinference_attributes(attributes)
-        merged = self.privacy.attributes({**attributes, **added})
+        privacy = self.privacy
+        added = openinference_attributes(attributes, text=privacy.input_text, output_text=privacy.output_text)
+        merged = {**privacy.attributes(attributes), **added}
         context = span.context
         return EngineSpan(f"{context.trace_id:032x}-{context.span_id:016x}", self._encoder.resource(span.resource),
                           self._encoder.scope(span.instrumentation_scope),

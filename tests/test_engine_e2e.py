@@ -1,0 +1,106 @@
+"""End to end into Arthur Engine: real ChatOpenAI over HTTP -> real instrumentor -> ArthurSpanExporter -> local Engine.
+
+The local Engine stands in for the real one's ingest (``otel_arthur.local.engine``): it refuses
+gzip and OTLP/JSON, so a stored span also proves it was sent as plain protobuf.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_openai import ChatOpenAI
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_arthur import ArthurSpanExporter
+from otel_arthur.local import engine, openai
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM = "You are terse."
+ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+@pytest.fixture(scope="module")
+def local_engine(tmp_path_factory):
+    with engine.running(tmp_path_factory.mktemp("local-engine") / "engine.sqlite3") as server:
+        yield server
+
+
+def _messages(attributes: dict, prefix: str) -> list[tuple[str, str]]:
+    messages, index = [], 0
+    while f"{prefix}.{index}.message.role" in attributes:
+        messages.append((attributes[f"{prefix}.{index}.message.role"],
+                         attributes.get(f"{prefix}.{index}.message.content", "")))
+        index += 1
+    return messages
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "streaming"])
+def test_openllmetry_chat_reaches_the_engine_in_openinference_form(
+        streaming, openllmetry_provider, add_processors, openai_server, local_engine, arthur_env):
+    exporter = ArthurSpanExporter(engine_url=local_engine.url, engine_api_key=local_engine.api_key,
+                                  allow_insecure=True)
+    captured = InMemorySpanExporter()
+    processor = BatchSpanProcessor(exporter)
+    add_processors(processor, SimpleSpanProcessor(captured))
+    llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", model="gpt-4o-mini",
+                     temperature=0.1, max_retries=0, streaming=streaming, stream_usage=True)
+    history, expected = [SystemMessage(SYSTEM)], []
+    for question in ("What is a span?", "And a trace?"):
+        history.append(HumanMessage(question))
+        sent = list(history)
+        history.append(llm.invoke(history))
+        expected.append((sent, openai.complete([{"role": ROLES[m.type], "content": m.content} for m in sent])))
+    assert processor.force_flush() and exporter.force_flush()
+
+    ours = {f"{s.context.trace_id:032x}" for s in captured.get_finished_spans()}
+    stored = [s for s in local_engine.spans() if s["trace_id"] in ours]
+    llm_spans = sorted((s for s in stored if s["attributes"].get("openinference.span.kind") == "LLM"),
+                       key=lambda s: s["start_time_unix_nano"])
+    assert len(llm_spans) == 2  # exactly one per call
+    for span, (sent, completion) in zip(llm_spans, expected):
+        attributes = span["attributes"]
+        assert _messages(attributes, "llm.input_messages") == [(ROLES[m.type], m.content) for m in sent]
+        assert _messages(attributes, "llm.output_messages") == [("assistant", completion.content)]
+        assert attributes["llm.model_name"].startswith("gpt-4o-mini")
+        assert (attributes["llm.token_count.prompt"], attributes["llm.token_count.completion"],
+                attributes["llm.token_count.total"]) == (completion.prompt_tokens, completion.completion_tokens,
+                                                         completion.total_tokens)
+        assert attributes["gen_ai.operation.name"] == "chat"  # the original attributes are kept
+        assert span["resource_attributes"]["service.name"] == "e2e-chat"
+    kinds = {s["span_id"]: s["attributes"].get("openinference.span.kind") for s in stored}
+    assert "CHAIN" in kinds.values()
+    # Every span sent is stored once (ids unique) and every request was plain protobuf (gzip is a 400 there).
+    assert len(kinds) == len(stored)
+    assert "400" not in local_engine.stats()["requests"].get("POST /api/v1/traces", {})
+    exporter_stats = exporter.stats("engine")
+    assert exporter_stats.delivered == len(stored) and exporter_stats.dead_lettered == 0
+
+
+def test_openinference_spans_pass_through_once(openai_server, local_engine, tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTHUR_")}
+    env.update(ARTHUR_ENGINE_URL=local_engine.url, ARTHUR_ENGINE_API_KEY=local_engine.api_key,
+               ARTHUR_ALLOW_INSECURE="true", OPENAI_BASE_URL=openai_server.url + "/v1", OPENAI_API_KEY="unused",
+               OTEL_SERVICE_NAME="oi-chat", XDG_STATE_HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, str(ROOT / "tests/apps/openinference_chat.py")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = json.loads(result.stdout)
+    for call in calls:
+        [ids] = call["spans"]
+        [span] = [s for s in local_engine.spans(trace_id=ids["trace_id"]) if s["span_id"] == ids["span_id"]]
+        attributes = span["attributes"]
+        assert attributes["openinference.span.kind"] == "LLM"
+        sent = [(m["type"], m["data"]["content"]) for m in call["messages"]]
+        assert _messages(attributes, "llm.input_messages") == [(ROLES[kind], text) for kind, text in sent]
+        assert attributes["llm.token_count.total"] == call["usage"]["total_tokens"]
+    traces = {c["spans"][0]["trace_id"] for c in calls}
+    stored = [s for t in traces for s in local_engine.spans(trace_id=t)]
+    assert len({s["span_id"] for s in stored}) == len(stored)  # nothing doubled
+    assert sum(s["attributes"].get("openinference.span.kind") == "LLM" for s in stored) == len(calls)
