@@ -69,11 +69,17 @@ class ModelNotFoundError(SetupError):
 
 
 class RetryableError(ArthurError):
-    """A connection error, a timeout, 408 or 5xx: the same request may succeed later."""
+    """A connection error, a timeout, 408 or 5xx: the same request may succeed later.
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    ``unanswered_for``: set when the request went out and no answer came (a read timeout, a
+    connection broken after sending), the seconds it waited: Arthur may have stored it all the same.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, *,
+                 unanswered_for: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.unanswered_for = unanswered_for
 
 
 class ThrottledError(RetryableError):
@@ -216,6 +222,7 @@ class ArthurClient:
         self._token: str | None = settings.api_key
         self._token_refresh_at = float("inf")  # an API key never expires
         self._organization_id = settings.organization_id
+        self._deadline = float("inf")  # monotonic; no request outlives it (shutdown's deadline)
 
     def __repr__(self) -> str:
         auth = "api_key" if self._settings.has_api_key else f"login={self._settings.login!r}"
@@ -296,19 +303,41 @@ class ArthurClient:
                     self._session_made = session
         return self._session_made
 
-    def _request_raw(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def set_deadline(self, deadline: float) -> None:
+        """From now on no request lasts past ``deadline`` (``time.monotonic()``), nor starts after it."""
+        self._deadline = deadline
+
+    def _timeouts(self, method: str, path: str, read_timeout: float | None) -> tuple[float, float]:
+        """(connect, read) seconds: ``ARTHUR_TIMEOUT`` (or ``read_timeout``), cut to what is left before the deadline."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise RetryableError(f"{method} {path}: not sent, the shutdown deadline has passed")
+        read = self._settings.timeout if read_timeout is None else read_timeout
+        return min(self._settings.timeout, remaining), min(read, remaining)
+
+    def _request_raw(self, method: str, path: str, *, read_timeout: float | None = None,
+                     **kwargs: Any) -> requests.Response:
         import requests  # already imported by self._session below; here only for its exception classes
 
+        connect, read = self._timeouts(method, path, read_timeout)
+        started = time.monotonic()
         try:
-            return self._session.request(method, self._base + path, timeout=self._settings.timeout, **kwargs)
-        except requests.Timeout:
-            raise RetryableError(f"{method} {path}: timed out after {self._settings.timeout:g}s") from None
+            return self._session.request(method, self._base + path, timeout=(connect, read), **kwargs)
+        except requests.ConnectTimeout:
+            raise RetryableError(f"{method} {path}: timed out after {connect:g}s") from None
+        except requests.Timeout:  # sent, and no answer in time: Arthur may still store it
+            raise RetryableError(f"{method} {path}: timed out after {read:g}s",
+                                 unanswered_for=time.monotonic() - started) from None
         except requests.exceptions.SSLError as exc:
             raise RetryableError(f"{method} {path}: TLS with {self._settings.url} failed: {network_reason(exc)}") from None
         except requests.ConnectionError as exc:
-            raise RetryableError(f"{method} {path}: cannot connect to {self._settings.url}: {network_reason(exc)}") from None
-        except requests.RequestException as exc:
-            raise RetryableError(f"{method} {path}: {type(exc).__name__}") from None
+            # No connection at all, or one broken after the request went out (outcome unknown).
+            unanswered = None if _never_connected(exc) else time.monotonic() - started
+            raise RetryableError(f"{method} {path}: cannot connect to {self._settings.url}: {network_reason(exc)}",
+                                 unanswered_for=unanswered) from None
+        except requests.RequestException as exc:  # e.g. a body cut short: the request went out
+            raise RetryableError(f"{method} {path}: {type(exc).__name__}",
+                                 unanswered_for=time.monotonic() - started) from None
 
     def _request(self, method: str, path: str, *, data: bytes | None = None, **kwargs: Any) -> requests.Response:
         """An authenticated request; a 401 on a JWT logs in once more (it can be revoked before exp)."""
@@ -358,10 +387,12 @@ class ArthurClient:
             return parse_model(response.json())
         raise ModelNotFoundError(f"Arthur has no model {model_id!r} (as id or partner_model_id)")
 
-    def send_inferences(self, model_id: str, rows: list[dict[str, Any]], body: bytes | None = None) -> list[RecordResult]:
-        """POST nested rows; one ``RecordResult`` per row, in order. ``body`` may carry the rows pre-encoded."""
+    def send_inferences(self, model_id: str, rows: list[dict[str, Any]], body: bytes | None = None,
+                        read_timeout: float | None = None) -> list[RecordResult]:
+        """POST nested rows; one ``RecordResult`` per row, in order. ``body`` may carry the rows pre-encoded;
+        ``read_timeout`` replaces ``ARTHUR_TIMEOUT`` for the wait for the answer."""
         data = body if body is not None else encode_rows(rows)
-        response = self._request("POST", f"/models/{model_id}/inferences", data=data)
+        response = self._request("POST", f"/models/{model_id}/inferences", data=data, read_timeout=read_timeout)
         if response.status_code != HTTPStatus.MULTI_STATUS:
             self._raise_for_status(response, "sending inferences", refusal=PermanentError)
             raise RetryableError(f"sending inferences: Arthur answered {response.status_code}, expected 207")
@@ -385,6 +416,14 @@ def encode_rows(rows: list[dict[str, Any]]) -> bytes:
 def encode_row(row: dict[str, Any]) -> bytes:
     """One row's JSON: ``b"[" + b",".join(encode_row(r) for r in rows) + b"]"`` is ``encode_rows(rows)``."""
     return _encode_json(row).encode("utf-8")
+
+
+def _never_connected(error: BaseException) -> bool:
+    """Whether a requests ``ConnectionError`` failed before any byte of the request went out."""
+    from urllib3.exceptions import NewConnectionError  # refused, unreachable, name not resolved
+
+    reason = error.args[0] if error.args else None
+    return isinstance(getattr(reason, "reason", reason), NewConnectionError)
 
 
 def _error_detail(response: requests.Response) -> str:

@@ -351,6 +351,8 @@ class Pipeline:
     def retrying(self, records: int, error: RetryableError, answered: bool) -> None:
         """``RetryObserver``: count the retry; a failed request may mean Arthur is down."""
         self._counters.add("retried", records)
+        if error.unanswered_for is not None:  # the request may have been stored: the re-send may be a duplicate
+            self._counters.add("resent_unknown_outcome", records)
         if answered:
             self._health.up()
         else:
