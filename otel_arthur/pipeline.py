@@ -327,6 +327,9 @@ class Pipeline:
                 return
             self._closed = True
         self._drain_deadline = time.monotonic() + timeout
+        set_deadline = getattr(self._transport, "set_deadline", None)  # optional, as prepare is
+        if set_deadline is not None:
+            set_deadline(self._drain_deadline)  # no request of the drain outlives the shutdown
         self._stop.set()
         self._wake.set()
         # With nothing to deliver, do not wait out a request in flight: fetching the model from an
