@@ -308,7 +308,7 @@ class ArthurClient:
         self._deadline = deadline
 
     def _timeouts(self, method: str, path: str, read_timeout: float | None) -> tuple[float, float]:
-        """(connect, read) seconds: ``ARTHUR_TIMEOUT`` (or ``read_timeout``), cut to what is left before the deadline."""
+        """(connect, read) seconds: ``ARTHUR_TIMEOUT`` (or ``read_timeout``), cut to what is left of the deadline."""
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise RetryableError(f"{method} {path}: not sent, the shutdown deadline has passed")

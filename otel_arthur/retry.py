@@ -119,7 +119,8 @@ class RetrySender:
                 retry_after, was_answered = None, True
             self._failures += 1
             self._last_error = error
-            wait = max(self._policy.interval(self._failures, self._rng), retry_after or 0.0, error.unanswered_for or 0.0)
+            backoff = self._policy.interval(self._failures, self._rng)
+            wait = max(backoff, retry_after or 0.0, error.unanswered_for or 0.0)
             self._not_before = time.monotonic() + wait
             if self._observer is not None:
                 self._observer.retrying(len(todo), error, was_answered)
