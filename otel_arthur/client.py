@@ -71,11 +71,17 @@ class ModelNotFoundError(SetupError):
 
 
 class RetryableError(ArthurError):
-    """A connection error, a timeout, 408 or 5xx: the same request may succeed later."""
+    """A connection error, a timeout, 408 or 5xx: the same request may succeed later.
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    ``unanswered_for``: set when the request went out and no answer came (a read timeout, a
+    connection broken after sending), the seconds it waited: Arthur may have stored it all the same.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, *,
+                 unanswered_for: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.unanswered_for = unanswered_for
 
 
 class ThrottledError(RetryableError):
@@ -223,21 +229,49 @@ def pooled_session(url: str, verify_ssl: bool, session: requests.Session | None 
     return session
 
 
+class Timeouts:
+    """(connect, read) seconds for one request: the configured timeout (or a longer read for a big body),
+    cut to what is left of a deadline (shutdown's), and none at all past it."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = float("inf")
+
+    def __call__(self, method: str, path: str, read_timeout: float | None = None) -> tuple[float, float]:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise RetryableError(f"{method} {path}: not sent, the shutdown deadline has passed")
+        read = self.timeout if read_timeout is None else read_timeout
+        return min(self.timeout, remaining), min(read, remaining)
+
+
 @contextmanager
-def request_errors(method: str, path: str, url: str, timeout: float) -> Iterator[None]:
-    """``requests``' exceptions inside become ``RetryableError`` naming the request and why it got no answer."""
+def request_errors(method: str, path: str, url: str, connect: float, read: float) -> Iterator[None]:
+    """``requests``' exceptions inside become ``RetryableError`` naming the request and why it got no answer.
+
+    One that may have reached the service (sent, then no answer or a broken connection) carries
+    ``unanswered_for``: its outcome is unknown.
+    """
     import requests
 
+    started = time.monotonic()
     try:
         yield
-    except requests.Timeout:
-        raise RetryableError(f"{method} {path}: timed out after {timeout:g}s") from None
+    except requests.ConnectTimeout:
+        raise RetryableError(f"{method} {path}: timed out after {connect:g}s") from None
+    except requests.Timeout:  # sent, and no answer in time: the service may still store it
+        raise RetryableError(f"{method} {path}: timed out after {read:g}s",
+                             unanswered_for=time.monotonic() - started) from None
     except requests.exceptions.SSLError as exc:
         raise RetryableError(f"{method} {path}: TLS with {url} failed: {network_reason(exc)}") from None
     except requests.ConnectionError as exc:
-        raise RetryableError(f"{method} {path}: cannot connect to {url}: {network_reason(exc)}") from None
-    except requests.RequestException as exc:
-        raise RetryableError(f"{method} {path}: {type(exc).__name__}") from None
+        # No connection at all, or one broken after the request went out (outcome unknown).
+        unanswered = None if _never_connected(exc) else time.monotonic() - started
+        raise RetryableError(f"{method} {path}: cannot connect to {url}: {network_reason(exc)}",
+                             unanswered_for=unanswered) from None
+    except requests.RequestException as exc:  # e.g. a body cut short: the request went out
+        raise RetryableError(f"{method} {path}: {type(exc).__name__}",
+                             unanswered_for=time.monotonic() - started) from None
 
 
 class ArthurClient:
@@ -253,6 +287,7 @@ class ArthurClient:
         self._token: str | None = settings.api_key
         self._token_refresh_at = float("inf")  # an API key never expires
         self._organization_id = settings.organization_id
+        self._timeouts = Timeouts(settings.timeout)  # no request outlives a deadline once set (shutdown's)
 
     def __repr__(self) -> str:
         auth = "api_key" if self._settings.has_api_key else f"login={self._settings.login!r}"
@@ -321,9 +356,15 @@ class ArthurClient:
                     self._session_made = pooled_session(self._base, self._settings.verify_ssl, self._session_given)
         return self._session_made
 
-    def _request_raw(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        with request_errors(method, path, self._settings.url, self._settings.timeout):
-            return self._session.request(method, self._base + path, timeout=self._settings.timeout, **kwargs)
+    def set_deadline(self, deadline: float) -> None:
+        """From now on no request lasts past ``deadline`` (``time.monotonic()``), nor starts after it."""
+        self._timeouts.deadline = deadline
+
+    def _request_raw(self, method: str, path: str, *, read_timeout: float | None = None,
+                     **kwargs: Any) -> requests.Response:
+        connect, read = self._timeouts(method, path, read_timeout)
+        with request_errors(method, path, self._settings.url, connect, read):
+            return self._session.request(method, self._base + path, timeout=(connect, read), **kwargs)
 
     def _request(self, method: str, path: str, *, data: bytes | None = None, **kwargs: Any) -> requests.Response:
         """An authenticated request; a 401 on a JWT logs in once more (it can be revoked before exp)."""
@@ -373,10 +414,12 @@ class ArthurClient:
             return parse_model(response.json())
         raise ModelNotFoundError(f"Arthur has no model {model_id!r} (as id or partner_model_id)")
 
-    def send_inferences(self, model_id: str, rows: list[dict[str, Any]], body: bytes | None = None) -> list[RecordResult]:
-        """POST nested rows; one ``RecordResult`` per row, in order. ``body`` may carry the rows pre-encoded."""
+    def send_inferences(self, model_id: str, rows: list[dict[str, Any]], body: bytes | None = None,
+                        read_timeout: float | None = None) -> list[RecordResult]:
+        """POST nested rows; one ``RecordResult`` per row, in order. ``body`` may carry the rows pre-encoded;
+        ``read_timeout`` replaces ``ARTHUR_TIMEOUT`` for the wait for the answer."""
         data = body if body is not None else encode_rows(rows)
-        response = self._request("POST", f"/models/{model_id}/inferences", data=data)
+        response = self._request("POST", f"/models/{model_id}/inferences", data=data, read_timeout=read_timeout)
         if response.status_code != HTTPStatus.MULTI_STATUS:
             self._raise_for_status(response, "sending inferences", refusal=PermanentError)
             raise RetryableError(f"sending inferences: Arthur answered {response.status_code}, expected 207")
@@ -400,6 +443,14 @@ def encode_rows(rows: list[dict[str, Any]]) -> bytes:
 def encode_row(row: dict[str, Any]) -> bytes:
     """One row's JSON: ``b"[" + b",".join(encode_row(r) for r in rows) + b"]"`` is ``encode_rows(rows)``."""
     return _encode_json(row).encode("utf-8")
+
+
+def _never_connected(error: BaseException) -> bool:
+    """Whether a requests ``ConnectionError`` failed before any byte of the request went out."""
+    from urllib3.exceptions import NewConnectionError  # refused, unreachable, name not resolved
+
+    reason = error.args[0] if error.args else None
+    return isinstance(getattr(reason, "reason", reason), NewConnectionError)
 
 
 def _error_detail(response: requests.Response) -> str:

@@ -7,6 +7,12 @@ Delivery is a chain of senders, each wrapping the next, built in one place (``pi
 ``ArthurSender`` binds lazily (the first send fetches the model, on whatever thread sends, never
 the application's) and answers with one ``RecordResult`` per record, or raises the client's
 ``SetupError`` / ``PermanentError`` / ``RetryableError``.
+
+How long it waits for Arthur's answer grows with the request: ``ARTHUR_TIMEOUT`` plus as much again
+per ``READ_TIMEOUT_STEP_BYTES`` of body, doubled after each request that went unanswered (up to
+``MAX_READ_TIMEOUT_DOUBLINGS`` times) until one is answered. An unanswered request may still be
+stored: an Arthur that is slow rather than down gets answered by the next attempt instead of being
+sent copy after copy.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from otel_arthur.binding import Binding, bind
-from otel_arthur.client import NOT_SENT, ArthurClient, ArthurError, RecordResult, encode_row
+from otel_arthur.client import NOT_SENT, ArthurClient, ArthurError, RecordResult, RetryableError, encode_row
 from otel_arthur.config import ArthurSettings
 from otel_arthur.mapping import InferenceRecord
 
 _logger = logging.getLogger(__name__)
+
+READ_TIMEOUT_STEP_BYTES = 4 * 1024 * 1024  # each 4 MiB of body (the default batch limit) adds one ARTHUR_TIMEOUT
+MAX_READ_TIMEOUT_DOUBLINGS = 3  # after unanswered requests the wait grows to at most 8 times the base
 
 
 class Sender(Protocol):
@@ -60,8 +69,28 @@ def split_batches(sizes: Sequence[int], max_records: int, max_bytes: int) -> Ite
         yield range(start, len(sizes))
 
 
+class AnswerWait:
+    """How long to wait for a service's answer to a request of some size, learning from unanswered ones."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._unanswered = 0  # requests in a row that got no answer (their outcome is unknown)
+
+    def read_timeout(self, body_bytes: int) -> float:
+        """Seconds to wait for the answer to a request of ``body_bytes``."""
+        base = self._timeout * (1 + body_bytes / READ_TIMEOUT_STEP_BYTES)
+        return base * 2 ** min(self._unanswered, MAX_READ_TIMEOUT_DOUBLINGS)
+
+    def answered(self) -> None:
+        self._unanswered = 0
+
+    def failed(self, error: ArthurError) -> None:
+        if isinstance(error, RetryableError) and error.unanswered_for is not None:
+            self._unanswered += 1
+
+
 def send_in_batches(sizes: Sequence[int], max_records: int, max_bytes: int,
-                    post: Callable[[range], list[RecordResult]],
+                    post: Callable[[range], list[RecordResult]], wait: AnswerWait,
                     observe_request: Callable[[float], None] | None = None) -> list[RecordResult]:
     """``post`` each index range of ``split_batches``; one result per item, in order.
 
@@ -74,7 +103,9 @@ def send_in_batches(sizes: Sequence[int], max_records: int, max_bytes: int,
         started = time.monotonic()
         try:
             results.extend(post(batch))
+            wait.answered()
         except ArthurError as exc:
+            wait.failed(exc)
             if not results:
                 raise
             results.extend([RecordResult(NOT_SENT, f"not sent: {exc}")] * (len(sizes) - len(results)))
@@ -101,6 +132,7 @@ class ArthurSender:
         self._observe_request = observe_request
         self._binding: Binding | None = None
         self._bind_lock = threading.Lock()
+        self.wait = AnswerWait(settings.timeout)
 
     @property
     def binding(self) -> Binding:
@@ -116,6 +148,10 @@ class ArthurSender:
         """Fetch the model now rather than at the first send (the pipeline's worker does, at start-up)."""
         _ = self.binding  # the property fetches and binds, once
 
+    def set_deadline(self, deadline: float) -> None:
+        """No request lasts past ``deadline`` (``time.monotonic()``): shutdown's."""
+        self._client.set_deadline(deadline)
+
     def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
         binding = self.binding
         rows = [binding.to_row(record) for record in records]
@@ -123,10 +159,11 @@ class ArthurSender:
 
         def post(batch: range) -> list[RecordResult]:
             body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
-            return self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body)
+            return self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body,
+                                                read_timeout=self.wait.read_timeout(len(body)))
 
         return send_in_batches([len(body) for body in bodies], self._settings.batch_max_records,
-                               self._settings.batch_max_bytes, post, self._observe_request)
+                               self._settings.batch_max_bytes, post, self.wait, self._observe_request)
 
     def close(self) -> None:
         self._client.close()

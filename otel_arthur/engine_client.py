@@ -30,6 +30,7 @@ from otel_arthur.client import (
     RetryableError,
     SetupError,
     ThrottledError,
+    Timeouts,
     is_retryable_status,
     parse_retry_after,
     pooled_session,
@@ -67,6 +68,7 @@ class EngineClient:
         self._session_made: requests.Session | None = None
         self._lock = threading.Lock()
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
+        self._timeouts = Timeouts(settings.timeout)
 
     def __repr__(self) -> str:
         return f"EngineClient(url={self._settings.url!r}, task_id={self._settings.task_id!r})"
@@ -80,15 +82,22 @@ class EngineClient:
                                                         self._session_given)
         return self._session_made
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = self._auth | kwargs.pop("headers", {})
-        with request_errors(method, path, self._settings.url, self._settings.timeout):
-            return self._session.request(method, self._settings.url + path, headers=headers,
-                                         timeout=self._settings.timeout, **kwargs)
+    def set_deadline(self, deadline: float) -> None:
+        """From now on no request lasts past ``deadline`` (``time.monotonic()``), nor starts after it."""
+        self._timeouts.deadline = deadline
 
-    def send_traces(self, body: bytes, spans: int) -> IngestResult:
+    def _request(self, method: str, path: str, *, read_timeout: float | None = None,
+                 **kwargs: Any) -> requests.Response:
+        headers = self._auth | kwargs.pop("headers", {})
+        connect, read = self._timeouts(method, path, read_timeout)
+        with request_errors(method, path, self._settings.url, connect, read):
+            return self._session.request(method, self._settings.url + path, headers=headers,
+                                         timeout=(connect, read), **kwargs)
+
+    def send_traces(self, body: bytes, spans: int, read_timeout: float | None = None) -> IngestResult:
         """POST one serialized ``ExportTraceServiceRequest`` carrying ``spans`` spans."""
-        response = self._request("POST", TRACES_PATH, data=body, headers={"Content-Type": PROTOBUF})
+        response = self._request("POST", TRACES_PATH, data=body, headers={"Content-Type": PROTOBUF},
+                                 read_timeout=read_timeout)
         status = response.status_code
         if status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
             answer = _json(response)

@@ -330,6 +330,9 @@ class Pipeline:
                 return
             self._closed = True
         self._drain_deadline = time.monotonic() + timeout
+        set_deadline = getattr(self._transport, "set_deadline", None)  # optional, as prepare is
+        if set_deadline is not None:
+            set_deadline(self._drain_deadline)  # no request of the drain outlives the shutdown
         self._stop.set()
         self._wake.set()
         # With nothing to deliver, do not wait out a request in flight: fetching the model from an
@@ -354,6 +357,8 @@ class Pipeline:
     def retrying(self, records: int, error: RetryableError, answered: bool) -> None:
         """``RetryObserver``: count the retry; a failed request may mean Arthur is down."""
         self._counters.add("retried", records)
+        if error.unanswered_for is not None:  # the request may have been stored: the re-send may be a duplicate
+            self._counters.add("resent_unknown_outcome", records)
         if answered:
             self._health.up()
         else:

@@ -4,6 +4,10 @@ Retried: connection errors, timeouts, 408, 429 and 5xx for the whole request, an
 only the records answered 408/429/5xx (the delivered ones are never sent again). Permanent
 refusals are raised at once for the caller to dead-letter or to wait on a fixed set-up.
 
+A request that went out and got no answer (``RetryableError.unanswered_for``) may still be stored by
+Arthur: it is not sent again before it has had as long again to land, so a copy never chases a
+request that a slow Arthur is still working on (and the transport waits longer for the next answer).
+
 Waits sleep on the shutdown ``Event``, so shutting down interrupts them. The backoff belongs to
 the sender, not to one call: after a batch runs out of time (``max_elapsed``) and goes back to the
 spool, the next call carries on from the same point of the curve and still honours a pending
@@ -115,7 +119,8 @@ class RetrySender:
                 retry_after, was_answered = None, True
             self._failures += 1
             self._last_error = error
-            wait = max(self._policy.interval(self._failures, self._rng), retry_after or 0.0)
+            backoff = self._policy.interval(self._failures, self._rng)
+            wait = max(backoff, retry_after or 0.0, error.unanswered_for or 0.0)
             self._not_before = time.monotonic() + wait
             if self._observer is not None:
                 self._observer.retrying(len(todo), error, was_answered)

@@ -97,6 +97,7 @@ class PipelineStats:
     spooled: int = 0
     delivered: int = 0
     retried: int = 0  # records sent again after a failure, counted per attempt
+    resent_unknown_outcome: int = 0  # of those, sent again after a request with no answer: Arthur may store them twice
     dead_lettered: int = 0
     dropped: Mapping[str, int] = field(default_factory=dict)  # by DropReason
     spool_depth: int = 0  # records waiting (pending or in flight), every destination
@@ -111,6 +112,7 @@ class PipelineStats:
                             ("records_spooled_total", self.spooled),
                             ("records_delivered_total", self.delivered),
                             ("records_retried_total", self.retried),
+                            ("records_resent_unknown_outcome_total", self.resent_unknown_outcome),
                             ("records_dead_lettered_total", self.dead_lettered)):
             yield Sample(f"otel_arthur_{name}", COUNTER, {}, value)
         for reason, value in sorted(self.dropped.items()):
@@ -129,7 +131,7 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(("received_spans", "generation_spans", "spooled", "delivered", "retried",
-                                      "dead_lettered"), 0)
+                                      "resent_unknown_outcome", "dead_lettered"), 0)
         self._dropped: dict[str, int] = {}
         self._latency = Histogram()
 

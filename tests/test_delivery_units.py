@@ -154,7 +154,7 @@ def test_a_split_batch_failing_half_way_reports_what_was_delivered():
         def get_model(self, model_id):
             return _model(*TEXT_MODEL)
 
-        def send_inferences(self, model_id, rows, body):
+        def send_inferences(self, model_id, rows, body, read_timeout=None):
             self.calls += 1
             if self.calls > 1:
                 raise RetryableError("cannot connect")

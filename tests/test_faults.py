@@ -81,6 +81,23 @@ def test_the_client_retries_a_408_and_a_stalled_request_that_times_out(server):
     assert server.faults.describe()["injected"] == {"stall": 1}
 
 
+def test_a_slow_answer_is_stored_though_the_client_gave_up_and_says_its_outcome_is_unknown(server):
+    model_id = create_model_over_http(server)
+    client = ArthurClient(ArthurSettings.resolve(url=server.url, api_key=server.api_key, model_id=model_id,
+                                                 allow_insecure=True, timeout=0.3))
+    assert client.organization_id  # looked up before the faults: only the POST is slow
+    server.faults.set(Faults(rate_slow=1.0, slow_seconds=1.0))
+    with pytest.raises(RetryableError, match="timed out") as unanswered:
+        client.send_inferences(model_id, [ROW])
+    assert unanswered.value.unanswered_for is not None  # sent, never answered: it may be stored
+    assert [r["partner_inference_id"] for r in server.inferences(model_id)] == ["x"]  # and it was
+    server.faults.set(Faults())
+    with pytest.raises(RetryableError) as refused:
+        ArthurClient(ArthurSettings.resolve(url="http://127.0.0.1:9", api_key="k", model_id="m",
+                                            allow_insecure=True)).get_model("m")
+    assert refused.value.unanswered_for is None  # never connected: certainly not stored
+
+
 def test_per_record_faults_inside_the_207_store_nothing(server):
     model_id = create_model_over_http(server)
     server.faults.set(Faults(rate_record_400=0.5, rate_record_500=0.5, seed=1))

@@ -285,6 +285,45 @@ def test_shutdown_never_waits_for_more_than_the_request_in_flight_to_an_arthur_t
                        if waiting else [])
 
 
+def test_a_slow_arthur_gets_one_copy_per_doubling_of_the_wait_not_one_per_timeout(settings, pipelines, faults,
+                                                                                     local_arthur, new_model):
+    model_id = new_model()
+    pipeline = pipelines(settings(model_id, timeout=0.5))
+    assert wait_for(lambda: pipeline.readiness().model_fetched)
+    # Every answer comes 1.5 s late, each request stored at once: a timeout is of unknown outcome.
+    faults(Faults(rate_slow=1.0, slow_seconds=1.5))
+    pipeline.submit(records(100))
+    assert pipeline.force_flush(timeout=20)
+    stats = pipeline.stats()
+    ids = [row["partner_inference_id"] for row in local_arthur.inferences(model_id)]
+    # Waits of 0.5 s and 1 s went unanswered, their requests stored; the third waits 2 s and is answered.
+    assert (len(ids), len(set(ids)), stats.delivered) == (300, 100, 100)
+    assert stats.resent_unknown_outcome == stats.retried == 200
+
+
+def test_no_request_of_the_shutdown_drain_outlives_the_shutdown(settings, faults, local_arthur, new_model):
+    model_id = new_model()
+    drained = settings(model_id, timeout=30, batch_max_records=5)
+    pipeline = Pipeline(drained, retry_policy=QUICK)
+    assert wait_for(lambda: pipeline.readiness().model_fetched)
+    faults(Faults(rate_slow=1.0, slow_seconds=2))  # the first batch is stored at once, answered 2 s later
+    pipeline.submit(records(10))
+    assert wait_for(lambda: len(local_arthur.inferences(model_id)) == 5)
+    faults(Faults(rate_stall=1.0, stall_seconds=30))  # the next batch, sent by the drain, is never answered
+    started = time.monotonic()
+    pipeline.shutdown(timeout=4)
+    assert time.monotonic() - started < 30  # returned before the stalled request could end
+    # The drain's request was cut at the deadline and its batch released: another pipeline on the spool
+    # delivers it now, instead of waiting for a request that would have held it for ARTHUR_TIMEOUT.
+    faults(Faults())
+    successor = Pipeline(drained, retry_policy=QUICK)
+    try:
+        assert successor.force_flush(timeout=10)
+    finally:
+        successor.shutdown(timeout=1)
+    assert len({row["partner_inference_id"] for row in local_arthur.inferences(model_id)}) == 10
+
+
 def test_stats_are_plain_numbers_with_labels(settings, pipelines):
     pipeline = pipelines(settings(spool_max_bytes=2_000))
     pipeline.count_received(spans=7, generations=5)

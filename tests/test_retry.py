@@ -156,3 +156,11 @@ def test_success_resets_the_backoff(clock):
     retry.send(RECORDS)
     retry.send(RECORDS)
     assert stop.waits[0] == 1 and stop.waits[-1] == 1
+
+
+def test_a_request_that_got_no_answer_is_sent_again_only_after_as_long_again(clock):
+    # Arthur may still be storing the unanswered request: a copy sent at once would be a second row for sure.
+    sender = Scripted(RetryableError("timed out", unanswered_for=6), all_ok)
+    stop = RecordingStop(clock)
+    assert RetrySender(sender, FAST, stop).send(RECORDS) == [OK] * 4
+    assert stop.waits == [6]  # not the 1 s backoff

@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from otel_arthur.client import RecordResult
 from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
-from otel_arthur.delivery import Sender, SenderObserver, send_in_batches
+from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.engine_client import EngineClient
 from otel_arthur.mapping import cut_text, span_attributes
 from otel_arthur.openinference import openinference_attributes, span_kind
@@ -245,6 +245,7 @@ class EngineSender:
         self._settings = settings
         self._observer = observer
         self._client = client or EngineClient(settings)
+        self._wait = AnswerWait(settings.timeout)
         self._rejection_log_at = 0.0
         self._unreported = 0
 
@@ -258,13 +259,18 @@ class EngineSender:
 
         def post(batch: range) -> list[RecordResult]:
             chosen = items[batch.start:batch.stop]
-            answer = self._client.send_traces(build_request(chosen), len(chosen))
+            body = build_request(chosen)
+            answer = self._client.send_traces(body, len(chosen), self._wait.read_timeout(len(body)))
             if answer.rejected:
                 self._rejected(answer.rejected, len(chosen), answer.reasons)
             return [_DELIVERED] * len(chosen)
 
         return send_in_batches(sizes, self._settings.batch_max_records, self._settings.batch_max_bytes, post,
-                               self._observer.observe_request)
+                               self._wait, self._observer.observe_request)
+
+    def set_deadline(self, deadline: float) -> None:
+        """No request lasts past ``deadline`` (``time.monotonic()``): shutdown's."""
+        self._client.set_deadline(deadline)
 
     def _rejected(self, rejected: int, sent: int, reasons: tuple[str, ...]) -> None:
         self._observer.drop(DropReason.ENGINE_REJECTED, rejected)

@@ -10,12 +10,14 @@ their defaults, so ``{}`` switches every fault off) and restarts the draws from 
 Every API request (never ``/_local``) draws one number: below ``rate_429`` it is answered
 429 with ``Retry-After``, then come 408, 500, 503, a dropped connection (the response headers go
 out and the connection closes before the body: the client sees a broken connection), a slow answer
-(``slow_seconds`` late, then normal) and a stall (no answer for ``stall_seconds``, then the dropped
-connection: a client with a shorter timeout sees its request time out). Each row of an inferences
-request then draws again: a per-record 400 or 500 inside the 207, the row not stored; each span of
-an Engine trace request likewise: either draw rejects the span inside the 206 (422 when none is
-left). Faulted requests never reach the store, so they can never create a duplicate. With a
-``seed`` the draws repeat exactly, run after run.
+(handled at once, answered ``slow_seconds`` late: a client with a shorter timeout gives up on a
+request that was stored, as with a real Arthur busy behind its load balancer) and a stall (no answer
+for ``stall_seconds``, then the dropped connection: a client with a shorter timeout sees its request
+time out). Each row of an inferences request then draws again: a per-record 400 or 500 inside the
+207, the row not stored; each span of an Engine trace request likewise: either draw rejects the span
+inside the 206 (422 when none is left). Only a slow request reaches the store, so only a client that
+gives up on a slow answer and sends again can create a duplicate. With a ``seed`` the draws repeat
+exactly, run after run.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DROP = "drop"
 SLOW = "slow"
@@ -57,7 +59,7 @@ class Faults:
     rate_500: float = _rate("share of requests answered 500")
     rate_503: float = _rate("share of requests answered 503")
     rate_drop: float = _rate("share of requests whose connection is closed before the response body")
-    rate_slow: float = _rate("share of requests answered normally but slow_seconds late")
+    rate_slow: float = _rate("share of requests handled normally but answered slow_seconds late")
     slow_seconds: float = field(default=0.5, metadata={"help": "delay of a slow answer, seconds"})
     rate_stall: float = _rate("share of requests never answered: held stall_seconds, then the connection closed")
     stall_seconds: float = field(default=15.0, metadata={"help": "how long a stalled request is held, seconds"})
@@ -187,14 +189,26 @@ class InjectFaults:
             await send({"type": "http.response.start", "status": 502, "headers": [(b"content-length", b"1")]})
             return
         if fault == SLOW:
-            await asyncio.sleep(self.injector.faults.slow_seconds)
-        elif fault is not None:
+            await self.app(scope, receive, _late(send, self.injector.faults.slow_seconds))
+            return
+        if fault is not None:
             headers = {"Retry-After": str(self.injector.faults.retry_after)} if fault == "429" else None
             response = JSONResponse({self.error_key: f"fault injected: {fault}"}, status_code=int(fault),
                                     headers=headers)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _late(send: Send, delay: float) -> Send:
+    """``send`` holding the response back ``delay`` seconds: the request is handled (stored) first."""
+
+    async def send_late(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(delay)
+        await send(message)
+
+    return send_late
 
 
 async def _get_faults(request: Request) -> Response:

@@ -10,7 +10,8 @@ Families (``_total`` counters, gauges, one histogram)::
     otel_arthur_receiver_spans_{received,ignored,rejected,refused}_total
     otel_arthur_receiver_http_responses_total{code}
     otel_arthur_spans_received_total, otel_arthur_generation_spans_total
-    otel_arthur_records_{spooled,delivered,retried,dead_lettered}_total, otel_arthur_records_dropped_total{reason}
+    otel_arthur_records_{spooled,delivered,retried,resent_unknown_outcome,dead_lettered}_total,
+    otel_arthur_records_dropped_total{reason}
     otel_arthur_spool_{depth_records,size_bytes,dead_letters}, otel_arthur_oldest_undelivered_age_seconds
     otel_arthur_arthur_request_duration_seconds (histogram of inferences POSTs)
     otel_arthur_ready (1 when /readyz answers 200)
@@ -40,6 +41,8 @@ _HELP = {
     "otel_arthur_records_spooled": "Records written to the spool.",
     "otel_arthur_records_delivered": "Records Arthur acknowledged.",
     "otel_arthur_records_retried": "Records sent again after a failure, per attempt.",
+    "otel_arthur_records_resent_unknown_outcome": "Records sent again after a request that got no answer"
+                                                  " (timeout, broken connection): Arthur may store them twice.",
     "otel_arthur_records_dead_lettered": "Records Arthur refused for good, kept as dead letters.",
     "otel_arthur_records_dropped": "Records given up before Arthur saw them, by reason.",
     "otel_arthur_spool_depth_records": "Records waiting in the spool (every destination).",
