@@ -67,22 +67,28 @@ class CountRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # unless a response starts
+        counted = False
 
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
+        def count(status: int) -> None:
+            nonlocal counted
+            counted = True
             # The router records the matched route in this same scope dict.
             path = getattr(scope.get("route"), "path", None) or (
                 "<fault injected>" if FAULT_SCOPE_KEY in scope else "<unmatched>")
             if not path.startswith(self.local_prefix):
                 self.store.count_request(scope["method"], path, status)
+
+        async def send_and_count(message: Message) -> None:
+            # Counted before the client can see the answer, so a client reading the counts next sees it.
+            if message["type"] == "http.response.start" and not counted:
+                count(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_count)
+        finally:
+            if not counted:  # no response started
+                count(500)
 
 
 async def local_stats(request: Request) -> Response:
