@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import requests
 
 from otel_arthur import __version__
-from otel_arthur.config import ArthurSettings
+from otel_arthur.config import ArthurSettings, display_url
 
 _logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class ArthurClient:
 
     def __repr__(self) -> str:
         auth = "api_key" if self._settings.has_api_key else f"login={self._settings.login!r}"
-        return f"ArthurClient(url={self._settings.url!r}, {auth})"
+        return f"ArthurClient(url={display_url(self._settings.url)!r}, {auth})"
 
     # -- authentication -------------------------------------------------------------------
 
@@ -304,9 +304,9 @@ class ArthurClient:
         except requests.Timeout:
             raise RetryableError(f"{method} {path}: timed out after {self._settings.timeout:g}s") from None
         except requests.exceptions.SSLError as exc:
-            raise RetryableError(f"{method} {path}: TLS with {self._settings.url} failed: {network_reason(exc)}") from None
+            raise RetryableError(f"{method} {path}: TLS with {display_url(self._settings.url)} failed: {network_reason(exc)}") from None
         except requests.ConnectionError as exc:
-            raise RetryableError(f"{method} {path}: cannot connect to {self._settings.url}: {network_reason(exc)}") from None
+            raise RetryableError(f"{method} {path}: cannot connect to {display_url(self._settings.url)}: {network_reason(exc)}") from None
         except requests.RequestException as exc:
             raise RetryableError(f"{method} {path}: {type(exc).__name__}") from None
 

@@ -54,6 +54,7 @@ from otel_arthur.config import (
     ArthurSettings,
     ConfigurationError,
     as_flags,
+    display_url,
     resolve_privacy,
     resolve_spool_dir,
 )
@@ -184,7 +185,7 @@ def _configuration(report: Report, args: argparse.Namespace) -> ArthurSettings |
     insecure = ""
     if settings.url.startswith("http://"):
         insecure = f"; plain http permitted {_source(args.allow_insecure, '--allow-insecure', ARTHUR_ALLOW_INSECURE)}"
-    report.item("URL", f"{settings.url} ({_source(args.url, '--url', ARTHUR_ENDPOINT_URL)}{insecure})")
+    report.item("URL", f"{display_url(settings.url)} ({_source(args.url, '--url', ARTHUR_ENDPOINT_URL)}{insecure})")
     report.item("model", f"{settings.model_id} ({_source(args.model_id, '--model-id', ARTHUR_MODEL_ID)})")
     report.item("credentials", _credentials(args, settings))
     if not settings.verify_ssl:
@@ -292,19 +293,19 @@ def _via_sdk(settings: ArthurSettings) -> _Found:
                        f"in organization {organization}")
 
     try:
-        return _with_deadline(fetch, settings.timeout, settings.url)
+        return _with_deadline(fetch, settings.timeout, display_url(settings.url))
     except requests.exceptions.SSLError as exc:
-        raise _Unreachable(f"TLS with {settings.url} failed: {network_reason(exc)}") from None
+        raise _Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(exc)}") from None
     except requests.RequestException as exc:
-        raise _Unreachable(f"cannot connect to {settings.url}: {network_reason(exc)}") from None
+        raise _Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(exc)}") from None
     except ResponseServerError as exc:
         raise _Unreachable(f"Arthur answered {str(exc).splitlines()[0][:200]}") from None
     except ArthurError as exc:
         cause = exc.__cause__
         if isinstance(cause, requests.exceptions.SSLError):
-            raise _Unreachable(f"TLS with {settings.url} failed: {network_reason(cause)}") from None
+            raise _Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(cause)}") from None
         if isinstance(cause, requests.RequestException):
-            raise _Unreachable(f"cannot connect to {settings.url}: {network_reason(cause)}") from None
+            raise _Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(cause)}") from None
         if str(exc).startswith("Unauthorized"):
             _raise_for_status(HTTPStatus.UNAUTHORIZED, "looking up the organization", settings)
         raise _Refused(f"Arthur refused the set-up: {' '.join(str(exc).split())[:300]}") from None

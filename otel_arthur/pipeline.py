@@ -39,10 +39,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from otel_arthur.client import ArthurError, PermanentError, RecordResult, RetryableError, SetupError
-from otel_arthur.config import ArthurSettings
+from otel_arthur.config import ArthurSettings, display_url
 from otel_arthur.delivery import ArthurSender, Sender
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.privacy import RecordFilter
@@ -109,8 +108,7 @@ class _Outcome(enum.Enum):
 
 def destination(settings: ArthurSettings) -> str:
     """Which Arthur model records are for: URL (without user info) and model id. Spool rows carry it."""
-    parts = urlsplit(settings.url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path} {settings.model_id}"
+    return f"{display_url(settings.url)} {settings.model_id}"
 
 
 class _Health:
