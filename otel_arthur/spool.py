@@ -4,7 +4,7 @@ Layout::
 
     $ARTHUR_SPOOL_DIR/             default $XDG_STATE_HOME/otel-arthur, else ~/.local/state/otel-arthur (0700)
     ├── spool.sqlite3              SQLite in WAL mode (0600), the tables below
-    ├── spool.sqlite3-wal, -shm    SQLite's write-ahead log and its index
+    ├── spool.sqlite3-wal, -shm    SQLite's write-ahead log (cut back to a quarter of the bound, 4 MiB at most) and its index
     └── owners/
         └── <owner>.lock           one per open Spool, flock()ed for as long as its process lives
 
@@ -70,6 +70,8 @@ _logger = logging.getLogger(__name__)
 FILE_NAME = "spool.sqlite3"
 OWNERS = "owners"
 BUSY_TIMEOUT = 10.0  # seconds to wait for another process's write lock; transactions take milliseconds
+WAL_MAX_PAGES = 1000  # SQLite's own checkpoint threshold (~4 MiB of log): what a large bound keeps
+WAL_MIN_PAGES = 16  # fewer would checkpoint (and fsync) every few transactions
 _OWNER_ID = re.compile(r"^[0-9a-f]{32}$")
 
 _SCHEMA = """
@@ -208,6 +210,7 @@ class Spool:
         try:
             _use_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
+            _bound_wal(self._db, max_bytes)
             # executescript runs statement by statement: one IMMEDIATE transaction around it, so two
             # processes creating the file at once do not interleave.
             self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _TRIGGERS + "COMMIT;")
@@ -487,6 +490,18 @@ def _use_wal(db: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
+
+
+def _bound_wal(db: sqlite3.Connection, max_bytes: int) -> None:
+    """Keep the write-ahead log a fraction of the bound: a checkpoint once it holds a quarter of the bound
+    (at most SQLite's 1000 pages), and the log cut back to that size after it (SQLite would leave it at its largest).
+
+    Without this a 1 MiB spool kept a 4 MiB log beside it for good (7.7 MB on disk in all).
+    """
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    pages = max(WAL_MIN_PAGES, min(WAL_MAX_PAGES, max_bytes // 4 // page_size))
+    db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+    db.execute(f"PRAGMA journal_size_limit={pages * page_size}")
 
 
 def _hold_owner_lock(path: str) -> int:
