@@ -28,6 +28,7 @@ import importlib.util
 import logging
 import os
 import re
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -60,7 +61,7 @@ from otel_arthur.config import (
 )
 from otel_arthur.fields import FIELDS, Stage
 from otel_arthur.privacy import ContentPolicy
-from otel_arthur.spool import FILE_NAME, Spool
+from otel_arthur.spool import FILE_NAME, Spool, damaged_copies
 
 logger = logging.getLogger(__name__)
 
@@ -506,11 +507,17 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
         report.item("waiting", "nothing (no spool file yet)")
         return
     try:
-        spool = Spool(directory, destination or "", 1)
+        spool = Spool(directory, destination or "", 1, replace_damaged=False)
     except Exception as exc:  # noqa: BLE001 - sqlite3.Error, OSError: the exporter would fail alike
         report.problem(exit_codes.SPOOL, f"spool {os.path.join(directory, FILE_NAME)} cannot be opened: {exc}")
         return
     try:
+        try:
+            spool.check()
+        except sqlite3.DatabaseError as exc:
+            report.problem(exit_codes.SPOOL, f"spool {spool.path} cannot be used ({exc}): the exporter or serve keeps a "
+                                             "copy of it and starts afresh when it next opens it")
+            return
         gauges = spool.gauges()
         inventory = spool.inventory()
         latest = spool.dead_letters()[-1:] if destination else []
@@ -527,6 +534,9 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
                                                              "`otel-arthur spool dead-letters`" if by_reason else ""))
     if latest:
         report.item("latest refusal", str(latest[0]["message"])[:200])
+    for copy in damaged_copies(directory):
+        report.item("damaged copy", f"{copy} (the spool was found damaged and started afresh: its records were "
+                                    "not delivered)")
     others = [e for e in inventory if e.destination != destination]
     if others and destination:
         report.item("other models", f"{len(others)} other destinations share this spool")

@@ -110,7 +110,7 @@ def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Rece
         ready = readiness.ready and receiver.accepting
         return ready, {"ready": ready, "model_fetched": readiness.model_fetched,
                        "arthur_reachable": readiness.arthur_reachable, "spool_writable": readiness.spool_writable,
-                       "accepting": receiver.accepting}
+                       "spool_recovered_from": readiness.spool_recovered_from, "accepting": receiver.accepting}
 
     def ready_samples() -> list[Sample]:
         return [Sample("otel_arthur_ready", GAUGE, {}, 1.0 if ready()[0] else 0.0)]
