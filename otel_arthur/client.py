@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import requests
 
 from otel_arthur import __version__
-from otel_arthur.config import ArthurSettings
+from otel_arthur.config import ArthurSettings, display_url
 
 _logger = logging.getLogger(__name__)
 
@@ -263,11 +263,11 @@ def request_errors(method: str, path: str, url: str, connect: float, read: float
         raise RetryableError(f"{method} {path}: timed out after {read:g}s",
                              unanswered_for=time.monotonic() - started) from None
     except requests.exceptions.SSLError as exc:
-        raise RetryableError(f"{method} {path}: TLS with {url} failed: {network_reason(exc)}") from None
+        raise RetryableError(f"{method} {path}: TLS with {display_url(url)} failed: {network_reason(exc)}") from None
     except requests.ConnectionError as exc:
         # No connection at all, or one broken after the request went out (outcome unknown).
         unanswered = None if _never_connected(exc) else time.monotonic() - started
-        raise RetryableError(f"{method} {path}: cannot connect to {url}: {network_reason(exc)}",
+        raise RetryableError(f"{method} {path}: cannot connect to {display_url(url)}: {network_reason(exc)}",
                              unanswered_for=unanswered) from None
     except requests.RequestException as exc:  # e.g. a body cut short: the request went out
         raise RetryableError(f"{method} {path}: {type(exc).__name__}",
@@ -291,7 +291,7 @@ class ArthurClient:
 
     def __repr__(self) -> str:
         auth = "api_key" if self._settings.has_api_key else f"login={self._settings.login!r}"
-        return f"ArthurClient(url={self._settings.url!r}, {auth})"
+        return f"ArthurClient(url={display_url(self._settings.url)!r}, {auth})"
 
     # -- authentication -------------------------------------------------------------------
 

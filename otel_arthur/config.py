@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -121,6 +121,30 @@ def resolve_spool_dir(argument: str | os.PathLike[str] | None = None) -> str:
     return directory if directory is not None else default_spool_dir()
 
 
+def display_url(url: str) -> str:
+    """``url`` as it may be shown in logs, messages and reprs: scheme, host, port and path only.
+
+    User info (``https://user:password@host``) can carry a password, and a query string an API key.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket: nothing of it is shown
+        return "<unparsable URL>"
+    if not parts.netloc:  # not scheme://host…; "user:password@host" parses as scheme "user"
+        return url.rpartition("@")[2].partition("?")[0]
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _repr_for_display(settings: Any) -> str:
+    """A dataclass's repr with its URL as ``display_url`` shows it; fields with ``repr=False`` (secrets) left out."""
+    shown = []
+    for f in fields(settings):
+        if f.repr:
+            value = getattr(settings, f.name)
+            shown.append(f"{f.name}={display_url(value) if f.name == 'url' else value!r}")
+    return f"{type(settings).__name__}({', '.join(shown)})"
+
+
 def parse_attribute_map(text: str) -> dict[str, str]:
     """``"field=attribute,field2=attribute2"`` -> ``{"field": "attribute", ...}``."""
     mapping: dict[str, str] = {}
@@ -149,6 +173,8 @@ class ArthurConnection:
     allow_insecure: bool = False
     verify_ssl: bool = True
 
+    __repr__ = _repr_for_display
+
     @classmethod
     def resolve(
         cls,
@@ -172,11 +198,11 @@ class ArthurConnection:
         allow_insecure = allow_insecure if allow_insecure is not None else _env_bool(ARTHUR_ALLOW_INSECURE, False)
         scheme = urlsplit(url).scheme
         if scheme not in ("https", "http") or not urlsplit(url).netloc:
-            raise ConfigurationError(f"Arthur URL {url!r} is not an http(s) URL")
+            raise ConfigurationError(f"Arthur URL {display_url(url)!r} is not an http(s) URL")
         if scheme == "http" and not allow_insecure:
             # the SDK refuses too, but only after sending the credentials to users/me over plain http
             raise ConfigurationError(
-                f"Arthur URL {url!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it"
+                f"Arthur URL {display_url(url)!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it"
             )
         if api_key is None and login is None:
             api_key = _env(ARTHUR_API_KEY)
@@ -225,6 +251,8 @@ class ArthurSettings:
     send_content: bool | None = None  # None: the instrumentors' own content switches decide (otel_arthur.privacy)
     redact_builtins: tuple[str, ...] = ()
     redact_patterns: tuple[tuple[str, str], ...] = ()
+
+    __repr__ = _repr_for_display
 
     @property
     def has_api_key(self) -> bool:
@@ -363,16 +391,18 @@ def engine_configured(engine_url: str | None = None, *, v3_url: str | None = Non
 def _checked_url(url: str, what: str, allow_insecure: bool) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in ("https", "http") or not urlsplit(url).netloc:
-        raise ConfigurationError(f"{what} URL {url!r} is not an http(s) URL")
+        raise ConfigurationError(f"{what} URL {display_url(url)!r} is not an http(s) URL")
     if scheme == "http" and not allow_insecure:
         raise ConfigurationError(
-            f"{what} URL {url!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it")
+            f"{what} URL {display_url(url)!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it")
     return url.rstrip("/")
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     """Where Arthur Engine is, its key (kept out of ``repr``), which task, which spans; spool and privacy as v3's."""
+
+    __repr__ = _repr_for_display
 
     url: str
     api_key: str = field(repr=False)

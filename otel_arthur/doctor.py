@@ -28,6 +28,7 @@ import importlib.util
 import logging
 import os
 import re
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -54,12 +55,13 @@ from otel_arthur.config import (
     ArthurSettings,
     ConfigurationError,
     as_flags,
+    display_url,
     resolve_privacy,
     resolve_spool_dir,
 )
 from otel_arthur.fields import FIELDS, Stage
 from otel_arthur.privacy import ContentPolicy
-from otel_arthur.spool import FILE_NAME, Spool
+from otel_arthur.spool import FILE_NAME, Spool, damaged_copies
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ def _configuration(report: Report, args: argparse.Namespace) -> ArthurSettings |
     insecure = ""
     if settings.url.startswith("http://"):
         insecure = f"; plain http permitted {_source(args.allow_insecure, '--allow-insecure', ARTHUR_ALLOW_INSECURE)}"
-    report.item("URL", f"{settings.url} ({_source(args.url, '--url', ARTHUR_ENDPOINT_URL)}{insecure})")
+    report.item("URL", f"{display_url(settings.url)} ({_source(args.url, '--url', ARTHUR_ENDPOINT_URL)}{insecure})")
     report.item("model", f"{settings.model_id} ({_source(args.model_id, '--model-id', ARTHUR_MODEL_ID)})")
     report.item("credentials", _credentials(args, settings))
     if not settings.verify_ssl:
@@ -292,19 +294,19 @@ def _via_sdk(settings: ArthurSettings) -> _Found:
                        f"in organization {organization}")
 
     try:
-        return _with_deadline(fetch, settings.timeout, settings.url)
+        return _with_deadline(fetch, settings.timeout, display_url(settings.url))
     except requests.exceptions.SSLError as exc:
-        raise _Unreachable(f"TLS with {settings.url} failed: {network_reason(exc)}") from None
+        raise _Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(exc)}") from None
     except requests.RequestException as exc:
-        raise _Unreachable(f"cannot connect to {settings.url}: {network_reason(exc)}") from None
+        raise _Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(exc)}") from None
     except ResponseServerError as exc:
         raise _Unreachable(f"Arthur answered {str(exc).splitlines()[0][:200]}") from None
     except ArthurError as exc:
         cause = exc.__cause__
         if isinstance(cause, requests.exceptions.SSLError):
-            raise _Unreachable(f"TLS with {settings.url} failed: {network_reason(cause)}") from None
+            raise _Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(cause)}") from None
         if isinstance(cause, requests.RequestException):
-            raise _Unreachable(f"cannot connect to {settings.url}: {network_reason(cause)}") from None
+            raise _Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(cause)}") from None
         if str(exc).startswith("Unauthorized"):
             _raise_for_status(HTTPStatus.UNAUTHORIZED, "looking up the organization", settings)
         raise _Refused(f"Arthur refused the set-up: {' '.join(str(exc).split())[:300]}") from None
@@ -505,11 +507,17 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
         report.item("waiting", "nothing (no spool file yet)")
         return
     try:
-        spool = Spool(directory, destination or "", 1)
+        spool = Spool(directory, destination or "", 1, replace_damaged=False)
     except Exception as exc:  # noqa: BLE001 - sqlite3.Error, OSError: the exporter would fail alike
         report.problem(exit_codes.SPOOL, f"spool {os.path.join(directory, FILE_NAME)} cannot be opened: {exc}")
         return
     try:
+        try:
+            spool.check()
+        except sqlite3.DatabaseError as exc:
+            report.problem(exit_codes.SPOOL, f"spool {spool.path} cannot be used ({exc}): the exporter or serve keeps a "
+                                             "copy of it and starts afresh when it next opens it")
+            return
         gauges = spool.gauges()
         inventory = spool.inventory()
         latest = spool.dead_letters()[-1:] if destination else []
@@ -526,6 +534,9 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
                                                              "`otel-arthur spool dead-letters`" if by_reason else ""))
     if latest:
         report.item("latest refusal", str(latest[0]["message"])[:200])
+    for copy in damaged_copies(directory):
+        report.item("damaged copy", f"{copy} (the spool was found damaged and started afresh: its records were "
+                                    "not delivered)")
     others = [e for e in inventory if e.destination != destination]
     if others and destination:
         report.item("other models", f"{len(others)} other destinations share this spool")

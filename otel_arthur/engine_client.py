@@ -36,7 +36,7 @@ from otel_arthur.client import (
     pooled_session,
     request_errors,
 )
-from otel_arthur.config import ARTHUR_ENGINE_API_KEY, ARTHUR_ENGINE_URL, ARTHUR_TASK_ID, EngineSettings
+from otel_arthur.config import ARTHUR_ENGINE_API_KEY, ARTHUR_ENGINE_URL, ARTHUR_TASK_ID, EngineSettings, display_url
 
 if TYPE_CHECKING:
     import requests
@@ -71,7 +71,7 @@ class EngineClient:
         self._timeouts = Timeouts(settings.timeout)
 
     def __repr__(self) -> str:
-        return f"EngineClient(url={self._settings.url!r}, task_id={self._settings.task_id!r})"
+        return f"EngineClient(url={display_url(self._settings.url)!r}, task_id={self._settings.task_id!r})"
 
     @property
     def _session(self) -> requests.Session:

@@ -30,6 +30,7 @@ from otel_arthur.config import (
     ArthurConnection,
     ConfigurationError,
     as_flags,
+    display_url,
 )
 from otel_arthur.fields import COMPLETION, FIELDS, PROMPT
 
@@ -168,7 +169,7 @@ def create_model(client: ArthurAI, partner_model_id: str | None = None, display_
 
 def run(args: argparse.Namespace) -> int:
     connection = resolve_connection(args)  # fail on settings before paying for the SDK import
-    logger.info("Connecting to Arthur at %s (importing arthurai takes a few seconds)", connection.url)
+    logger.info("Connecting to Arthur at %s (importing arthurai takes a few seconds)", display_url(connection.url))
     import arthurai  # noqa: F401  (initialises its logging, undone below)
 
     # The SDK logs INFO to stdout through its own handlers and save() draws a spinner there; stdout

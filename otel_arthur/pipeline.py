@@ -94,6 +94,7 @@ class Readiness:
     model_fetched: bool  # the model was fetched and bound at least once
     arthur_reachable: bool | None  # Arthur answered and accepted the set-up at the last attempt; None before any
     spool_writable: bool  # the last write succeeded and the file can be written
+    spool_recovered_from: str | None = None  # the spool was found damaged and started afresh; its copy is there
 
     @property
     def ready(self) -> bool:
@@ -290,6 +291,7 @@ class Pipeline:
             model_fetched=self._model_fetched,
             arthur_reachable=self._health.reachable,
             spool_writable=not self._closed and not self._spool_failing and os.access(self._spool.path, os.W_OK),
+            spool_recovered_from=self._spool.recovered_from,
         )
 
     def force_flush(self, timeout: float) -> bool:
@@ -367,6 +369,12 @@ class Pipeline:
     def _run(self) -> None:
         adopt_at = time.monotonic() + ADOPT_INTERVAL  # the spool adopted orphans when it opened
         setup_failures = errors = 0
+        try:
+            self._spool.check()  # here, not at open: reading the whole file is no work for the application's thread
+        except SpoolClosed:
+            return
+        except Exception:
+            _logger.exception("Cannot check the spool %s; delivery goes on", self._spool.path)
         # Fetch the model at start-up, but give the application a moment first (or its first record):
         # a process that exits at once should not pay for a request it never needed (~70 ms).
         self._wake.wait(BIND_DELAY)

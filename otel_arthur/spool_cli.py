@@ -41,7 +41,7 @@ from otel_arthur.doctor import (
     human_bytes,
     resolve_settings,
 )
-from otel_arthur.spool import FILE_NAME, Spool
+from otel_arthur.spool import FILE_NAME, Spool, damaged_copies
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +168,11 @@ def _exists(directory: str) -> bool:
 
 
 def _open(directory: str, destination: str = "") -> Spool:
-    """A handle on the whole file; ``max_bytes`` only bounds appends, which these commands never make."""
-    return Spool(directory, destination, DEFAULT_SPOOL_MAX_BYTES)
+    """A handle on the whole file; ``max_bytes`` only bounds appends, which these commands never make.
+
+    A damaged file is an error here: the exporter or ``serve`` keeps a copy and starts afresh when it opens it.
+    """
+    return Spool(directory, destination, DEFAULT_SPOOL_MAX_BYTES, replace_damaged=False)
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -192,14 +195,16 @@ def stats_document(directory: str) -> dict[str, Any]:
     path = os.path.join(directory, FILE_NAME)
     document: dict[str, Any] = {"path": path, "exists": _exists(directory), "depth": 0, "in_flight": 0, "bytes": 0,
                                 "oldest_age_seconds": 0.0, "dead_letters": {"total": 0, "by_reason": {}},
-                                "destinations": []}
+                                "destinations": [], "damaged_copies": []}
     if not document["exists"]:
         return document
     spool = _open(directory)
     try:
+        spool.check()
         gauges, inventory = spool.gauges(), spool.inventory()
     finally:
         spool.close()
+    document["damaged_copies"] = damaged_copies(directory)
     now = time.time()
     by_reason: dict[str, int] = {}
     for entry in inventory:
@@ -231,6 +236,9 @@ def _stats(args: argparse.Namespace, directory: str) -> int:
           f"{human_age(document['oldest_age_seconds']) if document['depth'] else '-'}")
     print(f"size          {human_bytes(document['bytes'])} (records and dead letters)")
     print(f"dead letters  {dead['total']}" + (f" ({reasons})" if reasons else ""))
+    for copy in document["damaged_copies"]:
+        print(f"damaged       {copy} (a copy of the spool found damaged, which started afresh: its records were"
+              " not delivered)")
     if document["destinations"]:
         print()
         print(f"{'waiting':>8} {'in flight':>9} {'dead':>6} {'oldest':>8}  destination (URL model)")

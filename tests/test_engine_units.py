@@ -123,3 +123,11 @@ def test_privacy_acts_on_every_content_attribute(arthur_env, tmp_path, monkeypat
                                                        max_text_bytes=64)).item(span))
     assert not any("a@b.example" in v for v in redacted.values())
     assert all(len(v.encode()) <= 64 for v in redacted.values())
+
+
+def test_engine_url_secrets_are_never_shown(arthur_env):
+    settings = _settings(engine_url="https://user:url-secret@engine.example/base?token=query-secret")
+    from otel_arthur.engine_client import EngineClient
+
+    for shown in (repr(settings), repr(EngineClient(settings)), engine_key(settings)):
+        assert "url-secret" not in shown and "query-secret" not in shown and "engine-secret" not in shown

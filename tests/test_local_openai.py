@@ -11,11 +11,20 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 from otel_arthur.local import openai_cli
-from otel_arthur.local.openai import DEFAULT_MODEL, complete, create_app, error_status, reply_tokens
+from otel_arthur.local.openai import (
+    DEFAULT_MODEL,
+    ToolCallCompletion,
+    call_tool,
+    complete,
+    create_app,
+    error_status,
+    reply_tokens,
+)
 from otel_arthur.local.runner import BackgroundServer
 
 HISTORY = [
@@ -30,6 +39,22 @@ HISTORY_WIRE = [
     {"role": "assistant", "content": "A vendor-neutral observability framework."},
     {"role": "user", "content": "Does it trace LLM calls?"},
 ]
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+WEATHER_QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny and 21C in {city}"
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +98,61 @@ def test_error_marker_is_read_from_the_last_user_message_only() -> None:
     assert error_status([{"role": "user", "content": "please [error 429] now"}]) == 429
     assert error_status([{"role": "user", "content": "[error 500]"}, {"role": "user", "content": "ok"}]) is None
     assert error_status([{"role": "user", "content": "[error 418]"}]) is None  # not one of ERRORS
+
+
+def test_tool_call_goes_to_the_first_tool_with_the_place_after_in() -> None:
+    other = {"type": "function", "function": {"name": "other", "parameters": {}}}
+    result = call_tool([WEATHER_QUESTION], [WEATHER_TOOL, other])
+    assert result == ToolCallCompletion("get_weather", '{"city": "Paris"}', 6, 2)
+    assert result.usage() == {"prompt_tokens": 6, "completion_tokens": 2, "total_tokens": 8}
+    assert call_tool([WEATHER_QUESTION], [other, WEATHER_TOOL]) == ToolCallCompletion("other", "{}", 6, 1)
+
+
+def test_tool_arguments_follow_the_schema() -> None:
+    parameters = {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string"},
+            "location": {"type": "string"},
+            "days": {"type": "integer"},
+            "metric": {"type": "boolean"},
+            "tags": {"type": "array"},
+            "optional": {"type": "string"},
+        },
+        "required": ["query", "location", "days", "metric", "tags"],
+    }
+    search = [{"type": "function", "function": {"name": "search", "parameters": parameters}}]
+    result = call_tool([{"role": "user", "content": "rain in the hills in Oslo"}], search)
+    assert result is not None
+    assert json.loads(result.arguments) == {
+        "query": "rain in the hills in Oslo",
+        "location": "Oslo",
+        "days": 0,
+        "metric": False,
+        "tags": [],
+    }
+    no_place = call_tool([{"role": "user", "content": "weather here?"}], [WEATHER_TOOL])
+    assert no_place is not None and json.loads(no_place.arguments) == {"city": "weather here?"}
+
+
+def test_tool_choice_picks_the_named_tool_or_none() -> None:
+    other = {"type": "function", "function": {"name": "other"}}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert call_tool([WEATHER_QUESTION], [other, WEATHER_TOOL], named) == ToolCallCompletion(
+        "get_weather", '{"city": "Paris"}', 6, 2
+    )
+    assert call_tool([WEATHER_QUESTION], [WEATHER_TOOL], "none") is None
+    assert call_tool([WEATHER_QUESTION], None) is None
+
+
+def test_a_tool_result_is_echoed_not_called_again() -> None:
+    messages = [
+        WEATHER_QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny and 21C in Paris"},
+    ]
+    assert call_tool(messages, [WEATHER_TOOL]) is None
+    assert complete(messages) == ("Echo: sunny and 21C in Paris", "stop", 6 + 5, 6)
 
 
 # --- over HTTP with ChatOpenAI ------------------------------------------------------------------
@@ -215,6 +295,89 @@ def test_models_lists_the_served_model() -> None:
         reply = chat(srv).invoke("x")
     assert [m["id"] for m in payload["data"]] == ["my-model"]
     assert reply.response_metadata["model_name"] == "my-model"
+
+
+def _tool_request(**extra: object) -> dict[str, object]:
+    return {"model": "m", "messages": [WEATHER_QUESTION], "tools": [WEATHER_TOOL], **extra}
+
+
+def test_tool_call_response_shape() -> None:
+    with BackgroundServer(create_app()) as srv:
+        payloads = [httpx.post(srv.url + "/v1/chat/completions", json=_tool_request()).json() for _ in range(2)]
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    assert [p["choices"] for p in payloads] == [
+        [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, **call}]},
+                "finish_reason": "tool_calls",
+                "logprobs": None,
+            }
+        ]
+        for call_id in ("call_1", "call_2")  # counted within one server's life
+    ]
+    assert payloads[0]["usage"] == {"prompt_tokens": 6, "completion_tokens": 2, "total_tokens": 8}
+
+
+def test_tool_call_stream_wire_format(server: BackgroundServer) -> None:
+    body = _tool_request(stream=True, stream_options={"include_usage": True})
+    response = httpx.post(server.url + "/v1/chat/completions", json=body)
+    events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    first = chunks[0]["choices"][0]["delta"]
+    assert first["role"] == "assistant" and first["content"] is None
+    [opening] = first["tool_calls"]
+    assert opening["id"].startswith("call_")
+    assert opening == {
+        "index": 0,
+        "id": opening["id"],
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    pieces = [c["choices"][0]["delta"]["tool_calls"] for c in chunks[1:-2]]
+    assert pieces == [
+        [{"index": 0, "function": {"arguments": '{"city": '}}],
+        [{"index": 0, "function": {"arguments": '"Paris"}'}}],
+    ]
+    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "tool_calls", "logprobs": None}
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {"prompt_tokens": 6, "completion_tokens": 2, "total_tokens": 8}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tools": []},
+        {"tools": [{"type": "function"}]},
+        {"tools": "get_weather"},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+        {"tool_choice": {"type": "function", "function": {"name": "missing"}}},
+    ],
+)
+def test_bad_tools_get_400(server: BackgroundServer, extra: dict[str, object]) -> None:
+    response = httpx.post(server.url + "/v1/chat/completions", json=_tool_request(**extra))
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_langchain_tool_round_trip(server: BackgroundServer, streaming: bool) -> None:
+    llm = chat(server, streaming=streaming, stream_usage=True).bind_tools([get_weather])
+    question = HumanMessage("What is the weather in Paris?")
+    called = llm.invoke([question])
+    assert isinstance(called, AIMessage)
+    assert [(c["name"], c["args"]) for c in called.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert called.tool_calls[0]["id"] is not None and called.tool_calls[0]["id"].startswith("call_")
+    assert called.response_metadata["finish_reason"] == "tool_calls"
+    assert called.usage_metadata is not None and called.usage_metadata["output_tokens"] == 2
+
+    result = get_weather.invoke(called.tool_calls[0])
+    assert isinstance(result, ToolMessage) and result.content == "sunny and 21C in Paris"
+    answer = llm.invoke([question, called, result])
+    assert answer.content == "Echo: sunny and 21C in Paris"
+    assert not answer.tool_calls
+    assert answer.response_metadata["finish_reason"] == "stop"
 
 
 # --- the CLI ----------------------------------------------------------------------------------

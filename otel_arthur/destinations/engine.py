@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur.client import RecordResult
-from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings
+from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings, display_url
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.engine_client import EngineClient
@@ -80,8 +79,7 @@ class EngineSpanCodec:
 
 def engine_key(settings: EngineSettings) -> str:
     """Which Engine and task spans are for (URL without user info); spool rows carry it."""
-    parts = urlsplit(settings.url)
-    return f"engine {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path} {settings.task_id or '-'}"
+    return f"engine {display_url(settings.url)} {settings.task_id or '-'}"
 
 
 class SpanPrivacy:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_arthur.config import ArthurSettings
+from otel_arthur.config import ArthurSettings, display_url
 from otel_arthur.delivery import ArthurSender, Sender, SenderObserver
 from otel_arthur.mapping import InferenceRecord, map_span
 from otel_arthur.privacy import RecordFilter
@@ -17,8 +16,7 @@ from otel_arthur.spool import RECORD_CODEC
 
 def destination(settings: ArthurSettings) -> str:
     """Which Arthur model records are for: URL (without user info) and model id. Spool rows carry it."""
-    parts = urlsplit(settings.url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path} {settings.model_id}"
+    return f"{display_url(settings.url)} {settings.model_id}"
 
 
 class V3Destination:

@@ -5,6 +5,15 @@ records spans from a real ``ChatOpenAI`` call can compute what the spans must sa
 non-streaming answers carry the same text and usage. A failed call is asked for in the prompt: a
 last user message containing ``[error 429]`` (any of :data:`ERRORS`) gets that status and an
 OpenAI-style error body, which is how the tests produce error spans without a flaky upstream.
+
+Tool calls, for tests of tool-calling agents (:func:`call_tool`): a request with ``tools`` whose last
+message is a user message gets one call to the first tool (or the one ``tool_choice`` names;
+``"none"`` gets text), with every required string property set to the user's text, except that a
+``city`` or ``location`` property gets the word after the last ``in`` ("weather in Paris?" ->
+``{"city": "Paris"}``) and required properties of other types get their type's zero value (0, false,
+[], {}, null). A last message from a tool gets ``"Echo: <its content>"``. Tool-call ids are
+``call_1``, ``call_2``, … in one server's life; ``completion_tokens`` counts the words of the
+arguments' JSON, which a stream sends one word per delta; ``max_tokens`` never cuts a tool call.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "ERRORS",
     "Completion",
+    "ToolCallCompletion",
+    "call_tool",
     "complete",
     "create_app",
     "error_body",
@@ -46,6 +57,11 @@ ERRORS: dict[int, tuple[str, str | None]] = {
 _ERROR_MARKER = re.compile(r"\[error (\d{3})\]")
 # Split before each word that follows whitespace: the pieces concatenate back to the exact text.
 _TOKEN_BOUNDARY = re.compile(r"(?<=\s)(?=\S)")
+# Tool arguments: a property with one of these names gets the word after the last "in" of the user's text.
+_PLACE_PROPERTIES = frozenset({"city", "location"})
+_PLACE = re.compile(r"\bin\s+([^\W\d_]+)")
+# JSON-schema type -> the value a required property of that type gets; strings are read from the text.
+_ZERO_VALUES: dict[str, Any] = {"integer": 0, "number": 0, "boolean": False, "array": [], "object": {}, "null": None}
 
 
 class Completion(NamedTuple):
@@ -61,11 +77,31 @@ class Completion(NamedTuple):
         return self.prompt_tokens + self.completion_tokens
 
     def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
+        return _usage(self.prompt_tokens, self.completion_tokens)
+
+
+class ToolCallCompletion(NamedTuple):
+    """A reply that calls one tool; ``completion_tokens`` counts the words of ``arguments``."""
+
+    name: str
+    arguments: str  # a JSON object, as OpenAI sends it
+    prompt_tokens: int
+    completion_tokens: int
+
+    def usage(self) -> dict[str, int]:
+        return _usage(self.prompt_tokens, self.completion_tokens)
+
+    def wire(self, call_id: str) -> dict[str, Any]:
+        """The call as an entry of a response message's ``tool_calls``."""
+        return {"id": call_id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def message_text(message: Mapping[str, Any]) -> str:
@@ -83,19 +119,95 @@ def _last_user_text(messages: Iterable[Mapping[str, Any]]) -> str:
     return texts[-1] if texts else ""
 
 
+def _prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    return sum(len(message_text(m).split()) for m in messages)
+
+
 def complete(messages: Iterable[Mapping[str, Any]], max_tokens: int | None = None) -> Completion:
-    """The reply to ``messages``: ``"Echo: <last user message>"``, cut to ``max_tokens`` words.
+    """The reply to ``messages``: ``"Echo: <last user message>"``, or ``"Echo: <tool result>"`` when
+    the last message is a tool's, cut to ``max_tokens`` words.
 
     ``prompt_tokens`` counts the words of every message's content; ``completion_tokens`` those of
     the (possibly cut) reply.
     """
     messages = list(messages)
-    words = (REPLY_PREFIX + _last_user_text(messages)).split()
+    if messages and messages[-1].get("role") == "tool":
+        echoed = message_text(messages[-1])
+    else:
+        echoed = _last_user_text(messages)
+    words = (REPLY_PREFIX + echoed).split()
     finish_reason = "stop"
     if max_tokens is not None and len(words) > max_tokens:
         words, finish_reason = words[:max_tokens], "length"
-    prompt_tokens = sum(len(message_text(m).split()) for m in messages)
-    return Completion(" ".join(words), finish_reason, prompt_tokens, len(words))
+    return Completion(" ".join(words), finish_reason, _prompt_tokens(messages), len(words))
+
+
+def _functions(tools: Any) -> list[Mapping[str, Any]]:
+    """The ``function`` objects of a request's ``tools``; ValueError when they are not OpenAI's shape."""
+    if not isinstance(tools, list) or not tools:
+        raise ValueError("tools must be a non-empty list")
+    functions = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError('each tool must be {"type": "function", "function": {"name": ...}}')
+        if not isinstance(function.get("parameters", {}), dict):
+            raise ValueError("a tool's parameters must be a JSON schema object")
+        functions.append(function)
+    return functions
+
+
+def _chosen_function(functions: list[Mapping[str, Any]], tool_choice: Any) -> Mapping[str, Any] | None:
+    """The tool ``tool_choice`` asks for: None for ``"none"``, the named one, else the first."""
+    if tool_choice == "none":
+        return None
+    if isinstance(tool_choice, dict):
+        chosen = tool_choice.get("function")
+        name = chosen.get("name") if isinstance(chosen, dict) else None
+        for function in functions:
+            if function["name"] == name:
+                return function
+        raise ValueError(f"tool_choice names no tool in tools: {name!r}")
+    return functions[0]
+
+
+def _tool_arguments(parameters: Mapping[str, Any], user_text: str) -> dict[str, Any]:
+    """Arguments for a tool with JSON-schema ``parameters``, read from ``user_text`` (see the module doc)."""
+    properties = parameters.get("properties") or {}
+    required = parameters.get("required") or []
+    if not isinstance(properties, dict) or not isinstance(required, list):
+        raise ValueError("a tool's properties must be an object and its required a list")
+    places = _PLACE.findall(user_text)
+    arguments: dict[str, Any] = {}
+    for name in required:
+        schema = properties.get(name)
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        if isinstance(kind, str) and kind in _ZERO_VALUES:
+            arguments[name] = _ZERO_VALUES[kind]
+        elif name in _PLACE_PROPERTIES and places:
+            arguments[name] = places[-1]
+        else:
+            arguments[name] = user_text
+    return arguments
+
+
+def call_tool(
+    messages: Iterable[Mapping[str, Any]], tools: Any, tool_choice: Any = None
+) -> ToolCallCompletion | None:
+    """The tool call that answers ``messages`` (see the module doc), or None when the reply is text:
+    no ``tools``, ``tool_choice`` ``"none"``, or a last message that is not the user's.
+
+    ValueError when ``tools`` or ``tool_choice`` is malformed, as OpenAI answers 400.
+    """
+    if tools is None:
+        return None
+    function = _chosen_function(_functions(tools), tool_choice)
+    messages = list(messages)
+    if function is None or not messages or messages[-1].get("role") != "user":
+        return None
+    user_text = message_text(messages[-1])
+    arguments = json.dumps(_tool_arguments(function.get("parameters") or {}, user_text))
+    return ToolCallCompletion(function["name"], arguments, _prompt_tokens(messages), len(arguments.split()))
 
 
 def reply_tokens(content: str) -> list[str]:
@@ -136,6 +248,7 @@ def create_app(*, model: str = DEFAULT_MODEL) -> Starlette:
     from starlette.routing import Route
 
     ids = itertools.count(1)  # deterministic ids within one server's life
+    call_ids = itertools.count(1)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse(error_body(status, message), status_code=status)
@@ -147,23 +260,29 @@ def create_app(*, model: str = DEFAULT_MODEL) -> Starlette:
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 raise ValueError("messages must be a list of objects")
             max_tokens = _max_tokens(body)
+            tool_call = call_tool(messages, body.get("tools"), body.get("tool_choice"))
         except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
             return error(400, f"invalid request: {exc}")
         status = error_status(messages)
         if status is not None:
             return error(status, f"error {status} requested by the prompt")
-        result = complete(messages, max_tokens)
         head = {"id": f"chatcmpl-local{next(ids):06d}", "created": int(time.time()), "model": model}
+        if tool_call is None:
+            result = complete(messages, max_tokens)
+            message: dict[str, Any] = {"role": "assistant", "content": result.content}
+            deltas = _text_deltas(result.content)
+            finish_reason, usage = result.finish_reason, result.usage()
+        else:
+            call = tool_call.wire(f"call_{next(call_ids)}")
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            deltas = _tool_call_deltas(call)
+            finish_reason, usage = "tool_calls", tool_call.usage()
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_stream(head, result, include_usage), media_type="text/event-stream")
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": result.content},
-            "finish_reason": result.finish_reason,
-            "logprobs": None,
-        }
-        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": result.usage()})
+            events = _stream(head, deltas, finish_reason, usage if include_usage else None)
+            return StreamingResponse(events, media_type="text/event-stream")
+        choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
 
     async def models(request: Request) -> Response:
         entry = {"id": model, "object": "model", "created": 0, "owned_by": "otel-arthur"}
@@ -177,8 +296,28 @@ def create_app(*, model: str = DEFAULT_MODEL) -> Starlette:
     )
 
 
-async def _stream(head: dict[str, Any], result: Completion, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's order: role, one delta per word, finish reason, [usage], [DONE]."""
+def _text_deltas(content: str) -> list[dict[str, Any]]:
+    """A text reply's stream deltas: the role, then one per word."""
+    return [{"role": "assistant", "content": ""}, *({"content": token} for token in reply_tokens(content))]
+
+
+def _tool_call_deltas(call: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A tool call's stream deltas, as OpenAI splits them: role, id and name first, then the arguments
+    one word per delta."""
+    function = call["function"]
+    opening = {"index": 0, **call, "function": {"name": function["name"], "arguments": ""}}
+    pieces = reply_tokens(function["arguments"])
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [opening]},
+        *({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in pieces),
+    ]
+
+
+async def _stream(
+    head: dict[str, Any], deltas: list[dict[str, Any]], finish_reason: str, usage: dict[str, int] | None
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's order: the deltas, finish reason, usage (when asked for), [DONE]."""
+    include_usage = usage is not None
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
         payload: dict[str, Any] = {
@@ -190,11 +329,10 @@ async def _stream(head: dict[str, Any], result: Completion, include_usage: bool)
             payload["usage"] = None
         return f"data: {json.dumps(payload)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    for token in reply_tokens(result.content):
-        yield chunk({"content": token})
-    yield chunk({}, result.finish_reason)
+    for delta in deltas:
+        yield chunk(delta)
+    yield chunk({}, finish_reason)
     if include_usage:
-        usage = {**head, "object": "chat.completion.chunk", "choices": [], "usage": result.usage()}
-        yield f"data: {json.dumps(usage)}\n\n"
+        last = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+        yield f"data: {json.dumps(last)}\n\n"
     yield "data: [DONE]\n\n"

@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from otel_arthur.config import ArthurSettings, ReceiverSettings
+from otel_arthur.config import ArthurSettings, ReceiverSettings, display_url
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve import metrics
@@ -110,7 +110,7 @@ def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Rece
         ready = readiness.ready and receiver.accepting
         return ready, {"ready": ready, "model_fetched": readiness.model_fetched,
                        "arthur_reachable": readiness.arthur_reachable, "spool_writable": readiness.spool_writable,
-                       "accepting": receiver.accepting}
+                       "spool_recovered_from": readiness.spool_recovered_from, "accepting": receiver.accepting}
 
     def ready_samples() -> list[Sample]:
         return [Sample("otel_arthur_ready", GAUGE, {}, 1.0 if ready()[0] else 0.0)]
@@ -206,7 +206,7 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
                             timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1), server_header=False)
     server = _Server(config, lifecycle.signalled)
     _logger.info("Receiving OTLP/HTTP traces on http://%s:%d%s for Arthur model %s at %s; spool %s; auth %s",
-                 settings.host, port, TRACES_PATH, arthur.model_id, arthur.url, arthur.spool_dir,
+                 settings.host, port, TRACES_PATH, arthur.model_id, display_url(arthur.url), arthur.spool_dir,
                  "bearer token" if settings.auth_token else "none")
     previous = signal.signal(signal.SIGTERM, _drained)
     try:
