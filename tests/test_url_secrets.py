@@ -73,7 +73,7 @@ def test_exporter_repr_and_every_log_line(url, arthur_env, tmp_path, caplog):
     deadline = time.monotonic() + 30
     while "Arthur unreachable" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.05)
-    text = repr(exporter) + repr(exporter._pipeline)
+    text = repr(exporter) + "".join(repr(p) for p in exporter._pipelines)
     exporter.shutdown(0)
     text += caplog.text + "".join(str(r.args) + str(r.exc_info) for r in caplog.records)
     assert "Arthur unreachable (GET /users/me: cannot connect to http://127.0.0.1:" in text
