@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_openai import ChatOpenAI
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -51,11 +52,12 @@ def test_openllmetry_chat_reaches_the_engine_in_openinference_form(
     add_processors(processor, SimpleSpanProcessor(captured))
     llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", model="gpt-4o-mini",
                      temperature=0.1, max_retries=0, streaming=streaming, stream_usage=True)
+    chain = ChatPromptTemplate.from_messages([MessagesPlaceholder("history")]) | llm  # a workflow: CHAIN spans
     history, expected = [SystemMessage(SYSTEM)], []
     for question in ("What is a span?", "And a trace?"):
         history.append(HumanMessage(question))
         sent = list(history)
-        history.append(llm.invoke(history))
+        history.append(chain.invoke({"history": history}))
         expected.append((sent, openai.complete([{"role": ROLES[m.type], "content": m.content} for m in sent])))
     assert processor.force_flush() and exporter.force_flush()
 
