@@ -106,3 +106,43 @@ def test_openinference_spans_pass_through_once(openai_server, local_engine, tmp_
     stored = [s for t in traces for s in local_engine.spans(trace_id=t)]
     assert len({s["span_id"] for s in stored}) == len(stored)  # nothing doubled
     assert sum(s["attributes"].get("openinference.span.kind") == "LLM" for s in stored) == len(calls)
+
+
+def test_a_tool_calling_turn_carries_the_call_and_its_result(
+        openllmetry_provider, add_processors, openai_server, local_engine, arthur_env):
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny and 21C in {city}"
+
+    exporter = ArthurSpanExporter(engine_url=local_engine.url, engine_api_key=local_engine.api_key,
+                                  allow_insecure=True)
+    captured = InMemorySpanExporter()
+    processor = BatchSpanProcessor(exporter)
+    add_processors(processor, SimpleSpanProcessor(captured))
+    llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", model="gpt-4o-mini",
+                     max_retries=0).bind_tools([get_weather])
+    messages = [HumanMessage("What is the weather in Paris?")]
+    asked = llm.invoke(messages)
+    messages.append(asked)
+    messages.extend(get_weather.invoke(call) for call in asked.tool_calls)
+    final = llm.invoke(messages)
+    assert processor.force_flush() and exporter.force_flush()
+    assert final.content == "Echo: sunny and 21C in Paris"
+
+    ours = {f"{s.context.trace_id:032x}" for s in captured.get_finished_spans()}
+    stored = [s for s in local_engine.spans() if s["trace_id"] in ours]
+    first, second = sorted((s["attributes"] for s in stored if s["attributes"]["openinference.span.kind"] == "LLM"),
+                           key=lambda a: len(_messages(a, "llm.input_messages")))
+    call = "llm.output_messages.0.message.tool_calls.0.tool_call.function"
+    assert first[f"{call}.name"] == "get_weather"
+    assert json.loads(first[f"{call}.arguments"]) == {"city": "Paris"}
+    inputs = _messages(second, "llm.input_messages")
+    assert inputs[0] == ("user", "What is the weather in Paris?")
+    assert inputs[-1] == ("tool", "sunny and 21C in Paris")
+    assert second["llm.input_messages.1.message.tool_calls.0.tool_call.function.name"] == "get_weather"
+    assert _messages(second, "llm.output_messages") == [("assistant", "Echo: sunny and 21C in Paris")]
+    tools = [s for s in stored if s["attributes"]["openinference.span.kind"] == "TOOL"]
+    assert len(tools) == 1 and "get_weather" in tools[0]["name"]
