@@ -243,8 +243,8 @@ class Pipeline:
                 return
             unreported, self._unreported_unmappable = self._unreported_unmappable, 0
             self._unmappable_log_at = now + UNMAPPABLE_LOG_INTERVAL
-        _logger.warning("%d generation spans could not be mapped or spooled and were dropped, the rest of their"
-                        " batches delivered (counted as dropped, reason %s; latest: %s)",
+        _logger.warning("%d generation spans could not be mapped or spooled: each was dropped alone and the rest of"
+                        " its batch spooled (counted as dropped, reason %s; latest: %s)",
                         unreported, DropReason.UNMAPPABLE, reason)
 
     def submit(self, records: Sequence[InferenceRecord]) -> bool:

@@ -129,7 +129,8 @@ def test_an_unmappable_span_is_counted_and_said_once(local_arthur, model_id, tmp
     finally:
         exporter.shutdown(1_000)
     [line] = [r.getMessage() for r in caplog.records if DropReason.UNMAPPABLE in r.getMessage()]
-    assert line.startswith("1 generation spans could not be mapped or spooled") and "span 'odd'" in line
+    assert line.startswith("1 generation spans could not be mapped or spooled: each was dropped alone")
+    assert "span 'odd' cannot be mapped" in line
 
 
 # -- the property ----------------------------------------------------------------------------------
