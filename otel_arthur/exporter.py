@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_arthur.config import ArthurSettings, ConfigurationError
-from otel_arthur.mapping import map_span
+from otel_arthur.mapping import map_spans
 from otel_arthur.pipeline import DEFAULT_SHUTDOWN_TIMEOUT, Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import PipelineStats
@@ -90,11 +90,13 @@ class ArthurSpanExporter(SpanExporter):
             _logger.warning("Exporter already shut down, ignoring batch")
             return SpanExportResult.FAILURE
         try:
-            records = [record for record in map(map_span, spans) if record is not None]
+            mapped = map_spans(spans)  # a span that cannot be mapped costs only itself
             if self._pipeline is None:
-                return SpanExportResult.FAILURE if records else SpanExportResult.SUCCESS
-            self._pipeline.count_received(len(spans), len(records))
-            spooled = self._pipeline.submit(records)
+                return SpanExportResult.FAILURE if mapped.records else SpanExportResult.SUCCESS
+            self._pipeline.count_received(len(spans), len(mapped.records))
+            if mapped.unmappable:
+                self._pipeline.drop_unmappable(mapped.unmappable, mapped.reason)
+            spooled = self._pipeline.submit(mapped.records)
         except Exception:  # never into the application
             _logger.exception("Unexpected error exporting to Arthur")
             return SpanExportResult.FAILURE

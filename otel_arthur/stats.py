@@ -33,6 +33,8 @@ class DropReason:
     """The spool could not be written (disk full, locked past the busy timeout, unreadable file)."""
     SHUTDOWN = "shutdown"
     """Submitted after shutdown."""
+    UNMAPPABLE = "unmappable"
+    """A generation span (or its record) that could not be mapped or spooled; the rest of its batch went on."""
 
 
 class Sample(NamedTuple):
