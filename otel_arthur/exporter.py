@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-import threading
-import time
 
 from otel_arthur.config import (
     ARTHUR_ENGINE_URL,
@@ -142,9 +141,11 @@ class ArthurSpanExporter(SpanExporter):
         spooled = not (self._disabled and any(classify(span_attributes(span)) for span in spans))
         for pipeline in self._pipelines:
             try:
-                items = pipeline.destination.items(spans)
-                pipeline.count_received(len(spans), len(items))
-                spooled = pipeline.submit(items) and spooled
+                mapped = pipeline.destination.items(spans)  # a span that cannot be mapped costs only itself
+                pipeline.count_received(len(spans), len(mapped.records))
+                if mapped.unmappable:
+                    pipeline.drop_unmappable(mapped.unmappable, mapped.reason)
+                spooled = pipeline.submit(mapped.records) and spooled
             except Exception:  # never into the application
                 _logger.exception("Unexpected error exporting to %s", pipeline.destination.title)
                 spooled = False

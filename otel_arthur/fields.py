@@ -57,5 +57,5 @@ FIELDS: dict[str, Field] = {
     "user_id": Field(Stage.NON_INPUT_DATA, ValueType.STRING, "end user id from span metadata"),
     "service_name": Field(Stage.NON_INPUT_DATA, ValueType.STRING, "resource service.name"),
     "error": Field(Stage.NON_INPUT_DATA, ValueType.STRING, "status description of a failed call"),
-    TRUNCATED: Field(Stage.NON_INPUT_DATA, ValueType.BOOLEAN, "true when the prompt or completion was cut to size"),
+    TRUNCATED: Field(Stage.NON_INPUT_DATA, ValueType.BOOLEAN, "true when a text field was cut to size"),
 }

@@ -4,12 +4,18 @@
 attribute lookup per convention, so non-LLM spans cost next to nothing. Generations become an
 ``InferenceRecord`` whose ``fields`` use the names of ``otel_arthur.fields.FIELDS``; a value the
 span does not carry stays absent (usage that was not reported is not 0).
+
+Attribute values are whatever the SDK kept (str, bytes, bool, int, float, None, sequences and
+mappings of those, nested): each field becomes one JSON-safe scalar or stays absent, so no value
+makes ``map_span`` or the spool raise. ``map_spans`` maps a batch span by span, so anything
+unforeseen still costs only its own span.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,11 +23,17 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from otel_arthur.conventions import CONVENTIONS, GenAI, Convention, Messages
-from otel_arthur.fields import COMPLETION, PROMPT, TRUNCATED
-from otel_arthur.messages import Message, clean_text, convention_messages, first, parse_json
+from otel_arthur.fields import COMPLETION, FIELDS, PROMPT, TRUNCATED, ValueType
+from otel_arthur.messages import Message, Scalar, clean_text, convention_messages, field_value, first, parse_json
+
+_logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "service.name"
 TRUNCATION_MARKER = " …[truncated]"  # ends a cut text, so whoever reads it in Arthur knows
+MAX_SHORT_TEXT_BYTES = 1024
+"""UTF-8 bytes of a text field other than prompt and completion (model, ids, error…): ample for any real one."""
+_LONG_TEXTS = frozenset(name for name, spec in FIELDS.items() if spec.value_type == ValueType.UNSTRUCTURED_TEXT)
+
 
 # LangChain's get_buffer_string prefixes, which the seed's ArthurCallbackHandler logged.
 _ROLE_PREFIXES = {
@@ -49,10 +61,10 @@ def classify(attributes: Mapping[str, Any]) -> Convention | None:
     for convention in CONVENTIONS:
         # Conventions share marker names across versions (legacy OpenLLMetry sets
         # gen_ai.operation.name=llm_request), so a non-matching value moves on to the next row.
-        try:
+        try:  # free unless it raises: an isinstance test would add a fifth to every ignored span's cost
             if attributes.get(convention.marker) in convention.generation_values:
                 return convention
-        except TypeError:  # an unhashable value (a list) marks nothing
+        except TypeError:  # an unhashable marker (the SDK keeps dicts and lists) is no generation
             continue
     return None
 
@@ -87,17 +99,15 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
     for name, keys in convention.scalars.items():
         for key in keys:  # first(), inlined: this loop runs for every field of every generation
             value = get(key)
-            if value is not None:
+            if value is not None and (value := field_value(value)) is not None:
                 fields[name] = value
                 break
-    if isinstance(fields.get("finish_reason"), Sequence) and not isinstance(fields["finish_reason"], str):
-        fields["finish_reason"] = fields["finish_reason"][0] if fields["finish_reason"] else None
 
     inputs, outputs = convention_messages(attributes, convention, tool_calls=False)
     if inputs:
-        fields[PROMPT] = render_messages(inputs)
+        fields[PROMPT] = clean_text(render_messages(inputs))
     if outputs:
-        fields[COMPLETION] = outputs[0].text
+        fields[COMPLETION] = clean_text(outputs[0].text)
     if fields.get("finish_reason") is None and convention.message_layout == Messages.JSON:
         fields["finish_reason"] = _output_finish_reason(attributes.get(convention.output_messages))
     for source, wanted in convention.json_sources.items():
@@ -105,22 +115,59 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
         if isinstance(document, dict):
             for name, keys in wanted.items():
                 if fields.get(name) is None:
-                    fields[name] = first(document, keys)
+                    fields[name] = field_value(first(document, keys))
 
     if span.end_time is not None:
         fields["duration"] = (span.end_time - span.start_time) / 1e9
     fields["trace_id"] = f"{span.context.trace_id:032x}"
     fields["span_id"] = f"{span.context.span_id:016x}"
     if span.resource is not None:
-        fields["service_name"] = span.resource.attributes.get(SERVICE_NAME)
+        fields["service_name"] = field_value(span.resource.attributes.get(SERVICE_NAME))
     if span.status.status_code is StatusCode.ERROR:
-        fields["error"] = span.status.description or attributes.get(GenAI.ERROR_TYPE) or "error"
+        fields["error"] = field_value(span.status.description or attributes.get(GenAI.ERROR_TYPE)) or "error"
 
     return InferenceRecord(
         partner_inference_id=partner_inference_id(span.context.trace_id, span.context.span_id),
         inference_timestamp=_iso(span.start_time),
-        fields={k: clean_text(v) if isinstance(v, str) else v for k, v in fields.items() if v is not None},
+        fields={k: v for k, v in fields.items() if v is not None},
     )
+
+
+@dataclass
+class MappedSpans:
+    """A batch mapped span by span: its records (what the mapper makes: v3 records, Engine spans),
+    and how many spans could not be mapped (with the first reason)."""
+
+    records: list[Any] = field(default_factory=list)
+    unmappable: int = 0
+    reason: str = ""
+
+    def failed(self, reason: str) -> None:
+        self.unmappable += 1
+        self.reason = self.reason or reason
+
+
+def map_spans(spans: Iterable[ReadableSpan | Exception],
+              mapper: Callable[[ReadableSpan], Any] = map_span) -> MappedSpans:
+    """Map each span on its own: one the mapper raises on, or that comes as an exception saying why it
+    is unusable (``otlp.generation_spans``), costs only itself. ``None`` (not a generation) is left out.
+
+    The one isolation net of both front doors: the exporter's ``export`` and ``serve``'s decoding.
+    """
+    mapped = MappedSpans()
+    for span in spans:
+        if isinstance(span, Exception):
+            mapped.failed(str(span))
+            continue
+        try:
+            record = mapper(span)
+        except Exception as exc:  # one odd span must not cost the others their place
+            _logger.debug("Cannot map span %r", getattr(span, "name", None), exc_info=True)
+            mapped.failed(f"span {getattr(span, 'name', '')!r} cannot be mapped: {type(exc).__name__}")
+            continue
+        if record is not None:
+            mapped.records.append(record)
+    return mapped
 
 
 def render_messages(messages: Sequence[Message | tuple[str, str]]) -> str:
@@ -129,9 +176,16 @@ def render_messages(messages: Sequence[Message | tuple[str, str]]) -> str:
 
 
 def limit_text(record: InferenceRecord, max_bytes: int) -> InferenceRecord:
-    """The record with a prompt or completion over ``max_bytes`` of UTF-8 cut to fit, marked ``truncated``."""
-    cut = {name: _truncate_utf8(record.fields[name], max_bytes) for name in (PROMPT, COMPLETION)
-           if isinstance(record.fields.get(name), str) and _utf8_over(record.fields[name], max_bytes)}
+    """The record with every text cut to fit, marked ``truncated``: the prompt and completion to
+    ``max_bytes`` of UTF-8, the other texts to ``MAX_SHORT_TEXT_BYTES`` (or ``max_bytes`` if smaller)."""
+    short_bytes = min(MAX_SHORT_TEXT_BYTES, max_bytes)
+    cut = {}
+    for name, value in record.fields.items():
+        # A character is at most 4 bytes of UTF-8: most fields are too short to be over either limit.
+        if isinstance(value, str) and len(value) * 4 > short_bytes:
+            limit = max_bytes if name in _LONG_TEXTS else short_bytes
+            if _utf8_over(value, limit):
+                cut[name] = _truncate_utf8(value, limit)
     if not cut:
         return record
     return replace(record, fields={**record.fields, **cut, TRUNCATED: True})
@@ -158,8 +212,8 @@ def _iso(time_ns: int) -> str:
     return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat()
 
 
-def _output_finish_reason(raw: Any) -> str | None:
+def _output_finish_reason(raw: Any) -> Scalar | None:
     messages = parse_json(raw)
     if isinstance(messages, list) and messages and isinstance(messages[0], dict):
-        return messages[0].get("finish_reason")
+        return field_value(messages[0].get("finish_reason"))
     return None

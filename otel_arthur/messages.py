@@ -10,6 +10,7 @@ of the wrong type read as absent.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -41,6 +42,40 @@ def clean_text(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+Scalar = str | int | float | bool
+_INT64 = 2**63  # Arthur's INTEGER; a longer int is no count, and past 4300 digits json cannot even write it
+
+
+def field_value(value: Any) -> Scalar | None:
+    """An attribute value as one JSON-safe scalar, or None when it holds none.
+
+    Text loses lone surrogates, bytes are decoded (invalid UTF-8 replaced), a sequence gives its first
+    item (``finish_reasons`` has one per choice); mappings, NaN, infinities and integers beyond 64 bits
+    are no value.
+    """
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return None
+
+
+def attribute_text(value: Any) -> str:
+    """An indexed message's role or content as text: "" when the attribute holds nothing usable."""
+    if isinstance(value, str):
+        return value
+    scalar = field_value(value)
+    return "" if scalar is None else str(scalar)
 
 
 def parse_json(raw: Any) -> Any:
@@ -155,11 +190,11 @@ def _indexed_messages(attributes: Mapping[str, Any], prefix: str, infix: str,
         role, content = attributes.get(f"{base}.role"), attributes.get(f"{base}.content")
         if role is None and content is None:
             return messages
-        text = "" if content is None else str(content)
+        text = attribute_text(content)
         if keys is None:
-            messages.append(Message(scalar_text(role) or "unknown", text))
+            messages.append(Message(attribute_text(role) or "unknown", text))
         else:
-            messages.append(Message(scalar_text(role) or "unknown", text,
+            messages.append(Message(attribute_text(role) or "unknown", text,
                                     _indexed_tool_calls(attributes, f"{base}.{Messages.TOOL_CALLS}", keys),
                                     scalar_text(attributes.get(f"{base}.{Messages.TOOL_CALL_ID}"))))
         index += 1

@@ -192,6 +192,9 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
                 if len(span.trace_id) != 16 or len(span.span_id) != 8 or not any(span.trace_id):
                     yield RequestError(400, f"span {span.name!r} has an invalid trace or span id")
                     continue
+                if not span.start_time_unix_nano:
+                    yield RequestError(400, f"span {span.name!r} has no start time")
+                    continue
                 if resource is None:
                     resource = _resource(_attributes(resource_spans.resource.attributes))
                 yield ReadableSpan(
@@ -202,7 +205,7 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
                     attributes=attributes,
                     resource=resource,
                     status=_status(span.status.code, span.status.message),
-                    start_time=span.start_time_unix_nano or None,
+                    start_time=span.start_time_unix_nano,
                     end_time=span.end_time_unix_nano or None,
                 )
 

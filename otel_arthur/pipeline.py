@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from otel_arthur.client import ArthurError, PermanentError, RecordResult, RetryableError, SetupError
 from otel_arthur.config import ArthurSettings
@@ -47,7 +48,7 @@ from otel_arthur.destinations import Destination
 from otel_arthur.destinations.v3 import V3Destination
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.retry import RetryPolicy, RetrySender
-from otel_arthur.spool import Gauges, Refused, Spool, SpoolClosed, SpoolFull
+from otel_arthur.spool import Appended, Gauges, Refused, Spool, SpoolClosed, SpoolFull
 from otel_arthur.stats import Counters, DropReason, PipelineStats
 
 _logger = logging.getLogger(__name__)
@@ -60,7 +61,10 @@ BIND_DELAY = 1.0  # seconds after start-up before the model is fetched, unless r
 IDLE_EXIT_GRACE = 0.5  # seconds shutdown waits for a worker with nothing to deliver (it exits in milliseconds)
 DOWN_AFTER_FAILURES = 3  # consecutive failed requests before Arthur is said to be down: one blip is not news
 DEAD_LETTER_LOG_INTERVAL = 60.0  # seconds; at most one line about refused records per interval
+UNMAPPABLE_LOG_INTERVAL = 60.0  # seconds; at most one line about spans that could not be mapped per interval
 THREAD_NAME = "otel-arthur-delivery"
+# What json raises on a value it cannot write (UnicodeEncodeError, a ValueError, on a lone surrogate).
+_UNENCODABLE = (TypeError, ValueError, RecursionError)
 
 
 class DeadLetterReason:
@@ -82,9 +86,11 @@ class Refusal(enum.Enum):
 
 @dataclass(frozen=True)
 class Accepted:
-    """``accept`` took the records: all are spooled but ``oversized``, each alone over the spool's bound."""
+    """``accept`` took the records: all are spooled but ``oversized``, each alone over the spool's bound,
+    and ``unmappable``, each one the spool could not hold (dropped, reason ``unmappable``)."""
 
     oversized: int = 0
+    unmappable: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,11 @@ class _Health:
             self._state = self.BLOCKED
 
 
+def _unspoolable(identity: str, error: Exception) -> str:
+    # The exception's type only: its message may quote the record's content.
+    return f"record {identity} cannot be spooled: {type(error).__name__}"
+
+
 class Pipeline:
     """Spool + delivery thread + counters. ``submit`` from any thread; ``shutdown`` once (again only logs)."""
 
@@ -192,6 +203,9 @@ class Pipeline:
         self._refusing_full = False
         self._unreported_dead = 0
         self._dead_letter_log_at = 0.0
+        self._unmappable_lock = threading.Lock()  # the exporter's and serve's threads both report
+        self._unreported_unmappable = 0
+        self._unmappable_log_at = 0.0
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -208,15 +222,35 @@ class Pipeline:
         self._counters.add("received_spans", spans)
         self._counters.add("generation_spans", generations)
 
+    def drop_unmappable(self, count: int, reason: str) -> None:
+        """``count`` spans or records that cannot be mapped or spooled: dropped, reason ``unmappable``.
+
+        One WARNING line per ``UNMAPPABLE_LOG_INTERVAL``, with how many since the last one and the latest reason.
+        """
+        self._counters.drop(DropReason.UNMAPPABLE, count)
+        now = time.monotonic()
+        with self._unmappable_lock:
+            self._unreported_unmappable += count
+            if now < self._unmappable_log_at:
+                return
+            unreported, self._unreported_unmappable = self._unreported_unmappable, 0
+            self._unmappable_log_at = now + UNMAPPABLE_LOG_INTERVAL
+        _logger.warning("%d generation spans could not be mapped or spooled: each was dropped alone and the rest of"
+                        " its batch spooled (counted as dropped, reason %s; latest: %s)",
+                        unreported, DropReason.UNMAPPABLE, reason)
+
     def submit(self, records: Sequence[InferenceRecord]) -> bool:
-        """Spool records for delivery (prompts and completions cut to the size limit). False when they were dropped."""
+        """Spool records for delivery (texts cut to the size limits). False when they were dropped.
+
+        A record that cannot be spooled is dropped alone (``unmappable``); the others are spooled.
+        """
         if not records:
             return True
         if self._closed:
             self._counters.drop(DropReason.SHUTDOWN, len(records))
             return False
         try:
-            appended = self._spool.append(self._prepared(records))
+            appended, _ = self._append(records)
         except SpoolClosed:
             self._counters.drop(DropReason.SHUTDOWN, len(records))
             return False
@@ -249,7 +283,7 @@ class Pipeline:
         if self._closed:
             return Refusal.SHUTTING_DOWN
         try:
-            appended = self._spool.append(self._prepared(records), refuse_when_full=True)
+            appended, unmappable = self._append(records, refuse_when_full=True)
         except SpoolFull:
             if not self._refusing_full:
                 _logger.warning("The spool %s reached its bound of %d bytes: new records are refused (503) until"
@@ -269,11 +303,45 @@ class Pipeline:
         if appended.dropped:
             self._counters.drop(DropReason.SPOOL_FULL, appended.dropped)
         self._wake.set()
-        return Accepted(oversized=appended.dropped)
+        return Accepted(oversized=appended.dropped, unmappable=unmappable)
 
-    def _prepared(self, records: Sequence[InferenceRecord]) -> list[InferenceRecord]:
-        """What is spooled for ``records``, whichever front door they came through."""
-        return self._destination.prepared(records)
+    def _append(self, records: Sequence[Any], *, refuse_when_full: bool = False) -> tuple[Appended, int]:
+        """Spool what is prepared for ``records``, whichever front door they came through.
+
+        A record that cannot be prepared or encoded is left out and the rest spooled; once they are,
+        it is counted (``drop_unmappable``) and in the count returned.
+        """
+        failures: list[str] = []
+        prepared = self._prepared(records, failures)
+        try:
+            appended = self._spool.append(prepared, refuse_when_full=refuse_when_full)
+        except _UNENCODABLE:  # append stores nothing when it raises: find the culprit (paid only here), spool the rest
+            appended = self._spool.append(self._encodable(prepared, failures), refuse_when_full=refuse_when_full)
+        if failures:
+            self.drop_unmappable(len(failures), failures[0])
+        return appended, len(failures)
+
+    def _prepared(self, records: Sequence[Any], failures: list[str]) -> list[Any]:
+        """Content switches, redaction, size caps; a record the filter raises on is left out, said in ``failures``."""
+        prepared, prepare = [], self._destination.prepare
+        for record in records:
+            try:
+                prepared.append(prepare(record))
+            except Exception as exc:  # a surprise (a hook's text that cannot be encoded…) costs only its record
+                failures.append(_unspoolable(self._spool.codec.identity(record), exc))
+        return prepared
+
+    def _encodable(self, records: Sequence[Any], failures: list[str]) -> list[Any]:
+        """The records the spool can store (its codec's text, in UTF-8); the others are said in ``failures``."""
+        encodable, encode, identity = [], self._spool.codec.encode, self._spool.codec.identity
+        for record in records:
+            try:
+                encode(record).encode("utf-8")
+            except _UNENCODABLE as exc:
+                failures.append(_unspoolable(identity(record), exc))
+            else:
+                encodable.append(record)
+        return encodable
 
     def _spool_write_failed(self, error: Exception, fate: str) -> None:
         if not self._spool_failing:

@@ -35,6 +35,8 @@ class DropReason:
     """Submitted after shutdown."""
     ENGINE_REJECTED = "engine_rejected"
     """Arthur Engine refused them inside a 206, without saying which of the request's spans they were."""
+    UNMAPPABLE = "unmappable"
+    """A generation span (or its record) that could not be mapped or spooled; the rest of its batch went on."""
 
 
 class Sample(NamedTuple):

@@ -77,7 +77,7 @@ def test_requests_group_spans_by_resource_and_scope_and_carry_the_task(arthur_en
     chat, other = Resource.create({"service.name": "chat"}), Resource.create({"service.name": "other"})
     spans = [_span(1, resource=chat), _span(2, resource=chat), _span(3, resource=chat, scope="t"),
              _span(4, resource=other)]
-    items = destination.items(spans)
+    items = destination.items(spans).records
     assert [EngineSpanCodec.decode(EngineSpanCodec.encode(i)) for i in items] == items
     assert [i.id for i in items] == [f"{7:032x}-{n:016x}" for n in (1, 2, 3, 4)]
     request = ExportTraceServiceRequest.FromString(build_request(items))
@@ -93,8 +93,8 @@ def test_only_ai_spans_by_default(arthur_env, tmp_path):
     spans = [_span(1, resource=resource, attributes={"http.method": "GET"}),
              _span(2, resource=resource, attributes={"gen_ai.operation.name": "chat"}),
              _span(3, resource=resource, attributes={"traceloop.span.kind": "workflow"})]
-    assert len(EngineDestination(_settings(spool_dir=str(tmp_path))).items(spans)) == 2
-    assert len(EngineDestination(_settings(spool_dir=str(tmp_path), engine_spans="all")).items(spans)) == 3
+    assert len(EngineDestination(_settings(spool_dir=str(tmp_path))).items(spans).records) == 2
+    assert len(EngineDestination(_settings(spool_dir=str(tmp_path), engine_spans="all")).items(spans).records) == 3
 
 
 def _attributes(item) -> dict:

@@ -171,3 +171,75 @@ def test_tool_results_are_part_of_the_prompt():
         ]),
     }))
     assert record.fields["prompt"] == "Human: weather?\nAI: \nTool: sunny"
+
+
+def test_other_texts_are_cut_to_the_short_cap_and_flagged():
+    from otel_arthur.mapping import MAX_SHORT_TEXT_BYTES, TRUNCATION_MARKER, InferenceRecord, limit_text
+
+    fields = {"prompt": "p" * 5_000, "model": "m" * 200_000, "error": "ü" * 600, "session_id": "s" * 1024,
+              "prompt_tokens": 3}
+    cut = limit_text(InferenceRecord("id", "2024-05-01T12:00:00+00:00", fields), 64 * 1024)
+    assert cut.fields["prompt"] == fields["prompt"]  # under max_text_bytes
+    for name in ("model", "error"):
+        assert cut.fields[name].endswith(TRUNCATION_MARKER)
+        assert len(cut.fields[name].encode("utf-8")) <= MAX_SHORT_TEXT_BYTES
+    assert cut.fields["session_id"] == fields["session_id"] and cut.fields["prompt_tokens"] == 3  # exactly the cap
+    assert cut.fields["truncated"] is True
+    assert len(limit_text(cut, 100).fields["session_id"].encode("utf-8")) <= 100  # never over max_text_bytes
+
+
+@pytest.mark.parametrize("attributes, expected", [
+    ({"gen_ai.request.model": b"gpt-\xff"}, {"model": "gpt-\ufffd"}),
+    ({"gen_ai.request.model": ("\ud800x", "other")}, {"model": "?x"}),
+    ({"gen_ai.response.finish_reasons": (b"stop",)}, {"finish_reason": "stop"}),
+    ({"gen_ai.response.finish_reasons": b"stop"}, {"finish_reason": "stop"}),
+    ({"gen_ai.request.model": {"name": "gpt"}, "gen_ai.response.model": ({"a": 1},)}, {"model": None}),
+    ({"gen_ai.request.temperature": float("nan"), "gen_ai.usage.input_tokens": 10**5000},
+     {"temperature": None, "prompt_tokens": None}),
+    ({"gen_ai.usage.input_tokens": float("inf"), "gen_ai.usage.output_tokens": 2**63 - 1},
+     {"prompt_tokens": None, "completion_tokens": 2**63 - 1}),
+    ({"gen_ai.input.messages": "[" * 100_000 + "]" * 100_000}, {"prompt": None}),
+    ({"gen_ai.input.messages": '[{"role": "user", "parts": "hi"}]',
+      "gen_ai.output.messages": '[{"role": "assistant", "parts": [], "finish_reason": ' + "[" * 500 + "]" * 500 + "}]"},
+     {"prompt": "Human: hi", "finish_reason": None}),
+], ids=["bytes", "surrogate-in-sequence", "bytes-in-sequence", "bytes-not-a-sequence", "mappings", "nan-huge-int",
+        "inf-int64", "deep-json", "nested-json-finish-reason"])
+def test_hostile_attribute_values_become_json_safe_fields(attributes, expected):
+    from otel_arthur import spool
+
+    record = map_span(_span({"gen_ai.operation.name": "chat", **attributes}))
+    assert {name: record.fields.get(name) for name in expected} == expected
+    assert spool.decode(spool.encode(record)) == record
+    spool.encode(record).encode("utf-8")  # what the spool stores: no lone surrogate left
+
+
+@pytest.mark.parametrize("attributes, expected", [
+    ({"llm.input_messages.0.message.role": b"user", "llm.input_messages.0.message.content": b"hi \xff"},
+     "Human: hi \ufffd"),
+    ({"llm.input_messages.0.message.role": ("user",), "llm.input_messages.0.message.content": 10**5000},
+     "Human: "),
+    ({"llm.input_messages.0.message.role": {"r": 1}, "llm.input_messages.0.message.content": ("a\ud800", "b")},
+     "unknown: a?"),
+], ids=["bytes", "huge-int", "mapping-and-surrogate"])
+def test_hostile_indexed_messages_become_text(attributes, expected):
+    record = map_span(_span({"openinference.span.kind": "LLM", **attributes}))
+    assert record.fields["prompt"] == expected
+
+
+@pytest.mark.parametrize("marker", [{"kind": "LLM"}, ["chat"], ({"kind": "LLM"},)])  # unhashable
+def test_a_marker_that_is_no_text_is_no_generation(marker):
+    for convention in ("openinference.span.kind", "gen_ai.operation.name", "llm.request.type"):
+        assert classify({convention: marker}) is None
+        assert map_span(_span({convention: marker})) is None
+
+
+def test_map_spans_costs_an_unmappable_span_only_itself():
+    from otel_arthur.mapping import map_spans
+
+    good = _span({"gen_ai.operation.name": "chat"})
+    odd = ReadableSpan(name="odd", context=SpanContext(0xABC, 0x1, is_remote=False),
+                       attributes={"gen_ai.operation.name": "chat"}, start_time=2**90)  # past year 9999
+    mapped = map_spans([good, odd, _span({}), ValueError("span 'x' has an invalid id"), good])
+    assert mapped.records == [map_span(good)] * 2
+    assert mapped.unmappable == 2
+    assert mapped.reason.startswith("span 'odd' cannot be mapped: ")  # the exception's type, never its text

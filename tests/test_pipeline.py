@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,8 @@ from otel_arthur.client import PermanentError, RecordResult, RetryableError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local import arthur
 from otel_arthur.local.arthur_faults import Faults
-from otel_arthur.mapping import InferenceRecord
-from otel_arthur.pipeline import BIND_DELAY, THREAD_NAME, DeadLetterReason, Pipeline
+from otel_arthur.mapping import MAX_SHORT_TEXT_BYTES, InferenceRecord
+from otel_arthur.pipeline import BIND_DELAY, THREAD_NAME, Accepted, DeadLetterReason, Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import DropReason
 
@@ -347,6 +348,50 @@ def test_over_long_prompts_arrive_cut_and_flagged(settings, pipelines, local_art
     [row] = local_arthur.inferences(config.model_id)
     assert len(row["inference_data"]["prompt"].encode("utf-8")) <= 1_000
     assert row["inference_data"]["prompt"].endswith("…[truncated]") and row["inference_data"]["truncated"] is True
+
+
+def test_over_long_other_texts_arrive_cut_and_flagged(settings, pipelines, local_arthur):
+    config = settings()
+    pipeline = pipelines(config)
+    [record] = records(1)
+    pipeline.submit([replace(record, fields={**record.fields, "model": "m" * 200_000, "error": "e" * 5_000})])
+    assert pipeline.force_flush(timeout=10)
+    [row] = local_arthur.inferences(config.model_id)
+    for name in ("model", "error"):
+        assert len(row["inference_data"][name].encode("utf-8")) <= MAX_SHORT_TEXT_BYTES
+        assert row["inference_data"][name].endswith("…[truncated]")
+    assert row["inference_data"]["prompt"] == "Human: hi" and row["inference_data"]["truncated"] is True
+
+
+def test_a_record_the_hook_spoils_is_dropped_alone_and_counted(settings, pipelines, local_arthur, caplog):
+    config = settings()
+    # A hook that leaves a lone surrogate: the text can no longer be measured or stored as UTF-8.
+    pipeline = pipelines(config, redact=lambda text: text + "\ud800" if "poison" in text else text)
+    caplog.set_level(logging.WARNING, logger="otel_arthur")
+    fine = records(3)
+    assert pipeline.submit([*fine[:2], *records(1, prompt="Human: poison"), fine[2]])
+    assert pipeline.force_flush(timeout=10) is True  # dropped before the flush began
+    assert sorted(r["partner_inference_id"] for r in local_arthur.inferences(config.model_id)) == sorted(
+        r.partner_inference_id for r in fine)
+    assert pipeline.stats().dropped == {DropReason.UNMAPPABLE: 1}
+    [line] = [r.getMessage() for r in caplog.records if DropReason.UNMAPPABLE in r.getMessage()]
+    assert "cannot be spooled: UnicodeEncodeError" in line and "poison" not in line
+
+
+@pytest.mark.parametrize("value", [b"bytes", {"a": {1, 2}}, 10**5000, "lone \ud800"],
+                         ids=["bytes", "set", "huge-int", "surrogate"])
+def test_a_record_the_spool_cannot_encode_is_dropped_alone_by_both_front_doors(value, settings, pipelines):
+    delivered = Scripted(lambda batch: [RecordResult(200, "success")] * len(batch))
+    pipeline = pipelines(settings(model_id="unused"), transport=delivered)
+    # A record from code other than the mapper: too short for the size cap to measure, only the spool's
+    # encoding stands in its way.
+    odd = InferenceRecord("odd", "2024-05-01T12:00:00+00:00", {"prompt": "Human: hi", "session_id": value})
+    assert pipeline.submit([*records(2), odd]) is True
+    assert pipeline.accept([odd, *records(2)]) == Accepted(unmappable=1)
+    assert pipeline.force_flush(timeout=10)
+    stats = pipeline.stats()
+    assert (stats.spooled, stats.delivered, stats.dropped) == (4, 4, {DropReason.UNMAPPABLE: 2})
+    assert "odd" not in {id_ for batch in delivered.sent for id_ in batch}
 
 
 def _span(span_id: int) -> ReadableSpan:

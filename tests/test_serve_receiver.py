@@ -46,6 +46,7 @@ class FakeIntake:
     def __init__(self, refusal: Refusal | None = None, error: Exception | None = None) -> None:
         self.records: list = []
         self.received: list[tuple[int, int]] = []
+        self.unmappable: list[tuple[int, str]] = []
         self.refusal = refusal
         self.error = error
 
@@ -59,6 +60,9 @@ class FakeIntake:
 
     def count_received(self, spans, generations):
         self.received.append((spans, generations))
+
+    def drop_unmappable(self, count, reason):
+        self.unmappable.append((count, reason))
 
 
 def spans():
@@ -168,6 +172,29 @@ def test_a_span_that_breaks_the_mapper_is_rejected_alone():
     partial = ExportTraceServiceResponse.FromString(reply.body).partial_success
     assert partial.rejected_spans >= 1 and "RecursionError" in partial.error_message
     assert len(intake.records) == len(expected_records()) - partial.rejected_spans
+
+
+def test_a_span_serve_cannot_map_is_dropped_unmappable_as_in_the_exporter(tmp_path):
+    def mapper(span):
+        if span.name == "ChatOpenAI.chat":
+            raise RecursionError("deep")
+        return map_span(span)
+
+    body = encode_spans(spans()).SerializeToString()
+    settings = ArthurSettings.resolve(url="http://127.0.0.1:9", api_key="k", model_id="m", allow_insecure=True,
+                                      spool_dir=tmp_path)
+    pipeline = Pipeline(settings, transport=NeverSends())
+    try:
+        reply = Receiver(pipeline, mapper=mapper).handle(body, PROTOBUF)
+        rejected = ExportTraceServiceResponse.FromString(reply.body).partial_success.rejected_spans
+        assert reply.status == 200 and rejected >= 1
+        assert pipeline.stats().dropped == {"unmappable": rejected}
+        assert pipeline.stats().spooled == len(expected_records()) - rejected
+    finally:
+        pipeline.shutdown(timeout=0)
+    refusing = FakeIntake(refusal=Refusal.SPOOL_FULL)
+    assert Receiver(refusing, mapper=mapper).handle(body, PROTOBUF).status == 503
+    assert refusing.unmappable == []  # the client sends them again: counted once, when answered 200
 
 
 @pytest.mark.parametrize("authorization, status", [

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur.delivery import Sender, SenderObserver
+from otel_arthur.mapping import MappedSpans
 from otel_arthur.spool import Codec
 
 
@@ -38,12 +39,12 @@ class Destination(Protocol):
     codec: Codec
     settings: DeliverySettings
 
-    def items(self, spans: Sequence[ReadableSpan]) -> list[Any]:
-        """What this destination stores for these spans, privacy applied; never raises for one bad span."""
+    def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:
+        """What this destination stores for these spans (``mapping.map_spans``: one bad span costs only itself)."""
         ...
 
-    def prepared(self, items: Sequence[Any]) -> list[Any]:
-        """Items as they are spooled, whichever front door made them (privacy filters not yet applied)."""
+    def prepare(self, item: Any) -> Any:
+        """An item as it is spooled, whichever front door made it: privacy applied where ``items`` did not."""
         ...
 
     def sender(self, observer: SenderObserver) -> Sender:

@@ -35,7 +35,7 @@ from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings, display_url
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.engine_client import EngineClient
-from otel_arthur.mapping import cut_text, span_attributes
+from otel_arthur.mapping import MappedSpans, cut_text, map_spans, span_attributes
 from otel_arthur.openinference import openinference_attributes, span_kind
 from otel_arthur.privacy import CONTENT_WITHHELD, RecordFilter
 from otel_arthur.stats import DropReason
@@ -186,13 +186,8 @@ class EngineDestination:
         self._only_ai = settings.spans == ENGINE_SPANS_AI
         self._encoder: _Encoder | None = None  # made at the first span: imports the protobuf stack
 
-    def items(self, spans: Sequence[ReadableSpan]) -> list[EngineSpan]:
-        items = []
-        for span in spans:
-            item = self.item(span)
-            if item is not None:
-                items.append(item)
-        return items
+    def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:
+        return map_spans(spans, self.item)
 
     def item(self, span: ReadableSpan) -> EngineSpan | None:
         """The span as the Engine gets it, or None when it is not sent (not AI work, with ``engine_spans=ai``)."""
@@ -209,8 +204,8 @@ class EngineDestination:
                           self._encoder.scope(span.instrumentation_scope),
                           self._encoder.span(span, merged, self.privacy))
 
-    def prepared(self, items: Sequence[Any]) -> list[Any]:
-        return list(items)  # privacy was applied when the span was translated
+    def prepare(self, item: EngineSpan) -> EngineSpan:
+        return item  # privacy was applied when the span was translated
 
     def sender(self, observer: SenderObserver) -> Sender:
         return EngineSender(self.settings, observer)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur.config import ArthurSettings, display_url
 from otel_arthur.delivery import ArthurSender, Sender, SenderObserver
-from otel_arthur.mapping import InferenceRecord, map_span
+from otel_arthur.mapping import InferenceRecord, MappedSpans, map_span, map_spans
 from otel_arthur.privacy import RecordFilter
 from otel_arthur.spool import RECORD_CODEC
 
@@ -29,11 +28,11 @@ class V3Destination:
         self.key = destination(settings)
         self._filter = RecordFilter.from_settings(settings, redact)
 
-    def items(self, spans: Sequence[ReadableSpan]) -> list[InferenceRecord]:
-        return [record for record in map(map_span, spans) if record is not None]
+    def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:
+        return map_spans(spans, map_span)
 
-    def prepared(self, items: Sequence[Any]) -> list[InferenceRecord]:
-        return [self._filter(r) for r in items]  # content switches, redaction, size caps
+    def prepare(self, item: InferenceRecord) -> InferenceRecord:
+        return self._filter(item)  # content switches, redaction, size caps
 
     def sender(self, observer: SenderObserver) -> Sender:
         return ArthurSender(self.settings, observe_request=observer.observe_request)

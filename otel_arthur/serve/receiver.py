@@ -15,8 +15,9 @@ and 504 (honouring ``Retry-After``) and drops the data on any other status. So::
 
 Checked cheapest first: the token before the body, the declared length before a byte is inflated.
 Bodies are in the request's content type (protobuf when that is neither). Nothing a client sends
-can produce a 500: a span that breaks the mapper is counted as rejected, and any other surprise
-while decoding is a 400 (the same bytes would fail the same way again), logged with its traceback.
+can produce a 500: a span that breaks the mapper is rejected alone (``mapping.map_spans``, the
+exporter's net too) and counted as dropped ``unmappable``, and any other surprise while decoding
+is a 400 (the same bytes would fail the same way again), logged with its traceback.
 Accepted means spooled: ``accept`` is all or nothing, so a 503 leaves nothing half-stored behind.
 """
 
@@ -32,7 +33,7 @@ from typing import Protocol
 
 from otel_arthur import otlp
 from otel_arthur.config import DEFAULT_MAX_BODY_BYTES
-from otel_arthur.mapping import InferenceRecord, map_span
+from otel_arthur.mapping import InferenceRecord, map_span, map_spans
 from otel_arthur.pipeline import Accepted, Refusal
 from otel_arthur.stats import COUNTER, Sample
 
@@ -60,6 +61,8 @@ class Intake(Protocol):
     def accept(self, records: Sequence[InferenceRecord]) -> Refusal | Accepted: ...
 
     def count_received(self, spans: int, generations: int) -> None: ...
+
+    def drop_unmappable(self, count: int, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -126,28 +129,9 @@ def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes
     Pure and module-level, so ``DecodeProcesses`` can run it in another process.
     """
     request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media)
-    decoded = Decoded(spans=otlp.count_spans(request))
-    for span in otlp.generation_spans(request):
-        record, reason = _map_one(mapper, span)
-        if record is not None:
-            decoded.records.append(record)
-        else:
-            decoded.rejected += 1
-            decoded.reason = decoded.reason or reason
-    return decoded
-
-
-def _map_one(mapper: Mapper, span: object) -> tuple[InferenceRecord | None, str]:
-    if isinstance(span, otlp.RequestError):
-        return None, str(span)
-    try:
-        record = mapper(span)
-    except Exception as exc:  # one odd span must not cost the others their place
-        _logger.debug("Cannot map span %r", getattr(span, "name", None), exc_info=True)
-        return None, f"span {getattr(span, 'name', '')!r} cannot be mapped: {type(exc).__name__}"
-    if record is None:
-        return None, f"span {getattr(span, 'name', '')!r} has no start time"
-    return record, ""
+    mapped = map_spans(otlp.generation_spans(request), mapper)
+    return Decoded(records=mapped.records, spans=otlp.count_spans(request), rejected=mapped.unmappable,
+                   reason=mapped.reason)
 
 
 class Receiver:
@@ -233,10 +217,13 @@ class Receiver:
             self.counters.spans(refused=mapped.spans)
             return self._refused(media, outcome)
         ignored = mapped.spans - len(mapped.records) - mapped.rejected
-        rejected = mapped.rejected + outcome.oversized
-        reason = mapped.reason or "a record larger than the whole spool may hold (--spool-max-bytes)"
+        rejected = mapped.rejected + outcome.oversized + outcome.unmappable
+        reason = mapped.reason or ("a record larger than the whole spool may hold (--spool-max-bytes)"
+                                   if outcome.oversized else "a record could not be spooled")
         self.counters.spans(received=mapped.spans, ignored=ignored, rejected=rejected)
         self._intake.count_received(mapped.spans, len(mapped.records))
+        if mapped.rejected:  # counted only once answered 200: after a 503 the client sends them again
+            self._intake.drop_unmappable(mapped.rejected, mapped.reason)
         message = f"{rejected} generation spans not recorded; first: {reason}"[:_MESSAGE_LIMIT] if rejected else ""
         return Reply(200, {"Content-Type": media}, otlp.encode_response(media, rejected, message))
 
