@@ -123,8 +123,11 @@ def parse_request(body: bytes, media: str) -> ExportTraceServiceRequest:
         if media == PROTOBUF:
             request.ParseFromString(body)
         else:
+            document = json.loads(body)
+            if not isinstance(document, dict):  # ParseDict reads a list or a string as an empty request
+                raise RequestError(400, "an OTLP/JSON body is a JSON object (ExportTraceServiceRequest)")
             # The OTLP spec: receivers MUST ignore unknown fields in OTLP/JSON, for forward compatibility.
-            json_format.ParseDict(_hex_ids_to_base64(json.loads(body)), request, ignore_unknown_fields=True)
+            json_format.ParseDict(_hex_ids_to_base64(document), request, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise RequestError(400, f"cannot decode {media} body: {str(exc)[:200]}") from None
     return request

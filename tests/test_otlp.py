@@ -106,6 +106,8 @@ def test_empty_body_is_an_empty_request():
     (b"{not json", otlp.JSON, 400),
     (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', otlp.JSON, 400),
     (b'{"resourceSpans": 5}', otlp.JSON, 400),
+    (b"[]", otlp.JSON, 400),
+    (b'"x"', otlp.JSON, 400),
 ])
 def test_undecodable_bodies_are_400(body, media, status):
     with pytest.raises(otlp.RequestError) as error:

@@ -109,6 +109,8 @@ BAD_INPUT = {  # name: (body, headers, status)
     "empty JSON body": (lambda: b"", JSON | AUTH, 400),
     "wrong bearer token": (lambda: b"", PROTOBUF | {"Authorization": "Bearer nope"}, 401),
     "no bearer token": (lambda: b"", PROTOBUF, 401),
+    "JSON array": (lambda: b"[]", JSON | AUTH, 400),
+    "JSON string": (lambda: b'"x"', JSON | AUTH, 400),
 }
 
 
