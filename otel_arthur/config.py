@@ -342,11 +342,15 @@ OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES = "OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES"
 OTEL_ARTHUR_RECEIVER_TOKEN = "OTEL_ARTHUR_RECEIVER_TOKEN"
 OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT = "OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT"
 OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES = "OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES"
+OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST = "OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST"
 
 DEFAULT_RECEIVER_HOST = "127.0.0.1"  # beside the Collector; bind 0.0.0.0 explicitly to listen beyond the host
 DEFAULT_RECEIVER_PORT = 4319  # next to the Collector's own OTLP ports, 4317 (gRPC) and 4318 (HTTP)
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024  # one request once decompressed; the Collector's own receiver default
 DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT = 20.0  # seconds from SIGTERM to exit; under Kubernetes' default 30 s grace
+# Spans (and resource or scope groups) in one request, counted before any is decoded. The shipped
+# Collector configs send 256 at most; a 20 MiB body of empty spans would hold 10 million.
+DEFAULT_MAX_SPANS_PER_REQUEST = 50_000
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,7 @@ class ReceiverSettings:
     shutdown_timeout: float = DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT
     decode_processes: int = 0
     """Processes that decode and map request bodies; 0 decodes in the serving process."""
+    max_spans_per_request: int = DEFAULT_MAX_SPANS_PER_REQUEST
 
     @classmethod
     def resolve(
@@ -371,13 +376,15 @@ class ReceiverSettings:
         auth_token: str | None = None,
         shutdown_timeout: float | None = None,
         decode_processes: int | None = None,
+        max_spans_per_request: int | None = None,
     ) -> ReceiverSettings:
         """Each setting from its argument, else ``OTEL_ARTHUR_RECEIVER_*``, else its default."""
         if port is not None and not 0 <= port <= 65535:
             raise ValueError(f"port must be 0-65535, got {port!r}")
         if decode_processes is not None and decode_processes < 0:
             raise ValueError(f"decode processes must be 0 or more, got {decode_processes!r}")
-        for name, value in (("max_body_bytes", max_body_bytes), ("shutdown_timeout", shutdown_timeout)):
+        for name, value in (("max_body_bytes", max_body_bytes), ("shutdown_timeout", shutdown_timeout),
+                            ("max_spans_per_request", max_spans_per_request)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if host is None:
@@ -399,4 +406,7 @@ class ReceiverSettings:
                                                     DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT, float)),
             decode_processes=int(decode_processes if decode_processes is not None
                                  else _env_number(OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES, 0, int, zero_allowed=True)),
+            max_spans_per_request=int(max_spans_per_request if max_spans_per_request is not None
+                                      else _env_number(OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST,
+                                                       DEFAULT_MAX_SPANS_PER_REQUEST, int)),
         )

@@ -9,6 +9,7 @@ exporter's retry rules are the Collector's ``otlphttp`` ones. Behaviour is asser
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from arthurmodel import create_model_over_http
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from servehelpers import PROTOBUF, arthur_settings, serving, wait_for  # noqa: F401
 from spanfixtures import generation_spans, load_span, reidentified
+from test_otlp import empty_spans_request
 
 from otel_arthur.config import ReceiverSettings
 from otel_arthur.local import openai
@@ -252,3 +254,52 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# -- what one request may cost -----------------------------------------------------------------------
+
+MB = 1024 * 1024
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set so far (VmHWM), in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)[1]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_ten_million_empty_spans_are_refused_in_bounded_memory_and_serve_keeps_serving(local_arthur, tmp_path,
+                                                                                        figures):
+    """20 MB of empty spans in a 19 KB gzip body: counted on the wire and refused, one and two at once."""
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"))
+    body = gzip.compress(empty_spans_request(10_000_000), 9)
+    headers = PROTOBUF | {"Content-Encoding": "gzip"}
+    serve = ServeProcess(env, tmp_path / "serve.log")
+    try:
+        started = peak_rss(serve.process.pid)
+
+        def post() -> requests.Response:
+            return requests.post(serve.url + "/v1/traces", data=body, headers=headers, timeout=120)
+
+        first = post()
+        after_one = peak_rss(serve.process.pid)
+        answers: list[requests.Response] = []
+        pair = [threading.Thread(target=lambda: answers.append(post())) for _ in range(2)]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+        after_two = peak_rss(serve.process.pid)
+        good, ids = request_body(900_000)
+        assert requests.post(serve.url + "/v1/traces", data=good, headers=PROTOBUF, timeout=30).status_code == 200
+        wait_for(lambda: {r["partner_inference_id"] for r in local_arthur.inferences(model_id)} >= set(ids))
+    finally:
+        serve.stop()
+    assert first.status_code == 413 and "--max-spans-per-request" in first.text
+    assert [a.status_code for a in answers] == [413, 413]
+    assert after_one <= 400 * MB and after_two <= 600 * MB
+    figures["10 million empty spans in one gzip body"] = {
+        "gzip_bytes": len(body), "status": first.status_code, "peak_rss_mb_at_start": started // MB,
+        "peak_rss_mb_after_one": after_one // MB, "peak_rss_mb_after_two_at_once": after_two // MB}

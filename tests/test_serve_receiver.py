@@ -223,6 +223,23 @@ def test_undecodable_bodies_are_400_in_the_requests_content_type(body, headers):
     assert status_of(reply).code == 3
 
 
+@pytest.mark.parametrize("media", [PROTOBUF, JSON])
+def test_more_spans_than_the_limit_is_413_and_none_is_mapped(media):
+    def mapper(span):
+        raise AssertionError("no span may be mapped")
+
+    request = encode_spans(spans())
+    body = request.SerializeToString() if media is PROTOBUF else otlp_json(request)
+    receiver = Receiver(FakeIntake(), max_spans_per_request=len(spans()) - 1, mapper=mapper)
+    reply = receiver.handle(gzip.compress(body), media | {"Content-Encoding": "gzip"})
+    assert reply.status == 413 and status_of(reply).code == 8
+    assert f"more than {len(spans()) - 1} spans" in status_of(reply).message
+    assert "--max-spans-per-request" in status_of(reply).message
+    counts = {(s.name, tuple(s.labels.items())): s.value for s in receiver.counters.samples()}
+    assert counts[("otel_arthur_receiver_http_responses_total", (("code", "413"),))] == 1
+    assert Receiver(FakeIntake(), max_spans_per_request=len(spans())).handle(body, media).status == 200
+
+
 def test_empty_protobuf_body_is_an_empty_request():
     intake = FakeIntake()
     reply = Receiver(intake).handle(b"", PROTOBUF)

@@ -102,7 +102,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Receiver | None = None) -> Starlette:
     """The app over ``pipeline``; its lifespan shuts the pipeline down. ``app.state.lifecycle``, ``.receiver``."""
-    receiver = receiver or Receiver(pipeline, max_body_bytes=settings.max_body_bytes, auth_token=settings.auth_token)
+    receiver = receiver or Receiver(pipeline, max_body_bytes=settings.max_body_bytes,
+                                    max_spans_per_request=settings.max_spans_per_request,
+                                    auth_token=settings.auth_token)
     lifecycle = Lifecycle(pipeline, receiver, settings.shutdown_timeout)
 
     def ready() -> tuple[bool, dict[str, object]]:
@@ -198,7 +200,8 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
         sock.close()
         pipeline.shutdown(0)
         raise
-    receiver = Receiver(pipeline, max_body_bytes=settings.max_body_bytes, auth_token=settings.auth_token,
+    receiver = Receiver(pipeline, max_body_bytes=settings.max_body_bytes,
+                        max_spans_per_request=settings.max_spans_per_request, auth_token=settings.auth_token,
                         decoder=decoder.decode if decoder else None)
     app = create_app(pipeline, settings, receiver=receiver)
     lifecycle: Lifecycle = app.state.lifecycle

@@ -9,11 +9,14 @@ and 504 (honouring ``Retry-After``) and drops the data on any other status. So::
                                                                              spans that could not be mapped
     400     undecodable: bad protobuf or JSON, corrupt or truncated gzip      google.rpc.Status
     401     a token is set and Authorization is not ``Bearer <token>``        google.rpc.Status
-    413     body over the limit, as sent or once decompressed                 google.rpc.Status
+    413     body over the limit, as sent or once decompressed; more spans     google.rpc.Status
+            (or resource or scope groups) than the limit, counted before any
+            is decoded
     415     content type not protobuf or JSON; encoding not gzip/deflate      google.rpc.Status
     503     spool full, spool not writable, shutting down; ``Retry-After``    google.rpc.Status
 
-Checked cheapest first: the token before the body, the declared length before a byte is inflated.
+Checked cheapest first: the token before the body, the declared length before a byte is inflated,
+the spans counted before any is decoded.
 Bodies are in the request's content type (protobuf when that is neither). Nothing a client sends
 can produce a 500: a span that breaks the mapper is counted as rejected, and any other surprise
 while decoding is a 400 (the same bytes would fail the same way again), logged with its traceback.
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from otel_arthur import otlp
-from otel_arthur.config import DEFAULT_MAX_BODY_BYTES
+from otel_arthur.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_SPANS_PER_REQUEST
 from otel_arthur.mapping import InferenceRecord, map_span
 from otel_arthur.pipeline import Accepted, Refusal
 from otel_arthur.stats import COUNTER, Sample
@@ -116,16 +119,16 @@ class Decoded:
 
 
 Mapper = Callable[..., "InferenceRecord | None"]
-Decoder = Callable[[bytes, "str | None", str, int], Decoded]
+Decoder = Callable[[bytes, "str | None", str, int, int], Decoded]
 
 
-def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes: int,
+def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int,
                    mapper: Mapper = map_span) -> Decoded:
     """Inflate, parse and map one body; ``otlp.RequestError`` when it is unusable as a whole.
 
     Pure and module-level, so ``DecodeProcesses`` can run it in another process.
     """
-    request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media)
+    request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media, max_spans)
     decoded = Decoded(spans=otlp.count_spans(request))
     for span in otlp.generation_spans(request):
         record, reason = _map_one(mapper, span)
@@ -158,6 +161,7 @@ class Receiver:
         intake: Intake,
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_spans_per_request: int = DEFAULT_MAX_SPANS_PER_REQUEST,
         auth_token: str | None = None,
         retry_after: int = DEFAULT_RETRY_AFTER,
         mapper: Mapper = map_span,
@@ -166,6 +170,7 @@ class Receiver:
         """``decoder`` runs ``decode_request`` elsewhere (``DecodeProcesses.decode``); else it runs here with ``mapper``."""
         self._intake = intake
         self.max_body_bytes = max_body_bytes
+        self.max_spans_per_request = max_spans_per_request
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
         self._retry_after = retry_after
         self._decode: Decoder = decoder or functools.partial(decode_request, mapper=mapper)
@@ -205,7 +210,8 @@ class Receiver:
         if len(body) > self.max_body_bytes or _declared_length(headers) > self.max_body_bytes:
             return self._error(media, 413, f"request body over the {self.max_body_bytes}-byte limit")
         try:
-            decoded = self._decode(body, headers.get("content-encoding"), media, self.max_body_bytes)
+            decoded = self._decode(body, headers.get("content-encoding"), media, self.max_body_bytes,
+                                   self.max_spans_per_request)
         except DecoderUnavailable as exc:  # ours, not the client's: it may retry
             _logger.error("Cannot decode a request: %s; answering 503", exc)
             return self._unavailable(media, f"otel-arthur serve cannot decode right now ({exc}); retry")
