@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -131,6 +132,17 @@ def test_bad_input_gets_its_documented_status_and_the_server_keeps_serving(case,
     assert good.status_code == 200
     figures[f"bad input: {case}"] = {"status": response.status_code, "body_bytes": len(body),
                                      "seconds": round(seconds, 3)}
+
+
+def test_a_wrong_token_is_answered_401_before_the_body_is_read(served):
+    """A client without the token is answered while its body is still coming; none of it is buffered."""
+    address = urlsplit(served.url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: serve\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Authorization: Bearer nope\r\nContent-Length: %d\r\n\r\n" % (20 * MiB) + b"\0" * 1024)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 401 ")  # with 20 MiB - 1 KiB of the body still to come
+    whole = post(served.traces, b"\0" * (5 * MiB), PROTOBUF | {"Authorization": "Bearer nope"})
+    assert whole.status_code == 401  # a client that sends it all anyway still reads its answer
 
 
 def test_chunked_body_without_a_length_is_read_and_bounded(served):

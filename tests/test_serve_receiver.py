@@ -184,6 +184,20 @@ def test_bearer_token(authorization, status):
         assert b"s3cret" not in reply.body
 
 
+def test_the_headers_alone_decide_401_415_413_and_503_before_the_body_is_read():
+    receiver = Receiver(FakeIntake(), auth_token="t", max_body_bytes=LIMIT)
+    token = {"Authorization": "Bearer t"}
+    assert receiver.answer_from_headers(PROTOBUF | {"Authorization": "Bearer nope"}).status == 401
+    assert receiver.answer_from_headers({"Content-Type": "text/plain"} | token).status == 415
+    assert receiver.answer_from_headers(PROTOBUF | token | {"Content-Length": str(LIMIT + 1)}).status == 413
+    assert receiver.answer_from_headers(PROTOBUF | token | {"Content-Length": str(LIMIT)}) is None
+    receiver.stop_accepting()
+    assert receiver.answer_from_headers(PROTOBUF | token).status == 503
+    counts = {(s.name, tuple(s.labels.items())): s.value for s in receiver.counters.samples()}
+    assert {code: counts[("otel_arthur_receiver_http_responses_total", (("code", code),))]
+            for code in ("401", "413", "415", "503")} == {"401": 1, "413": 1, "415": 1, "503": 1}
+
+
 def test_token_is_checked_before_anything_about_the_body():
     receiver = Receiver(FakeIntake(), auth_token="t", max_body_bytes=10)
     assert receiver.handle(b"x" * 100, {"Content-Type": "text/plain"}).status == 401

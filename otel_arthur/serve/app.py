@@ -2,7 +2,9 @@
 
 ::
 
-    POST /v1/traces   body read up to the limit + 1 byte, then Receiver.handle on a worker thread
+    POST /v1/traces   headers checked first (token, type, declared length: answered before a byte of the
+                      body is read), then the body read up to the limit + 1 byte, then Receiver.handle
+                      on a worker thread
     GET  /healthz     200 while the process serves
     GET  /readyz      200 when ready, else 503; JSON says what is missing
     GET  /metrics     Prometheus text format
@@ -88,9 +90,6 @@ class Lifecycle:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """At most ``limit + 1`` bytes: enough for the receiver to see that a body is over the limit."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return b""  # the receiver answers 413 from the header; not a byte is read
     chunks, size = [], 0
     async for chunk in request.stream():
         chunks.append(chunk)
@@ -120,11 +119,14 @@ def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Rece
     collectors = metrics.registry(receiver.counters.samples, lambda: pipeline.stats().samples(), ready_samples)
 
     async def traces(request: Request) -> Response:
-        try:
-            body = await _read_body(request, receiver.max_body_bytes)
-        except ClientDisconnect:
-            return Response(status_code=400)  # nobody is left to read it
-        reply = await run_in_threadpool(receiver.handle, body, request.headers)
+        reply = receiver.answer_from_headers(request.headers)
+        if reply is None:
+            try:
+                body = await _read_body(request, receiver.max_body_bytes)
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody is left to read it
+            reply = await run_in_threadpool(receiver.handle, body, request.headers)
+        # Answered from the headers, the body is left unread: uvicorn discards it as it arrives.
         return Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
 
     async def healthz(request: Request) -> Response:

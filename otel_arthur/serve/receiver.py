@@ -185,30 +185,45 @@ class Receiver:
         """From now on every request is answered 503 (shutting down), so the client keeps its spans."""
         self._accepting = False
 
+    def answer_from_headers(self, headers: Mapping[str, str]) -> Reply | None:
+        """The answer when the headers alone decide it (401, 415, 503 shutting down, 413 by the declared
+        length), counted; ``None`` when it takes the body. Asked before a byte of the body is read."""
+        reply = self._check_headers(_lowered(headers))[1]
+        if reply is not None:
+            self.counters.response(reply.status)
+        return reply
+
     def handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """``body`` as received (compressed or not); ``headers`` with any key case."""
-        reply = self._handle(body, {key.lower(): value for key, value in headers.items()})
+        reply = self._handle(body, _lowered(headers))
         self.counters.response(reply.status)
         return reply
 
-    def _handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+    def _check_headers(self, headers: Mapping[str, str]) -> tuple[str, Reply | None]:
+        """The media type to answer in, and the answer when the headers alone decide it."""
         try:
             media = otlp.media_type(headers.get("content-type"))
         except otlp.RequestError as exc:
-            media = None
+            media = otlp.PROTOBUF
             unsupported: otlp.RequestError | None = exc
         else:
             unsupported = None
-        reply_media = media or otlp.PROTOBUF
         if not self._authorized(headers.get("authorization")):
-            return self._error(reply_media, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+            return media, self._error(media, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         if unsupported is not None:
-            return self._error(reply_media, unsupported.status, str(unsupported))
-        assert media is not None
+            return media, self._error(media, unsupported.status, str(unsupported))
         if not self._accepting:
-            return self._refused(media, Refusal.SHUTTING_DOWN)
-        if len(body) > self.max_body_bytes or _declared_length(headers) > self.max_body_bytes:
-            return self._error(media, 413, f"request body over the {self.max_body_bytes}-byte limit")
+            return media, self._refused(media, Refusal.SHUTTING_DOWN)
+        if _declared_length(headers) > self.max_body_bytes:
+            return media, self._too_large(media)
+        return media, None
+
+    def _handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        media, refused = self._check_headers(headers)
+        if refused is not None:
+            return refused
+        if len(body) > self.max_body_bytes:
+            return self._too_large(media)
         try:
             decoded = self._decode(body, headers.get("content-encoding"), media, self.max_body_bytes,
                                    self.max_spans_per_request)
@@ -246,6 +261,9 @@ class Receiver:
         message = f"{rejected} generation spans not recorded; first: {reason}"[:_MESSAGE_LIMIT] if rejected else ""
         return Reply(200, {"Content-Type": media}, otlp.encode_response(media, rejected, message))
 
+    def _too_large(self, media: str) -> Reply:
+        return self._error(media, 413, f"request body over the {self.max_body_bytes}-byte limit")
+
     def _refused(self, media: str, refusal: Refusal) -> Reply:
         return self._unavailable(media, _REFUSALS[refusal])
 
@@ -256,6 +274,10 @@ class Receiver:
     def _error(media: str, status: int, message: str, extra: Mapping[str, str] | None = None) -> Reply:
         body = otlp.encode_status(media, _RPC_CODES[status], message[:_MESSAGE_LIMIT])
         return Reply(status, {"Content-Type": media, **(extra or {})}, body)
+
+
+def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items()}
 
 
 def _declared_length(headers: Mapping[str, str]) -> int:
