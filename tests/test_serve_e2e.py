@@ -13,11 +13,14 @@ import gzip
 import json
 import os
 import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -106,11 +109,14 @@ SPANS_PER_REQUEST = 20
 class ServeProcess:
     """``otel-arthur serve`` as a subprocess on a free port; its log in a file."""
 
-    def __init__(self, env: dict[str, str], log: Path, *flags: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *flags: str, open_files: int | None = None) -> None:
+        """``open_files``: the process's file-descriptor limit (ulimit -n), when not inherited."""
         self.log = log
         self._log_file = log.open("w")
+        limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
         self.process = subprocess.Popen([str(BIN / "otel-arthur"), "serve", "--port", "0", *flags], env=env,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=limit)
         self.url = "http://127.0.0.1:" + wait_for(self._port)
 
     def _port(self) -> str | None:
@@ -303,3 +309,59 @@ def test_ten_million_empty_spans_are_refused_in_bounded_memory_and_serve_keeps_s
     figures["10 million empty spans in one gzip body"] = {
         "gzip_bytes": len(body), "status": first.status_code, "peak_rss_mb_at_start": started // MB,
         "peak_rss_mb_after_one": after_one // MB, "peak_rss_mb_after_two_at_once": after_two // MB}
+
+
+# -- slow clients --------------------------------------------------------------------------------------
+
+def closed_by_the_server(sock: socket.socket) -> bool:
+    """Whether the server closes the connection before the socket's timeout, without answering."""
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_clients_are_cut_off_at_their_deadlines_and_others_keep_being_served(local_arthur, tmp_path, figures):
+    """Slowloris: 300 connections that stop mid-body, mid-headers or before a byte, against a serve whose
+    file-descriptor limit (256) they would exhaust. The cap closes those past it at once, the deadlines
+    close the rest, and a client that retries as a Collector does is served."""
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"))
+    serve = ServeProcess(env, tmp_path / "serve.log", "--header-timeout", "1", "--body-timeout", "1",
+                         open_files=256)
+    port = int(serve.url.rsplit(":", 1)[1])
+    head = b"POST /v1/traces HTTP/1.1\r\nHost: serve\r\nContent-Type: application/x-protobuf\r\n"
+    stalls = {"mid-body": head + b"Content-Length: 1000\r\n\r\n" + b"\0" * 10, "mid-headers": head, "idle": b""}
+    slow: list[tuple[str, socket.socket]] = []
+    try:
+        for kind, sent in stalls.items():
+            for _ in range(100):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                slow.append((kind, sock))
+                if sent:
+                    sock.sendall(sent)
+        closed = Counter(kind for kind, sock in slow if closed_by_the_server(sock))
+        body, ids = request_body(800_000)
+        attempts, status = 0, None
+        while status != 200 and attempts < 50:  # otlphttp retries a refused or closed connection
+            attempts += 1
+            try:
+                status = requests.post(serve.url + "/v1/traces", data=body, headers=PROTOBUF, timeout=30).status_code
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        metrics = requests.get(serve.url + "/metrics", timeout=30).text
+    finally:
+        for _, sock in slow:
+            sock.close()
+        serve.stop()
+    assert closed == {kind: 100 for kind in stalls}
+    assert status == 200
+    reasons = dict(re.findall(r'otel_arthur_receiver_connections_closed_total\{reason="(\w+)"\} (\S+)', metrics))
+    assert set(reasons) == {"header_timeout", "body_timeout", "max_connections"}
+    assert sum(float(count) for count in reasons.values()) == len(slow)
+    figures["300 slow connections, 256 file descriptors"] = {
+        "closed_by_reason": ", ".join(f"{k} {int(float(v))}" for k, v in sorted(reasons.items())),
+        "attempts_until_200": attempts}

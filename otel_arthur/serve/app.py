@@ -15,7 +15,8 @@ they give what a receiver beside a Collector needs without code of ours: HTTP/1.
 Collector holds its connections open), a streamed request body (so the read is bounded),
 ``run_in_threadpool`` (inflating, decoding, mapping and the SQLite append run off the event loop),
 lifespan hooks, and a graceful shutdown on SIGTERM that stops listening, closes idle connections
-and lets requests in flight finish. ``http.server`` has no graceful drain and is not meant for
+and lets requests in flight finish. What uvicorn lacks, read deadlines for headers and body and a
+cap on open connections, ``connections.py`` adds to its h11 protocol. ``http.server`` has no graceful drain and is not meant for
 production; aiohttp or a gRPC server would be a second stack to carry for no gain.
 
 Shutdown, on SIGTERM or SIGINT, within ``shutdown_timeout`` seconds of the signal: uvicorn stops
@@ -47,6 +48,7 @@ from otel_arthur.config import ArthurSettings, ReceiverSettings
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve import metrics
+from otel_arthur.serve.connections import ConnectionGuard
 from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
 from otel_arthur.stats import GAUGE, Sample
@@ -57,6 +59,7 @@ _logger = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"  # OTLP/HTTP's default path; the Collector's otlphttp exporter appends it
 _BACKLOG = 2048  # uvicorn's own default
+_RESERVED_DESCRIPTORS = 64  # for the spool, logs, decode processes' pipes and Arthur, beside the connections
 
 
 class Lifecycle:
@@ -187,6 +190,19 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _connection_cap(wanted: int) -> int:
+    """``wanted``, or fewer when the file-descriptor limit could not hold that many connections."""
+    import resource  # POSIX, as the spool is
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or wanted <= soft - _RESERVED_DESCRIPTORS:
+        return wanted
+    allowed = max(soft - _RESERVED_DESCRIPTORS, 1)
+    _logger.warning("--max-connections %d lowered to %d: the file-descriptor limit (ulimit -n) is %d",
+                    wanted, allowed, soft)
+    return allowed
+
+
 def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: RetryPolicy | None = None) -> int:
     """Listen until SIGTERM or SIGINT, then drain; 0 after SIGTERM. ``OSError`` if the address is taken."""
     sock = _bind(settings.host, settings.port)  # before anything else: a taken port fails fast
@@ -207,8 +223,11 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
                         decoder=decoder.decode if decoder else None)
     app = create_app(pipeline, settings, receiver=receiver)
     lifecycle: Lifecycle = app.state.lifecycle
-    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1), server_header=False)
+    guard = ConnectionGuard(settings.header_timeout, settings.body_timeout, _connection_cap(settings.max_connections),
+                            receiver.counters.connection_closed)
+    config = uvicorn.Config(app, http=guard.protocol(), log_config=None, log_level="warning", access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1),
+                            server_header=False)
     server = _Server(config, lifecycle.signalled)
     _logger.info("Receiving OTLP/HTTP traces on http://%s:%d%s for Arthur model %s at %s; spool %s; auth %s",
                  settings.host, port, TRACES_PATH, arthur.model_id, arthur.url, arthur.spool_dir,

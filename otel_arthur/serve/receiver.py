@@ -76,7 +76,8 @@ class ReceiverCounters:
     """What the receiver saw, for ``/metrics``; thread-safe (requests are handled on worker threads).
 
     Span counts are of requests answered 200: received = spooled + ignored + rejected. Spans of a
-    request answered 503 are counted as refused (the client sends them again).
+    request answered 503 are counted as refused (the client sends them again). Connections closed
+    without an answer are counted by reason (``connections.py``).
     """
 
     SPAN_OUTCOMES = ("received", "ignored", "rejected", "refused")
@@ -85,6 +86,7 @@ class ReceiverCounters:
         self._lock = threading.Lock()
         self._spans = dict.fromkeys(self.SPAN_OUTCOMES, 0)
         self._responses: dict[int, int] = {}
+        self._closed_connections: dict[str, int] = {}
 
     def spans(self, **counts: int) -> None:
         with self._lock:
@@ -95,13 +97,19 @@ class ReceiverCounters:
         with self._lock:
             self._responses[status] = self._responses.get(status, 0) + 1
 
+    def connection_closed(self, reason: str) -> None:
+        with self._lock:
+            self._closed_connections[reason] = self._closed_connections.get(reason, 0) + 1
+
     def samples(self) -> Iterator[Sample]:
         with self._lock:
-            spans, responses = dict(self._spans), dict(self._responses)
+            spans, responses, closed = dict(self._spans), dict(self._responses), dict(self._closed_connections)
         for outcome in self.SPAN_OUTCOMES:
             yield Sample(f"otel_arthur_receiver_spans_{outcome}_total", COUNTER, {}, spans[outcome])
         for status, count in sorted(responses.items()):
             yield Sample("otel_arthur_receiver_http_responses_total", COUNTER, {"code": str(status)}, count)
+        for reason, count in sorted(closed.items()):
+            yield Sample("otel_arthur_receiver_connections_closed_total", COUNTER, {"reason": reason}, count)
 
 
 class DecoderUnavailable(RuntimeError):
