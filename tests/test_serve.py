@@ -9,9 +9,11 @@ from __future__ import annotations
 import gzip
 import re
 import socket
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
+from unittest.mock import Mock
 from urllib.parse import urlsplit
 
 import pytest
@@ -250,6 +252,26 @@ def test_arthur_down_then_back_503_when_the_spool_is_full_and_everything_deliver
                 "delivered": len(rows), "duplicates": len(rows) - len({r["partner_inference_id"] for r in rows})}
     finally:
         arthur_server.stop()
+
+
+def test_readyz_recovers_after_a_spool_write_error_without_any_request(local_arthur, tmp_path, monkeypatch):
+    """A readiness gate stops the requests once /readyz says 503: recovery cannot wait for one to succeed."""
+    model_id = create_model_over_http(local_arthur)
+    with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool")) as server:
+        def readyz() -> requests.Response:
+            return requests.get(server.url + "/readyz", timeout=5)
+
+        wait_for(lambda: readyz().status_code == 200)
+        spool = server.pipeline._spool
+        body = encode_spans([fresh(real_spans()[3], 400_000)]).SerializeToString()
+        with monkeypatch.context() as disk_full:
+            disk_full.setattr(spool, "append", Mock(side_effect=sqlite3.OperationalError("database or disk is full")))
+            disk_full.setattr(spool, "can_write", lambda: False, raising=False)
+            assert post(server.traces, body, PROTOBUF).status_code == 503
+            assert readyz().status_code == 503 and readyz().json()["spool_writable"] is False
+        wait_for(lambda: readyz().status_code == 200, timeout=10)  # room again: no request was needed
+        assert readyz().json()["spool_writable"] is True
+        assert post(server.traces, body, PROTOBUF).status_code == 200
 
 
 # -- /metrics ---------------------------------------------------------------------------------------
