@@ -16,6 +16,7 @@ import re
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,6 +37,7 @@ from otel_arthur.local import openai
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import map_span, render_messages
 from otel_arthur.pipeline import Pipeline
+from otel_arthur.spool import FILE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -228,6 +230,45 @@ def test_sigterm_with_requests_in_flight_loses_no_accepted_record(decode_process
         "delivered_before_exit": len(delivered_before_exit & set(accepted)),
         "left_in_spool": len(set(accepted) - delivered_before_exit), "lost": len(set(accepted) - set(delivered)),
         "exit_code": returncode, "exit_seconds": round(exit_seconds, 1), "shutdown_timeout": SHUTDOWN_TIMEOUT}
+
+
+def test_sigterm_exits_within_the_shutdown_timeout_while_a_request_is_stuck(local_arthur, tmp_path, figures):
+    """A request held past --shutdown-timeout, its spool write waiting on another process's lock (as
+    ``otel-arthur spool replay`` takes it), does not hold the exit: it stays unanswered, so it is retried."""
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"))
+    serve = ServeProcess(env, tmp_path / "serve.log", "--shutdown-timeout", "1")
+    holder = sqlite3.connect(tmp_path / "spool" / FILE_NAME, timeout=5, isolation_level=None)
+    answers: list[object] = []
+    try:
+        wait_for(lambda: requests.get(serve.url + "/readyz", timeout=5).status_code == 200)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, for longer than the spool's 10 s busy timeout
+
+        def stuck() -> None:
+            body, _ = request_body(700_000)
+            try:
+                answers.append(requests.post(serve.url + "/v1/traces", data=body, headers=PROTOBUF,
+                                             timeout=30).status_code)
+            except requests.ConnectionError as exc:
+                answers.append(type(exc).__name__)
+
+        request = threading.Thread(target=stuck)
+        request.start()
+        time.sleep(0.5)  # the request reaches the spool and waits on its lock
+        signalled = time.monotonic()
+        os.killpg(serve.process.pid, signal.SIGTERM)
+        returncode = serve.process.wait(timeout=1 + 5)  # the stuck write alone would take 10 s
+        exit_seconds = time.monotonic() - signalled
+        request.join(timeout=30)
+        log = serve.log.read_text()
+    finally:
+        holder.close()
+        serve.stop()
+    assert returncode == 0 and "exiting now" in log
+    assert answers == [503]  # retried; never a 200 for records that were not spooled, nor a 500 (dropped)
+    figures["SIGTERM with a request stuck on the spool lock"] = {"shutdown_timeout": 1.0,
+                                                                "exit_seconds": round(exit_seconds, 1)}
 
 
 def test_decode_processes_deliver_and_do_not_outlive_a_killed_serve(local_arthur, tmp_path):
