@@ -103,7 +103,7 @@ class Readiness:
 
     model_fetched: bool  # the model was fetched and bound at least once
     arthur_reachable: bool | None  # Arthur answered and accepted the set-up at the last attempt; None before any
-    spool_writable: bool  # the last write succeeded and the file can be written
+    spool_writable: bool  # the last write succeeded (or a probe since did) and the file can be written
     spool_recovered_from: str | None = None  # the spool was found damaged and started afresh; its copy is there
 
     @property
@@ -377,6 +377,8 @@ class Pipeline:
             self._spool_failing = False
 
     def readiness(self) -> Readiness:
+        if self._spool_failing and not self._closed and self._spool.can_write():
+            self._spool_written()  # probed: while not ready, no request comes to write and find out
         return Readiness(
             model_fetched=self._model_fetched,
             arthur_reachable=self._health.reachable,

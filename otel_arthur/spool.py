@@ -81,6 +81,7 @@ OWNERS = "owners"
 BUSY_TIMEOUT = 10.0  # seconds to wait for another process's write lock; transactions take milliseconds
 WAL_MAX_PAGES = 1000  # SQLite's own checkpoint threshold (~4 MiB of log): what a large bound keeps
 WAL_MIN_PAGES = 16  # fewer would checkpoint (and fsync) every few transactions
+PROBE_BYTES = 64 * 1024  # what ``can_write`` writes: room for a few SQLite pages and their write-ahead log frames
 _OWNER_ID = re.compile(r"^[0-9a-f]{32}$")
 
 _SCHEMA = """
@@ -506,6 +507,23 @@ class Spool:
             dead_letters=totals["dead_letters"][0],
             oldest_age=max(0.0, time.time() - oldest[0][0]) if oldest else 0.0,
         )
+
+    def can_write(self) -> bool:
+        """Whether ``PROBE_BYTES`` can be written and synced beside the spool now (a full disk, a read-only
+        mount say no): a probe that needs no record, for readiness after a write failed."""
+        probe = os.path.join(self.directory, f".write-probe-{self.owner}")
+        try:
+            descriptor = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            try:
+                os.write(descriptor, bytes(PROBE_BYTES))
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+                with suppress(OSError):
+                    os.unlink(probe)
+        except OSError:
+            return False
+        return True
 
     @_retried
     def dead_letters(self, *, everywhere: bool = False, reason: str | None = None,
