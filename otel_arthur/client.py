@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import requests
 
-from otel_arthur import __version__
+from otel_arthur import __version__, forking
 from otel_arthur.config import ArthurSettings, display_url
 
 _logger = logging.getLogger(__name__)
@@ -288,6 +288,7 @@ class ArthurClient:
         self._token_refresh_at = float("inf")  # an API key never expires
         self._organization_id = settings.organization_id
         self._timeouts = Timeouts(settings.timeout)  # no request outlives a deadline once set (shutdown's)
+        forking.register(after_in_child=self._after_fork_in_child)
 
     def __repr__(self) -> str:
         auth = "api_key" if self._settings.has_api_key else f"login={self._settings.login!r}"
@@ -345,6 +346,16 @@ class ArthurClient:
                 self._token = None
 
     # -- transport ------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """Fresh locks and a session of the child's own at its next request; the token stays valid.
+
+        The parent's pooled connections are the parent's: two processes writing to one socket garble
+        both. The inherited session is dropped, not closed: its pool's lock may have been held at the fork.
+        """
+        self._session_lock = threading.Lock()
+        self._auth_lock = threading.Lock()
+        self._session_made = None
 
     @property
     def _session(self) -> requests.Session:

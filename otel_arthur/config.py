@@ -490,11 +490,21 @@ OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES = "OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES"
 OTEL_ARTHUR_RECEIVER_TOKEN = "OTEL_ARTHUR_RECEIVER_TOKEN"
 OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT = "OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT"
 OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES = "OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES"
+OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST = "OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST"
+OTEL_ARTHUR_RECEIVER_HEADER_TIMEOUT = "OTEL_ARTHUR_RECEIVER_HEADER_TIMEOUT"
+OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT = "OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT"
+OTEL_ARTHUR_RECEIVER_MAX_CONNECTIONS = "OTEL_ARTHUR_RECEIVER_MAX_CONNECTIONS"
 
 DEFAULT_RECEIVER_HOST = "127.0.0.1"  # beside the Collector; bind 0.0.0.0 explicitly to listen beyond the host
 DEFAULT_RECEIVER_PORT = 4319  # next to the Collector's own OTLP ports, 4317 (gRPC) and 4318 (HTTP)
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024  # one request once decompressed; the Collector's own receiver default
 DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT = 20.0  # seconds from SIGTERM to exit; under Kubernetes' default 30 s grace
+# Spans (and resource or scope groups) in one request, counted before any is decoded. The shipped
+# Collector configs send 256 at most; a 20 MiB body of empty spans would hold 10 million.
+DEFAULT_MAX_SPANS_PER_REQUEST = 50_000
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's headers, from the connection or its first byte
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds for a body after its headers: the Collector's otlphttp gives up at 30 s
+DEFAULT_MAX_CONNECTIONS = 512  # open at once; lowered at start-up to what the file-descriptor limit allows
 
 
 @dataclass(frozen=True)
@@ -508,6 +518,10 @@ class ReceiverSettings:
     shutdown_timeout: float = DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT
     decode_processes: int = 0
     """Processes that decode and map request bodies; 0 decodes in the serving process."""
+    max_spans_per_request: int = DEFAULT_MAX_SPANS_PER_REQUEST
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
     def resolve(
@@ -519,13 +533,19 @@ class ReceiverSettings:
         auth_token: str | None = None,
         shutdown_timeout: float | None = None,
         decode_processes: int | None = None,
+        max_spans_per_request: int | None = None,
+        header_timeout: float | None = None,
+        body_timeout: float | None = None,
+        max_connections: int | None = None,
     ) -> ReceiverSettings:
         """Each setting from its argument, else ``OTEL_ARTHUR_RECEIVER_*``, else its default."""
         if port is not None and not 0 <= port <= 65535:
             raise ValueError(f"port must be 0-65535, got {port!r}")
         if decode_processes is not None and decode_processes < 0:
             raise ValueError(f"decode processes must be 0 or more, got {decode_processes!r}")
-        for name, value in (("max_body_bytes", max_body_bytes), ("shutdown_timeout", shutdown_timeout)):
+        for name, value in (("max_body_bytes", max_body_bytes), ("shutdown_timeout", shutdown_timeout),
+                            ("max_spans_per_request", max_spans_per_request), ("header_timeout", header_timeout),
+                            ("body_timeout", body_timeout), ("max_connections", max_connections)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if host is None:
@@ -547,4 +567,13 @@ class ReceiverSettings:
                                                     DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT, float)),
             decode_processes=int(decode_processes if decode_processes is not None
                                  else _env_number(OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES, 0, int, zero_allowed=True)),
+            max_spans_per_request=int(max_spans_per_request if max_spans_per_request is not None
+                                      else _env_number(OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST,
+                                                       DEFAULT_MAX_SPANS_PER_REQUEST, int)),
+            header_timeout=float(header_timeout if header_timeout is not None
+                                 else _env_number(OTEL_ARTHUR_RECEIVER_HEADER_TIMEOUT, DEFAULT_HEADER_TIMEOUT, float)),
+            body_timeout=float(body_timeout if body_timeout is not None
+                               else _env_number(OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT, float)),
+            max_connections=int(max_connections if max_connections is not None
+                                else _env_number(OTEL_ARTHUR_RECEIVER_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, int)),
         )

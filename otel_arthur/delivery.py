@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+from otel_arthur import forking
 from otel_arthur.binding import Binding, bind
 from otel_arthur.client import NOT_SENT, ArthurClient, ArthurError, RecordResult, RetryableError, encode_row
 from otel_arthur.config import ArthurSettings
@@ -133,6 +134,10 @@ class ArthurSender:
         self._binding: Binding | None = None
         self._bind_lock = threading.Lock()
         self.wait = AnswerWait(settings.timeout)
+        forking.register(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._bind_lock = threading.Lock()  # the parent's worker may have held it, fetching the model, at the fork
 
     @property
     def binding(self) -> Binding:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from otel_arthur import forking
 from otel_arthur.client import (
     PermanentError,
     RetryableError,
@@ -69,6 +70,12 @@ class EngineClient:
         self._lock = threading.Lock()
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
         self._timeouts = Timeouts(settings.timeout)
+        forking.register(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """A session of the child's own at its next request (``ArthurClient._after_fork_in_child`` says why)."""
+        self._lock = threading.Lock()
+        self._session_made = None
 
     def __repr__(self) -> str:
         return f"EngineClient(url={display_url(self._settings.url)!r}, task_id={self._settings.task_id!r})"

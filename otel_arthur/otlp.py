@@ -4,7 +4,9 @@ Pure functions, no HTTP: ``otel-arthur serve`` puts a server in front of them. B
 decoded with ``opentelemetry-proto`` (binary protobuf, or OTLP/JSON: hex ids, enums as integers),
 after bounded decompression, so a gzip bomb is refused at the limit without being inflated whole.
 Only spans that ``classify`` marks as generations become ``ReadableSpan`` objects for the mapper;
-the rest are counted and dropped on the spot.
+the rest are counted and dropped on the spot. Spans are counted before the body is parsed (a walk
+over the protobuf wire format), so a request of too many of them is refused before any is built:
+parsing builds every message, and 20 MB of empty spans are 10 million of them (1.8 GB).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from otel_arthur.config import DEFAULT_MAX_SPANS_PER_REQUEST
 from otel_arthur.conventions import CONVENTIONS
 from otel_arthur.mapping import classify
 
@@ -40,6 +43,12 @@ _SPAN_KINDS = {ProtoSpan.SPAN_KIND_SERVER: SpanKind.SERVER, ProtoSpan.SPAN_KIND_
                ProtoSpan.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, ProtoSpan.SPAN_KIND_CONSUMER: SpanKind.CONSUMER}
 _STATUS_CODES = {1: StatusCode.OK, 2: StatusCode.ERROR}
 _PRIMITIVES = (str, bool, int, float)
+
+# Field numbers on the way to each span (opentelemetry/proto/trace/v1/trace.proto): a request's
+# resource_spans = 1, a ResourceSpans' scope_spans = 2, a ScopeSpans' spans = 2.
+_RESOURCE_SPANS, _SCOPE_SPANS, _SPANS = 1, 2, 2
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _START_GROUP, _END_GROUP, _FIXED32 = range(6)
+_MAX_GROUP_DEPTH = 100  # upb's own nesting limit
 
 
 def _marker_values() -> dict[str, frozenset[str]]:
@@ -117,17 +126,142 @@ def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
     return b"".join(pieces)
 
 
-def parse_request(body: bytes, media: str) -> ExportTraceServiceRequest:
+def parse_request(body: bytes, media: str,
+                  max_spans: int = DEFAULT_MAX_SPANS_PER_REQUEST) -> ExportTraceServiceRequest:
+    """The request; ``RequestError`` 400 when undecodable, 413 past ``max_spans`` spans or resource or scope groups."""
     request = ExportTraceServiceRequest()
     try:
         if media == PROTOBUF:
+            _check_protobuf_counts(body, max_spans)
             request.ParseFromString(body)
         else:
+            document = json.loads(body)
+            if not isinstance(document, dict):  # ParseDict reads a list or a string as an empty request
+                raise RequestError(400, "an OTLP/JSON body is a JSON object (ExportTraceServiceRequest)")
+            _check_json_counts(document, max_spans)
             # The OTLP spec: receivers MUST ignore unknown fields in OTLP/JSON, for forward compatibility.
-            json_format.ParseDict(_hex_ids_to_base64(json.loads(body)), request, ignore_unknown_fields=True)
+            json_format.ParseDict(_hex_ids_to_base64(document), request, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        if isinstance(exc, RequestError) and exc.status != 400:
+            raise
         raise RequestError(400, f"cannot decode {media} body: {str(exc)[:200]}") from None
     return request
+
+
+def _too_many(limit: int, what: str) -> RequestError:
+    return RequestError(413, f"the request holds more than {limit} {what}, the limit per request"
+                             " (--max-spans-per-request): send smaller batches (the Collector's send_batch_max_size)")
+
+
+class _Counts:
+    """Spans and resource or scope groups met so far; 413 as soon as either passes the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spans = self.groups = 0
+
+    def span(self) -> None:
+        self.spans += 1
+        if self.spans > self.limit:
+            raise _too_many(self.limit, "spans")
+
+    def group(self, count: int = 1) -> None:
+        self.groups += count
+        if self.groups > self.limit:
+            raise _too_many(self.limit, "resource or scope span groups")
+
+
+def _check_protobuf_counts(body: bytes, limit: int) -> None:
+    """Counts from the wire format, building nothing, and stopping at the limit: the work is bounded by it."""
+    counts = _Counts(limit)
+    for number, start, end in _length_delimited(body, 0, len(body)):
+        if number != _RESOURCE_SPANS:
+            continue
+        counts.group()
+        for number, scope_start, scope_end in _length_delimited(body, start, end):
+            if number != _SCOPE_SPANS:
+                continue
+            counts.group()
+            for number, _, _ in _length_delimited(body, scope_start, scope_end):
+                if number == _SPANS:
+                    counts.span()
+
+
+def _length_delimited(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field of the message in ``data[pos:end]``.
+
+    Fields of other wire types are skipped; a field of a message type sent with another wire type
+    is an unknown field to protobuf too, so not counted.
+    """
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        wire_type = key & 7
+        if wire_type == _LENGTH_DELIMITED:
+            length, pos = _varint(data, pos, end)
+            if pos + length > end:
+                raise RequestError(400, "truncated protobuf message")
+            yield key >> 3, pos, pos + length
+            pos += length
+        else:
+            pos = _skip(data, pos, end, key, 0)
+
+
+def _skip(data: bytes, pos: int, end: int, key: int, depth: int) -> int:
+    """Where the value of a field of any wire type but length-delimited ends."""
+    wire_type = key & 7
+    if wire_type == _VARINT:
+        return _varint(data, pos, end)[1]
+    if wire_type in (_FIXED64, _FIXED32):
+        pos += 8 if wire_type == _FIXED64 else 4
+    elif wire_type == _START_GROUP and depth < _MAX_GROUP_DEPTH:  # a proto2 group in an unknown field
+        while True:
+            inner, pos = _varint(data, pos, end)
+            if inner == (key & ~7) | _END_GROUP:
+                break
+            if inner & 7 == _LENGTH_DELIMITED:
+                length, pos = _varint(data, pos, end)
+                pos += length
+            else:
+                pos = _skip(data, pos, end, inner, depth + 1)
+    else:  # an end-group without its start, wire types 6 and 7, or groups nested past upb's limit
+        raise RequestError(400, f"invalid protobuf: wire type {wire_type} of field {key >> 3}")
+    if pos > end:
+        raise RequestError(400, "truncated protobuf message")
+    return pos
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varint at ``pos`` and where it ends."""
+    value = shift = 0
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise RequestError(400, "truncated or invalid protobuf varint")
+
+
+def _check_json_counts(document: dict[str, Any], limit: int) -> None:
+    """The same counts in parsed OTLP/JSON, before the hex ids are converted and protobuf messages built."""
+    counts = _Counts(limit)
+    for resource_spans in _json_items(document, "resourceSpans", "resource_spans"):
+        counts.group()
+        for scope_spans in _json_items(resource_spans, "scopeSpans", "scope_spans"):
+            counts.group()
+            for _ in _json_items(scope_spans, "spans"):
+                counts.span()
+
+
+def _json_items(node: Any, *keys: str) -> Iterator[Any]:
+    """The items under either spelling of a field (protobuf's JSON mapping takes both); what is not a
+    list is left for ``ParseDict`` to refuse."""
+    if isinstance(node, dict):
+        for key in keys:
+            value = node.get(key)
+            if isinstance(value, list):
+                yield from value
 
 
 def _hex_ids_to_base64(node: Any) -> Any:

@@ -26,6 +26,11 @@ What the worker does with each answer:
 
 One log line per change of Arthur's state (unreachable, refusing the set-up, reachable again),
 never one per failed request.
+
+A forked child (Gunicorn, uWSGI, Celery prefork, ``multiprocessing``) gets fresh events and locks,
+its own spool owner, client session and counters (from zero), and its own worker at its first
+submit or flush: the parent's worker does not survive the fork, and a lock it held would never be
+released in the child.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from otel_arthur import forking
 from otel_arthur.client import ArthurError, PermanentError, RecordResult, RetryableError, SetupError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.delivery import Sender
@@ -99,7 +105,7 @@ class Readiness:
 
     model_fetched: bool  # the model was fetched and bound at least once
     arthur_reachable: bool | None  # Arthur answered and accepted the set-up at the last attempt; None before any
-    spool_writable: bool  # the last write succeeded and the file can be written
+    spool_writable: bool  # the last write succeeded (or a probe since did) and the file can be written
     spool_recovered_from: str | None = None  # the spool was found damaged and started afresh; its copy is there
 
     @property
@@ -206,8 +212,9 @@ class Pipeline:
         self._unmappable_lock = threading.Lock()  # the exporter's and serve's threads both report
         self._unreported_unmappable = 0
         self._unmappable_log_at = 0.0
-        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # None: a forked child that has not used the pipeline yet
+        self._start_worker()
+        forking.register(after_in_child=self._after_fork_in_child)
 
     def __repr__(self) -> str:
         return f"Pipeline({self._spool!r})"
@@ -215,6 +222,24 @@ class Pipeline:
     @property
     def destination(self) -> Destination:
         return self._destination
+
+    def _start_worker(self) -> None:
+        """Start this process's worker unless it has one: at construction, and at the first use after a fork."""
+        if self._thread is not None:
+            return
+        with self._close_lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+                self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        self._rng = random.Random()  # else every child would jitter its retries exactly as its parent does
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._close_lock = threading.Lock()
+        self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
+        self._thread = None  # started at the first submit or flush: a child that never exports costs nothing
 
     # -- the caller's side --------------------------------------------------------------------
 
@@ -259,6 +284,7 @@ class Pipeline:
             self._spool_write_failed(exc, "dropped")
             return False
         self._spool_written()
+        self._start_worker()
         self._counters.add("spooled", appended.stored)
         if appended.dropped:
             self._counters.drop(DropReason.SPOOL_FULL, appended.dropped)
@@ -296,6 +322,7 @@ class Pipeline:
             self._spool_write_failed(exc, "refused")
             return Refusal.SPOOL_ERROR
         self._spool_written()
+        self._start_worker()
         if self._refusing_full:
             _logger.info("The spool %s has room again: records are accepted", self._spool.path)
             self._refusing_full = False
@@ -355,6 +382,8 @@ class Pipeline:
             self._spool_failing = False
 
     def readiness(self) -> Readiness:
+        if self._spool_failing and not self._closed and self._spool.can_write():
+            self._spool_written()  # probed: while not ready, no request comes to write and find out
         return Readiness(
             model_fetched=self._model_fetched,
             arthur_reachable=self._health.reachable,
@@ -374,6 +403,7 @@ class Pipeline:
         started, dropped = time.time(), self._counters.dropped_total()
         try:
             mark = self._spool.last_seq()
+            self._start_worker()
             self._wake.set()
             while self._spool.pending(upto=mark):
                 remaining = deadline - time.monotonic()
@@ -399,6 +429,9 @@ class Pipeline:
                 _logger.warning("Arthur delivery already shut down, ignoring call")
                 return
             self._closed = True
+        if self._thread is None:  # a forked child that never exported: nothing of its own to deliver
+            self._let_go()
+            return
         self._drain_deadline = time.monotonic() + timeout
         set_deadline = getattr(self._transport, "set_deadline", None)  # optional, as prepare is
         if set_deadline is not None:
@@ -418,6 +451,10 @@ class Pipeline:
             # Still inside a request: any records it carries stay claimed by this process until it
             # exits, then the next process adopts them. Closing under the worker would release them mid-POST.
             return
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Once nothing is being sent: keep the last gauges for ``stats``, close the spool and the transport."""
         self._final_gauges = self._spool.gauges()
         self._spool.close()
         self._sender.close()

@@ -66,6 +66,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from otel_arthur import forking
 from otel_arthur.mapping import InferenceRecord
 
 try:
@@ -81,6 +82,7 @@ OWNERS = "owners"
 BUSY_TIMEOUT = 10.0  # seconds to wait for another process's write lock; transactions take milliseconds
 WAL_MAX_PAGES = 1000  # SQLite's own checkpoint threshold (~4 MiB of log): what a large bound keeps
 WAL_MIN_PAGES = 16  # fewer would checkpoint (and fsync) every few transactions
+PROBE_BYTES = 64 * 1024  # what ``can_write`` writes: room for a few SQLite pages and their write-ahead log frames
 _OWNER_ID = re.compile(r"^[0-9a-f]{32}$")
 
 _SCHEMA = """
@@ -250,6 +252,10 @@ class Spool:
     Thread-safe: one connection behind one lock (the exporter's thread appends while the worker
     claims and settles). Writes are short IMMEDIATE transactions, so other processes wait for
     milliseconds at most.
+
+    Fork-safe: no SQLite connection crosses a fork (see ``_before_fork``); each side opens a new
+    one at its next use. A forked child is a new owner, with its own lock file from its first use:
+    the parent's in-flight records stay the parent's, which the child can neither settle nor release.
     """
 
     def __init__(self, directory: str | os.PathLike[str], destination: str, max_bytes: int,
@@ -270,7 +276,8 @@ class Spool:
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # prompts are private: 0600 before SQLite opens it
         self.replace_damaged = replace_damaged
         self.recovered_from: str | None = None  # the copy of a damaged file this handle replaced, if it did
-        self._owner_fd = _hold_owner_lock(self._owner_path(self.owner))
+        self._owner_fd: int | None = _hold_owner_lock(self._owner_path(self.owner))
+        self._db: sqlite3.Connection | None = None  # None: opened at the next use (after a fork)
         try:
             try:
                 self._db = self._connect()
@@ -285,6 +292,8 @@ class Spool:
             self._db.close()
             self._release_owner_lock()
             raise
+        forking.register(before=self._before_fork, after_in_parent=self._after_fork_in_parent,
+                         after_in_child=self._after_fork_in_child)
 
     def __repr__(self) -> str:
         return f"Spool({self.path!r}, destination={self.destination!r})"
@@ -302,6 +311,45 @@ class Spool:
             db.close()
             raise
         return db
+
+    # -- connection and fork -----------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, under ``self._lock``; opened anew at the first use after a fork."""
+        if self._closed:
+            raise SpoolClosed(self.path)
+        if self._db is None:
+            if self._owner_fd is None:  # a forked child's first use: its lock file before it claims anything
+                self._owner_fd = _hold_owner_lock(self._owner_path(self.owner))
+            self._db = self._connect()
+        return self._db
+
+    def _before_fork(self) -> None:
+        """Close the connection, holding the lock (so no transaction is open) until the fork is done.
+
+        SQLite forbids carrying a connection across a fork, and abandoning it in the child is not
+        enough: a new connection there would share the old one's lock bookkeeping and take no lock
+        of its own on the file (seen in /proc/locks), so another process could delete the log or
+        reset its index under it. So nothing of SQLite crosses; the parent reopens at its next use.
+        A fork waits for a transaction in progress (milliseconds; at most the busy timeout).
+        """
+        self._lock.acquire()
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        """A new owner: the parent's in-flight records stay claimed by the parent, which settles them."""
+        self._lock = threading.Lock()
+        self.owner = uuid.uuid4().hex
+        if self._owner_fd is not None:
+            # Closes only the child's copy: the parent keeps its flock, and its records are adopted
+            # when the parent dies, not when every child it forked has died too.
+            os.close(self._owner_fd)
+            self._owner_fd = None
 
     # -- a damaged file ----------------------------------------------------------------------
 
@@ -326,7 +374,8 @@ class Spool:
         """Called holding ``_lock``: when ``error`` says the file is damaged, replace it and raise ``_Replaced``."""
         if isinstance(error, _Replaced) or not _is_damage(error) or not self.replace_damaged:
             return
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
         self._db = self._replace_damaged(error)
         raise _Replaced(str(error)) from error
 
@@ -363,27 +412,25 @@ class Spool:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: takes the write lock up front, so it never deadlocks upgrading."""
         with self._lock:
-            if self._closed:
-                raise SpoolClosed(self.path)
+            db = self._connection()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self._db
+                    yield db
                 except BaseException:
-                    if self._db.in_transaction:  # SQLite may have ended it already (a damaged file)
-                        self._db.execute("ROLLBACK")
+                    if db.in_transaction:  # SQLite may have ended it already (a damaged file)
+                        db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 self._replace_if_damaged(exc)
                 raise
 
     def _read(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple]:
         with self._lock:
-            if self._closed:
-                raise SpoolClosed(self.path)
+            db = self._connection()
             try:
-                return self._db.execute(sql, parameters).fetchall()
+                return db.execute(sql, parameters).fetchall()
             except sqlite3.DatabaseError as exc:
                 self._replace_if_damaged(exc)
                 raise
@@ -488,6 +535,23 @@ class Spool:
             dead_letters=totals["dead_letters"][0],
             oldest_age=max(0.0, time.time() - oldest[0][0]) if oldest else 0.0,
         )
+
+    def can_write(self) -> bool:
+        """Whether ``PROBE_BYTES`` can be written and synced beside the spool now (a full disk, a read-only
+        mount say no): a probe that needs no record, for readiness after a write failed."""
+        probe = os.path.join(self.directory, f".write-probe-{self.owner}")
+        try:
+            descriptor = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            try:
+                os.write(descriptor, bytes(PROBE_BYTES))
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+                with suppress(OSError):
+                    os.unlink(probe)
+        except OSError:
+            return False
+        return True
 
     @_retried
     def dead_letters(self, *, everywhere: bool = False, reason: str | None = None,
@@ -598,9 +662,12 @@ class Spool:
                 _is_held(os.path.join(self.directory, OWNERS, name))  # removes it when nobody holds it
 
     def _release_owner_lock(self) -> None:
+        if self._owner_fd is None:  # a forked child that never used the spool: it has no lock file
+            return
         with suppress(FileNotFoundError):
             os.unlink(self._owner_path(self.owner))
         os.close(self._owner_fd)
+        self._owner_fd = None
 
     def close(self) -> None:
         """Return our in-flight records to pending and let go of the file. Idempotent.
@@ -611,8 +678,11 @@ class Spool:
         with self._lock:
             if self._closed:
                 return
-            self._db.execute("UPDATE records SET owner = NULL WHERE owner = ?", (self.owner,))
-            self._db.close()
+            if self._owner_fd is not None:  # else a forked child that never used the spool: it owns nothing
+                db = self._connection()
+                db.execute("UPDATE records SET owner = NULL WHERE owner = ?", (self.owner,))
+                db.close()
+            self._db = None
             self._closed = True
             self._release_owner_lock()
 

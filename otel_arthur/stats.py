@@ -1,7 +1,8 @@
 """What delivery has done, as plain numbers with labels: ready for ``/metrics`` or OpenTelemetry metrics.
 
-Counts are this process's since it started (monotonic, Prometheus ``_total`` counters); the spool
-gauges describe the whole spool file, which other processes may share.
+Counts are this process's since it started (monotonic, Prometheus ``_total`` counters; a forked
+child's start from zero, its parent's stay its parent's); the spool gauges describe the whole spool
+file, which other processes may share.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from otel_arthur import forking
 from otel_arthur.spool import Gauges
 
 __all__ = ["LATENCY_BUCKETS", "Counters", "DropReason", "Histogram", "HistogramSnapshot", "PipelineStats", "Sample"]
@@ -131,7 +133,11 @@ class Counters:
     """The pipeline's monotonic counts; thread-safe (the exporter's thread and the worker both add)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._start()
+        forking.register(after_in_child=self._start)  # a forked child is a new process: its counts start anew
+
+    def _start(self) -> None:
+        self._lock = threading.Lock()  # a fresh one in a forked child: the parent's may have been held at the fork
         self._counts = dict.fromkeys(("received_spans", "generation_spans", "spooled", "delivered", "retried",
                                       "resent_unknown_outcome", "dead_lettered"), 0)
         self._dropped: dict[str, int] = {}

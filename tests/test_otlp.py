@@ -106,6 +106,8 @@ def test_empty_body_is_an_empty_request():
     (b"{not json", otlp.JSON, 400),
     (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', otlp.JSON, 400),
     (b'{"resourceSpans": 5}', otlp.JSON, 400),
+    (b"[]", otlp.JSON, 400),
+    (b'"x"', otlp.JSON, 400),
 ])
 def test_undecodable_bodies_are_400(body, media, status):
     with pytest.raises(otlp.RequestError) as error:
@@ -175,3 +177,63 @@ def test_responses_in_the_requests_content_type(media):
         response.ParseFromString(body)
     assert response.partial_success.rejected_spans == 2
     assert otlp.encode_response(media) in (b"", b"{}")
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    """One protobuf field of wire type 2: its key, its length as a varint, the payload."""
+    length, varint = len(payload), bytearray()
+    while length >= 0x80:
+        varint.append(length & 0x7F | 0x80)
+        length >>= 7
+    varint.append(length)
+    return bytes([field << 3 | 2]) + bytes(varint) + payload
+
+
+def empty_spans_request(spans: int) -> bytes:
+    """An ExportTraceServiceRequest of ``spans`` empty spans (2 bytes each) in one resource and scope."""
+    return _length_delimited(1, _length_delimited(2, b"\x12\x00" * spans))
+
+
+def test_more_spans_than_the_limit_is_413_before_any_is_built():
+    """10 million empty spans in 20 MB: parsed, they took 1.8 GB; counted on the wire, nothing is built."""
+    body = empty_spans_request(10_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(otlp.RequestError) as error:
+            otlp.parse_request(body, otlp.PROTOBUF, 1_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert error.value.status == 413 and "more than 1000 spans" in str(error.value)
+    assert peak < 2**20
+    assert otlp.count_spans(otlp.parse_request(empty_spans_request(1_000), otlp.PROTOBUF, 1_000)) == 1_000
+
+
+@pytest.mark.parametrize("media", [otlp.PROTOBUF, otlp.JSON])
+def test_more_resource_or_scope_groups_than_the_limit_is_413(media):
+    request = ExportTraceServiceRequest()
+    for _ in range(6):
+        request.resource_spans.add().scope_spans.add()
+    body = request.SerializeToString() if media == otlp.PROTOBUF else json_format.MessageToJson(request).encode()
+    with pytest.raises(otlp.RequestError) as error:
+        otlp.parse_request(body, media, 10)
+    assert error.value.status == 413 and "groups" in str(error.value)
+    assert len(otlp.parse_request(body, media, 12).resource_spans) == 6
+
+
+def test_more_otlp_json_spans_than_the_limit_is_413():
+    body = _otlp_json(encode_spans(_spans()))
+    with pytest.raises(otlp.RequestError) as error:
+        otlp.parse_request(body, otlp.JSON, len(_spans()) - 1)
+    assert error.value.status == 413 and f"more than {len(_spans()) - 1} spans" in str(error.value)
+    assert otlp.count_spans(otlp.parse_request(body, otlp.JSON, len(_spans()))) == len(_spans())
+
+
+def test_spans_are_counted_past_unknown_fields_of_every_wire_type():
+    """An unknown varint, fixed64, fixed32 and group (nested) before the spans: none hides a span from the count."""
+    unknown = b"\x78\x01" + b"\x79" + b"\0" * 8 + b"\x7d" + b"\0" * 4 + b"\x7b\x08\x01\x0b\x10\x02\x0c\x7c"
+    body = unknown + _length_delimited(1, unknown + _length_delimited(2, unknown + b"\x12\x00" * 3))
+    assert otlp.count_spans(otlp.parse_request(body, otlp.PROTOBUF, 3)) == 3
+    with pytest.raises(otlp.RequestError) as error:
+        otlp.parse_request(body, otlp.PROTOBUF, 2)
+    assert error.value.status == 413

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import gzip
 import re
+import socket
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
+from unittest.mock import Mock
 from urllib.parse import urlsplit
 
 import pytest
@@ -109,6 +112,8 @@ BAD_INPUT = {  # name: (body, headers, status)
     "empty JSON body": (lambda: b"", JSON | AUTH, 400),
     "wrong bearer token": (lambda: b"", PROTOBUF | {"Authorization": "Bearer nope"}, 401),
     "no bearer token": (lambda: b"", PROTOBUF, 401),
+    "JSON array": (lambda: b"[]", JSON | AUTH, 400),
+    "JSON string": (lambda: b'"x"', JSON | AUTH, 400),
 }
 
 
@@ -129,6 +134,17 @@ def test_bad_input_gets_its_documented_status_and_the_server_keeps_serving(case,
     assert good.status_code == 200
     figures[f"bad input: {case}"] = {"status": response.status_code, "body_bytes": len(body),
                                      "seconds": round(seconds, 3)}
+
+
+def test_a_wrong_token_is_answered_401_before_the_body_is_read(served):
+    """A client without the token is answered while its body is still coming; none of it is buffered."""
+    address = urlsplit(served.url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: serve\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Authorization: Bearer nope\r\nContent-Length: %d\r\n\r\n" % (20 * MiB) + b"\0" * 1024)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 401 ")  # with 20 MiB - 1 KiB of the body still to come
+    whole = post(served.traces, b"\0" * (5 * MiB), PROTOBUF | {"Authorization": "Bearer nope"})
+    assert whole.status_code == 401  # a client that sends it all anyway still reads its answer
 
 
 def test_chunked_body_without_a_length_is_read_and_bounded(served):
@@ -236,6 +252,26 @@ def test_arthur_down_then_back_503_when_the_spool_is_full_and_everything_deliver
                 "delivered": len(rows), "duplicates": len(rows) - len({r["partner_inference_id"] for r in rows})}
     finally:
         arthur_server.stop()
+
+
+def test_readyz_recovers_after_a_spool_write_error_without_any_request(local_arthur, tmp_path, monkeypatch):
+    """A readiness gate stops the requests once /readyz says 503: recovery cannot wait for one to succeed."""
+    model_id = create_model_over_http(local_arthur)
+    with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool")) as server:
+        def readyz() -> requests.Response:
+            return requests.get(server.url + "/readyz", timeout=5)
+
+        wait_for(lambda: readyz().status_code == 200)
+        spool = server.pipeline._spool
+        body = encode_spans([fresh(real_spans()[3], 400_000)]).SerializeToString()
+        with monkeypatch.context() as disk_full:
+            disk_full.setattr(spool, "append", Mock(side_effect=sqlite3.OperationalError("database or disk is full")))
+            disk_full.setattr(spool, "can_write", lambda: False, raising=False)
+            assert post(server.traces, body, PROTOBUF).status_code == 503
+            assert readyz().status_code == 503 and readyz().json()["spool_writable"] is False
+        wait_for(lambda: readyz().status_code == 200, timeout=10)  # room again: no request was needed
+        assert readyz().json()["spool_writable"] is True
+        assert post(server.traces, body, PROTOBUF).status_code == 200
 
 
 # -- /metrics ---------------------------------------------------------------------------------------

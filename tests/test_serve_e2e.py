@@ -9,14 +9,19 @@ exporter's retry rules are the Collector's ``otlphttp`` ones. Behaviour is asser
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
+import resource
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,12 +30,14 @@ from arthurmodel import create_model_over_http
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from servehelpers import PROTOBUF, arthur_settings, serving, wait_for  # noqa: F401
 from spanfixtures import generation_spans, load_span, reidentified
+from test_otlp import empty_spans_request
 
 from otel_arthur.config import ReceiverSettings
 from otel_arthur.local import openai
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import map_span, render_messages
 from otel_arthur.pipeline import Pipeline
+from otel_arthur.spool import FILE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -104,11 +111,14 @@ SPANS_PER_REQUEST = 20
 class ServeProcess:
     """``otel-arthur serve`` as a subprocess on a free port; its log in a file."""
 
-    def __init__(self, env: dict[str, str], log: Path, *flags: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *flags: str, open_files: int | None = None) -> None:
+        """``open_files``: the process's file-descriptor limit (ulimit -n), when not inherited."""
         self.log = log
         self._log_file = log.open("w")
+        limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
         self.process = subprocess.Popen([str(BIN / "otel-arthur"), "serve", "--port", "0", *flags], env=env,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=limit)
         self.url = "http://127.0.0.1:" + wait_for(self._port)
 
     def _port(self) -> str | None:
@@ -222,6 +232,45 @@ def test_sigterm_with_requests_in_flight_loses_no_accepted_record(decode_process
         "exit_code": returncode, "exit_seconds": round(exit_seconds, 1), "shutdown_timeout": SHUTDOWN_TIMEOUT}
 
 
+def test_sigterm_exits_within_the_shutdown_timeout_while_a_request_is_stuck(local_arthur, tmp_path, figures):
+    """A request held past --shutdown-timeout, its spool write waiting on another process's lock (as
+    ``otel-arthur spool replay`` takes it), does not hold the exit: it stays unanswered, so it is retried."""
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"))
+    serve = ServeProcess(env, tmp_path / "serve.log", "--shutdown-timeout", "1")
+    holder = sqlite3.connect(tmp_path / "spool" / FILE_NAME, timeout=5, isolation_level=None)
+    answers: list[object] = []
+    try:
+        wait_for(lambda: requests.get(serve.url + "/readyz", timeout=5).status_code == 200)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, for longer than the spool's 10 s busy timeout
+
+        def stuck() -> None:
+            body, _ = request_body(700_000)
+            try:
+                answers.append(requests.post(serve.url + "/v1/traces", data=body, headers=PROTOBUF,
+                                             timeout=30).status_code)
+            except requests.ConnectionError as exc:
+                answers.append(type(exc).__name__)
+
+        request = threading.Thread(target=stuck)
+        request.start()
+        time.sleep(0.5)  # the request reaches the spool and waits on its lock
+        signalled = time.monotonic()
+        os.killpg(serve.process.pid, signal.SIGTERM)
+        returncode = serve.process.wait(timeout=1 + 5)  # the stuck write alone would take 10 s
+        exit_seconds = time.monotonic() - signalled
+        request.join(timeout=30)
+        log = serve.log.read_text()
+    finally:
+        holder.close()
+        serve.stop()
+    assert returncode == 0 and "exiting now" in log
+    assert answers == [503]  # retried; never a 200 for records that were not spooled, nor a 500 (dropped)
+    figures["SIGTERM with a request stuck on the spool lock"] = {"shutdown_timeout": 1.0,
+                                                                "exit_seconds": round(exit_seconds, 1)}
+
+
 def test_decode_processes_deliver_and_do_not_outlive_a_killed_serve(local_arthur, tmp_path):
     model_id = create_model_over_http(local_arthur)
     env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
@@ -252,3 +301,108 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# -- what one request may cost -----------------------------------------------------------------------
+
+MB = 1024 * 1024
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set so far (VmHWM), in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)[1]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_ten_million_empty_spans_are_refused_in_bounded_memory_and_serve_keeps_serving(local_arthur, tmp_path,
+                                                                                        figures):
+    """20 MB of empty spans in a 19 KB gzip body: counted on the wire and refused, one and two at once."""
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"))
+    body = gzip.compress(empty_spans_request(10_000_000), 9)
+    headers = PROTOBUF | {"Content-Encoding": "gzip"}
+    serve = ServeProcess(env, tmp_path / "serve.log")
+    try:
+        started = peak_rss(serve.process.pid)
+
+        def post() -> requests.Response:
+            return requests.post(serve.url + "/v1/traces", data=body, headers=headers, timeout=120)
+
+        first = post()
+        after_one = peak_rss(serve.process.pid)
+        answers: list[requests.Response] = []
+        pair = [threading.Thread(target=lambda: answers.append(post())) for _ in range(2)]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+        after_two = peak_rss(serve.process.pid)
+        good, ids = request_body(900_000)
+        assert requests.post(serve.url + "/v1/traces", data=good, headers=PROTOBUF, timeout=30).status_code == 200
+        wait_for(lambda: {r["partner_inference_id"] for r in local_arthur.inferences(model_id)} >= set(ids))
+    finally:
+        serve.stop()
+    assert first.status_code == 413 and "--max-spans-per-request" in first.text
+    assert [a.status_code for a in answers] == [413, 413]
+    assert after_one <= 400 * MB and after_two <= 600 * MB
+    figures["10 million empty spans in one gzip body"] = {
+        "gzip_bytes": len(body), "status": first.status_code, "peak_rss_mb_at_start": started // MB,
+        "peak_rss_mb_after_one": after_one // MB, "peak_rss_mb_after_two_at_once": after_two // MB}
+
+
+# -- slow clients --------------------------------------------------------------------------------------
+
+def closed_by_the_server(sock: socket.socket) -> bool:
+    """Whether the server closes the connection before the socket's timeout, without answering."""
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_clients_are_cut_off_at_their_deadlines_and_others_keep_being_served(local_arthur, tmp_path, figures):
+    """Slowloris: 300 connections that stop mid-body, mid-headers or before a byte, against a serve whose
+    file-descriptor limit (256) they would exhaust. The cap closes those past it at once, the deadlines
+    close the rest, and a client that retries as a Collector does is served."""
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"))
+    serve = ServeProcess(env, tmp_path / "serve.log", "--header-timeout", "1", "--body-timeout", "1",
+                         open_files=256)
+    port = int(serve.url.rsplit(":", 1)[1])
+    head = b"POST /v1/traces HTTP/1.1\r\nHost: serve\r\nContent-Type: application/x-protobuf\r\n"
+    stalls = {"mid-body": head + b"Content-Length: 1000\r\n\r\n" + b"\0" * 10, "mid-headers": head, "idle": b""}
+    slow: list[tuple[str, socket.socket]] = []
+    try:
+        for kind, sent in stalls.items():
+            for _ in range(100):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                slow.append((kind, sock))
+                if sent:
+                    sock.sendall(sent)
+        closed = Counter(kind for kind, sock in slow if closed_by_the_server(sock))
+        body, ids = request_body(800_000)
+        attempts, status = 0, None
+        while status != 200 and attempts < 50:  # otlphttp retries a refused or closed connection
+            attempts += 1
+            try:
+                status = requests.post(serve.url + "/v1/traces", data=body, headers=PROTOBUF, timeout=30).status_code
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        metrics = requests.get(serve.url + "/metrics", timeout=30).text
+    finally:
+        for _, sock in slow:
+            sock.close()
+        serve.stop()
+    assert closed == {kind: 100 for kind in stalls}
+    assert status == 200
+    reasons = dict(re.findall(r'otel_arthur_receiver_connections_closed_total\{reason="(\w+)"\} (\S+)', metrics))
+    assert set(reasons) == {"header_timeout", "body_timeout", "max_connections"}
+    assert sum(float(count) for count in reasons.values()) == len(slow)
+    figures["300 slow connections, 256 file descriptors"] = {
+        "closed_by_reason": ", ".join(f"{k} {int(float(v))}" for k, v in sorted(reasons.items())),
+        "attempts_until_200": attempts}

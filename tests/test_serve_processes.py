@@ -51,6 +51,14 @@ def test_the_same_answer_and_records_as_decoding_in_the_serving_process(case, pr
     assert expected.status != 200 or here.records  # the generation spans did become records
 
 
+def test_the_span_limit_holds_in_decode_processes(processes):
+    body = encode_spans(spans()).SerializeToString()
+    limited = Receiver(FakeIntake(), max_spans_per_request=len(spans()) - 1, decoder=processes.decode)
+    assert limited.handle(body, PROTOBUF).status == 413
+    enough = Receiver(FakeIntake(), max_spans_per_request=len(spans()), decoder=processes.decode)
+    assert enough.handle(body, PROTOBUF).status == 200
+
+
 def test_a_killed_decode_process_costs_a_503_then_new_processes_decode():
     decoders = DecodeProcesses(1)
     try:

@@ -211,6 +211,20 @@ def test_bearer_token(authorization, status):
         assert b"s3cret" not in reply.body
 
 
+def test_the_headers_alone_decide_401_415_413_and_503_before_the_body_is_read():
+    receiver = Receiver(FakeIntake(), auth_token="t", max_body_bytes=LIMIT)
+    token = {"Authorization": "Bearer t"}
+    assert receiver.answer_from_headers(PROTOBUF | {"Authorization": "Bearer nope"}).status == 401
+    assert receiver.answer_from_headers({"Content-Type": "text/plain"} | token).status == 415
+    assert receiver.answer_from_headers(PROTOBUF | token | {"Content-Length": str(LIMIT + 1)}).status == 413
+    assert receiver.answer_from_headers(PROTOBUF | token | {"Content-Length": str(LIMIT)}) is None
+    receiver.stop_accepting()
+    assert receiver.answer_from_headers(PROTOBUF | token).status == 503
+    counts = {(s.name, tuple(s.labels.items())): s.value for s in receiver.counters.samples()}
+    assert {code: counts[("otel_arthur_receiver_http_responses_total", (("code", code),))]
+            for code in ("401", "413", "415", "503")} == {"401": 1, "413": 1, "415": 1, "503": 1}
+
+
 def test_token_is_checked_before_anything_about_the_body():
     receiver = Receiver(FakeIntake(), auth_token="t", max_body_bytes=10)
     assert receiver.handle(b"x" * 100, {"Content-Type": "text/plain"}).status == 401
@@ -248,6 +262,23 @@ def test_undecodable_bodies_are_400_in_the_requests_content_type(body, headers):
     reply = Receiver(FakeIntake()).handle(body, headers)
     assert reply.status == 400 and reply.headers["Content-Type"] == headers["Content-Type"]
     assert status_of(reply).code == 3
+
+
+@pytest.mark.parametrize("media", [PROTOBUF, JSON])
+def test_more_spans_than_the_limit_is_413_and_none_is_mapped(media):
+    def mapper(span):
+        raise AssertionError("no span may be mapped")
+
+    request = encode_spans(spans())
+    body = request.SerializeToString() if media is PROTOBUF else otlp_json(request)
+    receiver = Receiver(FakeIntake(), max_spans_per_request=len(spans()) - 1, mapper=mapper)
+    reply = receiver.handle(gzip.compress(body), media | {"Content-Encoding": "gzip"})
+    assert reply.status == 413 and status_of(reply).code == 8
+    assert f"more than {len(spans()) - 1} spans" in status_of(reply).message
+    assert "--max-spans-per-request" in status_of(reply).message
+    counts = {(s.name, tuple(s.labels.items())): s.value for s in receiver.counters.samples()}
+    assert counts[("otel_arthur_receiver_http_responses_total", (("code", "413"),))] == 1
+    assert Receiver(FakeIntake(), max_spans_per_request=len(spans())).handle(body, media).status == 200
 
 
 def test_empty_protobuf_body_is_an_empty_request():

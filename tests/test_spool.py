@@ -194,3 +194,15 @@ def test_spool_files_are_private(tmp_path):
     Spool(tmp_path / "new", DESTINATION, max_bytes=1_000).close()
     modes = {path: oct(path.stat().st_mode & 0o777) for path in (tmp_path / "new", tmp_path / "new" / FILE_NAME)}
     assert list(modes.values()) == ["0o700", "0o600"]
+
+
+def test_can_write_probes_the_directory_and_leaves_nothing_behind(tmp_path):
+    spool = Spool(tmp_path / "spool", DESTINATION, max_bytes=1_000_000)
+    try:
+        before = sorted(os.listdir(spool.directory))
+        assert spool.can_write()
+        assert sorted(os.listdir(spool.directory)) == before
+        os.rename(spool.directory, tmp_path / "moved")  # gone from where it was: nothing can be written there
+        assert not spool.can_write()
+    finally:
+        spool.close()

@@ -11,6 +11,7 @@ One module per concern:
                  answer the OTLP/HTTP contract asks for is decided here, with no HTTP framework in sight
     metrics.py   ``PipelineStats`` and the receiver's counters as Prometheus metric families
     app.py       the thin HTTP layer (Starlette under uvicorn), lifespan, signals, the run loop
+    connections.py  read deadlines and a connection cap on uvicorn's h11 protocol
     cli.py       flags, each with its environment variable and default
 
 Kept free of imports here, so ``otel-arthur --help`` never loads the server stack.

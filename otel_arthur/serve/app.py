@@ -2,7 +2,9 @@
 
 ::
 
-    POST /v1/traces   body read up to the limit + 1 byte, then Receiver.handle on a worker thread
+    POST /v1/traces   headers checked first (token, type, declared length: answered before a byte of the
+                      body is read), then the body read up to the limit + 1 byte, then Receiver.handle
+                      on a worker thread
     GET  /healthz     200 while the process serves
     GET  /readyz      200 when ready, else 503; JSON says what is missing
     GET  /metrics     Prometheus text format
@@ -13,25 +15,30 @@ they give what a receiver beside a Collector needs without code of ours: HTTP/1.
 Collector holds its connections open), a streamed request body (so the read is bounded),
 ``run_in_threadpool`` (inflating, decoding, mapping and the SQLite append run off the event loop),
 lifespan hooks, and a graceful shutdown on SIGTERM that stops listening, closes idle connections
-and lets requests in flight finish. ``http.server`` has no graceful drain and is not meant for
+and lets requests in flight finish. What uvicorn lacks, read deadlines for headers and body and a
+cap on open connections, ``connections.py`` adds to its h11 protocol. ``http.server`` has no graceful drain and is not meant for
 production; aiohttp or a gRPC server would be a second stack to carry for no gain.
 
 Shutdown, on SIGTERM or SIGINT, within ``shutdown_timeout`` seconds of the signal: uvicorn stops
 accepting connections and waits for the requests in flight (each is answered: 200 once spooled);
 then the lifespan hook makes any later request a 503 and gives the pipeline the time left to
-deliver. What is not delivered by then stays in the spool for the next start. The exit status
-after SIGTERM is 0.
+deliver. What is not delivered by then stays in the spool for the next start. Work still running
+``EXIT_GRACE`` after the timeout (a request stuck on the spool's lock, a decode uvicorn cannot
+cancel) does not hold the exit: the process ends anyway, its unanswered requests are retried by
+their clients, and the spool survives an abrupt end. The exit status after SIGTERM is 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from types import FrameType
 
 import uvicorn
@@ -45,16 +52,19 @@ from otel_arthur.config import ArthurSettings, ReceiverSettings, display_url
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve import metrics
+from otel_arthur.serve.connections import ConnectionGuard
 from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
 from otel_arthur.stats import GAUGE, Sample
 
-__all__ = ["TRACES_PATH", "Lifecycle", "create_app", "serve"]
+__all__ = ["EXIT_GRACE", "TRACES_PATH", "Lifecycle", "create_app", "serve"]
 
 _logger = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"  # OTLP/HTTP's default path; the Collector's otlphttp exporter appends it
 _BACKLOG = 2048  # uvicorn's own default
+EXIT_GRACE = 0.5  # seconds past the shutdown timeout after which the process ends, whatever still runs
+_RESERVED_DESCRIPTORS = 64  # for the spool, logs, decode processes' pipes and Arthur, beside the connections
 
 
 class Lifecycle:
@@ -73,6 +83,11 @@ class Lifecycle:
         if self._deadline is None:
             self._deadline = time.monotonic() + self.shutdown_timeout
 
+    def remaining(self) -> float:
+        """Seconds left of the shutdown timeout, counted from the signal (from now when there was none)."""
+        deadline = self._deadline if self._deadline is not None else time.monotonic() + self.shutdown_timeout
+        return max(deadline - time.monotonic(), 0.0)
+
     def shutdown(self) -> None:
         """Refuse new requests (503), deliver for the time left, leave the rest in the spool. Once."""
         with self._lock:
@@ -80,17 +95,13 @@ class Lifecycle:
                 return
             self._done = True
         self.receiver.stop_accepting()
-        deadline = self._deadline if self._deadline is not None else time.monotonic() + self.shutdown_timeout
-        remaining = max(deadline - time.monotonic(), 0.0)
+        remaining = self.remaining()
         _logger.info("Shutting down: no longer accepting spans; delivering to Arthur for up to %.1f s", remaining)
         self.pipeline.shutdown(remaining)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """At most ``limit + 1`` bytes: enough for the receiver to see that a body is over the limit."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return b""  # the receiver answers 413 from the header; not a byte is read
     chunks, size = [], 0
     async for chunk in request.stream():
         chunks.append(chunk)
@@ -102,7 +113,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Receiver | None = None) -> Starlette:
     """The app over ``pipeline``; its lifespan shuts the pipeline down. ``app.state.lifecycle``, ``.receiver``."""
-    receiver = receiver or Receiver(pipeline, max_body_bytes=settings.max_body_bytes, auth_token=settings.auth_token)
+    receiver = receiver or Receiver(pipeline, max_body_bytes=settings.max_body_bytes,
+                                    max_spans_per_request=settings.max_spans_per_request,
+                                    auth_token=settings.auth_token)
     lifecycle = Lifecycle(pipeline, receiver, settings.shutdown_timeout)
 
     def ready() -> tuple[bool, dict[str, object]]:
@@ -118,11 +131,20 @@ def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Rece
     collectors = metrics.registry(receiver.counters.samples, lambda: pipeline.stats().samples(), ready_samples)
 
     async def traces(request: Request) -> Response:
-        try:
-            body = await _read_body(request, receiver.max_body_bytes)
-        except ClientDisconnect:
-            return Response(status_code=400)  # nobody is left to read it
-        reply = await run_in_threadpool(receiver.handle, body, request.headers)
+        reply = receiver.answer_from_headers(request.headers)
+        if reply is None:
+            try:
+                body = await _read_body(request, receiver.max_body_bytes)
+                reply = await run_in_threadpool(receiver.handle, body, request.headers)
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody is left to read it
+            except asyncio.CancelledError:
+                # uvicorn cancels what still runs when its shutdown wait ends, and would answer 500, which
+                # the Collector drops: a 503 it retries (the records may be spooled already: at least once).
+                receiver.stop_accepting()
+                reply = receiver.answer_from_headers(request.headers)
+                assert reply is not None
+        # Answered from the headers, the body is left unread: uvicorn discards it as it arrives.
         return Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
 
     async def healthz(request: Request) -> Response:
@@ -156,15 +178,33 @@ def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Rece
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling ``on_signal`` when SIGTERM or SIGINT arrives."""
+    """uvicorn's server, its shutdown held to the lifecycle's deadline, counted from the signal."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
         super().__init__(config)
-        self._on_signal = on_signal
+        self._lifecycle = lifecycle
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_signal()
+        self._lifecycle.signalled()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn waits for the requests in flight for its own timeout from now: ours started at the signal
+        self.config.timeout_graceful_shutdown = self._lifecycle.remaining()  # type: ignore[assignment]
+        _exit_at_the_latest(self._lifecycle.remaining() + EXIT_GRACE)
+        await super().shutdown(sockets)
+
+
+def _exit_at_the_latest(seconds: float) -> None:
+    """End the process ``seconds`` from now if it still runs: a daemon timer, so a timely exit cancels it."""
+    def exit_now() -> None:
+        _logger.error("Still busy %.1f s past the shutdown timeout: exiting now; requests not answered are"
+                      " retried by their clients, records not delivered stay in the spool", EXIT_GRACE)
+        os._exit(0)
+
+    timer = threading.Timer(seconds, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 def _drained(sig: int, frame: FrameType | None) -> None:
@@ -183,6 +223,19 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _connection_cap(wanted: int) -> int:
+    """``wanted``, or fewer when the file-descriptor limit could not hold that many connections."""
+    import resource  # POSIX, as the spool is
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or wanted <= soft - _RESERVED_DESCRIPTORS:
+        return wanted
+    allowed = max(soft - _RESERVED_DESCRIPTORS, 1)
+    _logger.warning("--max-connections %d lowered to %d: the file-descriptor limit (ulimit -n) is %d",
+                    wanted, allowed, soft)
+    return allowed
+
+
 def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: RetryPolicy | None = None) -> int:
     """Listen until SIGTERM or SIGINT, then drain; 0 after SIGTERM. ``OSError`` if the address is taken."""
     sock = _bind(settings.host, settings.port)  # before anything else: a taken port fails fast
@@ -198,13 +251,17 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
         sock.close()
         pipeline.shutdown(0)
         raise
-    receiver = Receiver(pipeline, max_body_bytes=settings.max_body_bytes, auth_token=settings.auth_token,
+    receiver = Receiver(pipeline, max_body_bytes=settings.max_body_bytes,
+                        max_spans_per_request=settings.max_spans_per_request, auth_token=settings.auth_token,
                         decoder=decoder.decode if decoder else None)
     app = create_app(pipeline, settings, receiver=receiver)
     lifecycle: Lifecycle = app.state.lifecycle
-    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1), server_header=False)
-    server = _Server(config, lifecycle.signalled)
+    guard = ConnectionGuard(settings.header_timeout, settings.body_timeout, _connection_cap(settings.max_connections),
+                            receiver.counters.connection_closed)
+    config = uvicorn.Config(app, http=guard.protocol(), log_config=None, log_level="warning", access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1),
+                            server_header=False)
+    server = _Server(config, lifecycle)
     _logger.info("Receiving OTLP/HTTP traces on http://%s:%d%s for Arthur model %s at %s; spool %s; auth %s",
                  settings.host, port, TRACES_PATH, arthur.model_id, display_url(arthur.url), arthur.spool_dir,
                  "bearer token" if settings.auth_token else "none")

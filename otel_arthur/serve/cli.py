@@ -52,6 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     receiver.add_argument("--decode-processes", type=int, help=_help(
         "processes that decode and map request bodies, to use more than one core (e.g. the number of cores); "
         "0 decodes in the serving process", c.OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES, 0))
+    receiver.add_argument("--max-spans-per-request", type=int, help=_help(
+        "most spans (and resource or scope groups) in one request, counted before it is decoded; more is "
+        "answered 413", c.OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST, c.DEFAULT_MAX_SPANS_PER_REQUEST))
+    receiver.add_argument("--header-timeout", type=float, help=_help(
+        "seconds for a request's headers to arrive, from the connection (or the request's first byte); "
+        "a connection still waiting is closed", c.OTEL_ARTHUR_RECEIVER_HEADER_TIMEOUT, c.DEFAULT_HEADER_TIMEOUT))
+    receiver.add_argument("--body-timeout", type=float, help=_help(
+        "seconds for a request's body to arrive after its headers; a connection still sending is closed",
+        c.OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT, c.DEFAULT_BODY_TIMEOUT))
+    receiver.add_argument("--max-connections", type=int, help=_help(
+        "connections open at once; one more is closed as soon as it is accepted (lowered to what the "
+        "file-descriptor limit allows)", c.OTEL_ARTHUR_RECEIVER_MAX_CONNECTIONS, c.DEFAULT_MAX_CONNECTIONS))
 
     arthur = parser.add_argument_group("Arthur (as the exporter: the same ARTHUR_* variables)")
     arthur.add_argument("--url", help=_help("Arthur base URL, e.g. https://app.arthur.ai", c.ARTHUR_ENDPOINT_URL,
@@ -97,5 +109,7 @@ def run(args: argparse.Namespace) -> int:
     receiver = c.ReceiverSettings.resolve(
         host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, auth_token=args.auth_token,
         shutdown_timeout=args.shutdown_timeout, decode_processes=args.decode_processes,
+        max_spans_per_request=args.max_spans_per_request, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout, max_connections=args.max_connections,
     )
     return serve(arthur, receiver)

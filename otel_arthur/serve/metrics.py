@@ -9,6 +9,7 @@ Families (``_total`` counters, gauges, one histogram)::
 
     otel_arthur_receiver_spans_{received,ignored,rejected,refused}_total
     otel_arthur_receiver_http_responses_total{code}
+    otel_arthur_receiver_connections_closed_total{reason}
     otel_arthur_spans_received_total, otel_arthur_generation_spans_total
     otel_arthur_records_{spooled,delivered,retried,resent_unknown_outcome,dead_lettered}_total,
     otel_arthur_records_dropped_total{reason}
@@ -36,6 +37,8 @@ _HELP = {
     "otel_arthur_receiver_spans_rejected": "Generation spans that could not be mapped, reported in partial_success.",
     "otel_arthur_receiver_spans_refused": "Spans of requests answered 503; the client sends them again.",
     "otel_arthur_receiver_http_responses": "Answers to POST /v1/traces, by HTTP status code.",
+    "otel_arthur_receiver_connections_closed": "Connections closed without an answer: header_timeout, body_timeout"
+                                               " or max_connections.",
     "otel_arthur_spans_received": "Spans handed to the pipeline.",
     "otel_arthur_generation_spans": "Generation spans mapped to records.",
     "otel_arthur_records_spooled": "Records written to the spool.",
@@ -55,7 +58,8 @@ _HELP = {
 
 # Labelled families that have no sample until something happens: exposed (HELP and TYPE) from the
 # first scrape anyway, so dashboards and alerts can refer to them before the first drop.
-_DECLARED = {"otel_arthur_records_dropped": COUNTER, "otel_arthur_receiver_http_responses": COUNTER}
+_DECLARED = {"otel_arthur_records_dropped": COUNTER, "otel_arthur_receiver_http_responses": COUNTER,
+             "otel_arthur_receiver_connections_closed": COUNTER}
 
 SampleSource = Callable[[], Iterable[Sample]]
 

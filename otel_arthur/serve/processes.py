@@ -86,10 +86,10 @@ class DecodeProcesses:
         _logger.info("Decoding requests in %d processes (pids %s)", len(self.pids), ", ".join(map(str, self.pids)))
         return pool
 
-    def decode(self, body: bytes, encoding: str | None, media: str, max_body_bytes: int) -> Decoded:
+    def decode(self, body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int) -> Decoded:
         pool = self._pool
         try:
-            return pool.submit(decode_request, body, encoding, media, max_body_bytes).result()
+            return pool.submit(decode_request, body, encoding, media, max_body_bytes, max_spans).result()
         except BrokenProcessPool:
             self._replace(pool)
             raise DecoderUnavailable("a decode process died; a new one was started") from None

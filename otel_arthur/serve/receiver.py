@@ -9,11 +9,14 @@ and 504 (honouring ``Retry-After``) and drops the data on any other status. So::
                                                                              spans that could not be mapped
     400     undecodable: bad protobuf or JSON, corrupt or truncated gzip      google.rpc.Status
     401     a token is set and Authorization is not ``Bearer <token>``        google.rpc.Status
-    413     body over the limit, as sent or once decompressed                 google.rpc.Status
+    413     body over the limit, as sent or once decompressed; more spans     google.rpc.Status
+            (or resource or scope groups) than the limit, counted before any
+            is decoded
     415     content type not protobuf or JSON; encoding not gzip/deflate      google.rpc.Status
     503     spool full, spool not writable, shutting down; ``Retry-After``    google.rpc.Status
 
-Checked cheapest first: the token before the body, the declared length before a byte is inflated.
+Checked cheapest first: the token before the body, the declared length before a byte is inflated,
+the spans counted before any is decoded.
 Bodies are in the request's content type (protobuf when that is neither). Nothing a client sends
 can produce a 500: a span that breaks the mapper is rejected alone (``mapping.map_spans``, the
 exporter's net too) and counted as dropped ``unmappable``, and any other surprise while decoding
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from otel_arthur import otlp
-from otel_arthur.config import DEFAULT_MAX_BODY_BYTES
+from otel_arthur.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_SPANS_PER_REQUEST
 from otel_arthur.mapping import InferenceRecord, map_span, map_spans
 from otel_arthur.pipeline import Accepted, Refusal
 from otel_arthur.stats import COUNTER, Sample
@@ -76,7 +79,8 @@ class ReceiverCounters:
     """What the receiver saw, for ``/metrics``; thread-safe (requests are handled on worker threads).
 
     Span counts are of requests answered 200: received = spooled + ignored + rejected. Spans of a
-    request answered 503 are counted as refused (the client sends them again).
+    request answered 503 are counted as refused (the client sends them again). Connections closed
+    without an answer are counted by reason (``connections.py``).
     """
 
     SPAN_OUTCOMES = ("received", "ignored", "rejected", "refused")
@@ -85,6 +89,7 @@ class ReceiverCounters:
         self._lock = threading.Lock()
         self._spans = dict.fromkeys(self.SPAN_OUTCOMES, 0)
         self._responses: dict[int, int] = {}
+        self._closed_connections: dict[str, int] = {}
 
     def spans(self, **counts: int) -> None:
         with self._lock:
@@ -95,13 +100,19 @@ class ReceiverCounters:
         with self._lock:
             self._responses[status] = self._responses.get(status, 0) + 1
 
+    def connection_closed(self, reason: str) -> None:
+        with self._lock:
+            self._closed_connections[reason] = self._closed_connections.get(reason, 0) + 1
+
     def samples(self) -> Iterator[Sample]:
         with self._lock:
-            spans, responses = dict(self._spans), dict(self._responses)
+            spans, responses, closed = dict(self._spans), dict(self._responses), dict(self._closed_connections)
         for outcome in self.SPAN_OUTCOMES:
             yield Sample(f"otel_arthur_receiver_spans_{outcome}_total", COUNTER, {}, spans[outcome])
         for status, count in sorted(responses.items()):
             yield Sample("otel_arthur_receiver_http_responses_total", COUNTER, {"code": str(status)}, count)
+        for reason, count in sorted(closed.items()):
+            yield Sample("otel_arthur_receiver_connections_closed_total", COUNTER, {"reason": reason}, count)
 
 
 class DecoderUnavailable(RuntimeError):
@@ -119,16 +130,16 @@ class Decoded:
 
 
 Mapper = Callable[..., "InferenceRecord | None"]
-Decoder = Callable[[bytes, "str | None", str, int], Decoded]
+Decoder = Callable[[bytes, "str | None", str, int, int], Decoded]
 
 
-def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes: int,
+def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int,
                    mapper: Mapper = map_span) -> Decoded:
     """Inflate, parse and map one body; ``otlp.RequestError`` when it is unusable as a whole.
 
     Pure and module-level, so ``DecodeProcesses`` can run it in another process.
     """
-    request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media)
+    request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media, max_spans)
     mapped = map_spans(otlp.generation_spans(request), mapper)
     return Decoded(records=mapped.records, spans=otlp.count_spans(request), rejected=mapped.unmappable,
                    reason=mapped.reason)
@@ -142,6 +153,7 @@ class Receiver:
         intake: Intake,
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_spans_per_request: int = DEFAULT_MAX_SPANS_PER_REQUEST,
         auth_token: str | None = None,
         retry_after: int = DEFAULT_RETRY_AFTER,
         mapper: Mapper = map_span,
@@ -150,6 +162,7 @@ class Receiver:
         """``decoder`` runs ``decode_request`` elsewhere (``DecodeProcesses.decode``); else it runs here with ``mapper``."""
         self._intake = intake
         self.max_body_bytes = max_body_bytes
+        self.max_spans_per_request = max_spans_per_request
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
         self._retry_after = retry_after
         self._decode: Decoder = decoder or functools.partial(decode_request, mapper=mapper)
@@ -164,32 +177,48 @@ class Receiver:
         """From now on every request is answered 503 (shutting down), so the client keeps its spans."""
         self._accepting = False
 
+    def answer_from_headers(self, headers: Mapping[str, str]) -> Reply | None:
+        """The answer when the headers alone decide it (401, 415, 503 shutting down, 413 by the declared
+        length), counted; ``None`` when it takes the body. Asked before a byte of the body is read."""
+        reply = self._check_headers(_lowered(headers))[1]
+        if reply is not None:
+            self.counters.response(reply.status)
+        return reply
+
     def handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """``body`` as received (compressed or not); ``headers`` with any key case."""
-        reply = self._handle(body, {key.lower(): value for key, value in headers.items()})
+        reply = self._handle(body, _lowered(headers))
         self.counters.response(reply.status)
         return reply
 
-    def _handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+    def _check_headers(self, headers: Mapping[str, str]) -> tuple[str, Reply | None]:
+        """The media type to answer in, and the answer when the headers alone decide it."""
         try:
             media = otlp.media_type(headers.get("content-type"))
         except otlp.RequestError as exc:
-            media = None
+            media = otlp.PROTOBUF
             unsupported: otlp.RequestError | None = exc
         else:
             unsupported = None
-        reply_media = media or otlp.PROTOBUF
         if not self._authorized(headers.get("authorization")):
-            return self._error(reply_media, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+            return media, self._error(media, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         if unsupported is not None:
-            return self._error(reply_media, unsupported.status, str(unsupported))
-        assert media is not None
+            return media, self._error(media, unsupported.status, str(unsupported))
         if not self._accepting:
-            return self._refused(media, Refusal.SHUTTING_DOWN)
-        if len(body) > self.max_body_bytes or _declared_length(headers) > self.max_body_bytes:
-            return self._error(media, 413, f"request body over the {self.max_body_bytes}-byte limit")
+            return media, self._refused(media, Refusal.SHUTTING_DOWN)
+        if _declared_length(headers) > self.max_body_bytes:
+            return media, self._too_large(media)
+        return media, None
+
+    def _handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        media, refused = self._check_headers(headers)
+        if refused is not None:
+            return refused
+        if len(body) > self.max_body_bytes:
+            return self._too_large(media)
         try:
-            decoded = self._decode(body, headers.get("content-encoding"), media, self.max_body_bytes)
+            decoded = self._decode(body, headers.get("content-encoding"), media, self.max_body_bytes,
+                                   self.max_spans_per_request)
         except DecoderUnavailable as exc:  # ours, not the client's: it may retry
             _logger.error("Cannot decode a request: %s; answering 503", exc)
             return self._unavailable(media, f"otel-arthur serve cannot decode right now ({exc}); retry")
@@ -227,6 +256,9 @@ class Receiver:
         message = f"{rejected} generation spans not recorded; first: {reason}"[:_MESSAGE_LIMIT] if rejected else ""
         return Reply(200, {"Content-Type": media}, otlp.encode_response(media, rejected, message))
 
+    def _too_large(self, media: str) -> Reply:
+        return self._error(media, 413, f"request body over the {self.max_body_bytes}-byte limit")
+
     def _refused(self, media: str, refusal: Refusal) -> Reply:
         return self._unavailable(media, _REFUSALS[refusal])
 
@@ -237,6 +269,10 @@ class Receiver:
     def _error(media: str, status: int, message: str, extra: Mapping[str, str] | None = None) -> Reply:
         body = otlp.encode_status(media, _RPC_CODES[status], message[:_MESSAGE_LIMIT])
         return Reply(status, {"Content-Type": media, **(extra or {})}, body)
+
+
+def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items()}
 
 
 def _declared_length(headers: Mapping[str, str]) -> int:
