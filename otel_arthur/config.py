@@ -62,6 +62,7 @@ class ConfigurationError(ValueError):
 
 
 _ARGUMENT_TO_FLAG = (("pass url=", "pass --url"), ("pass model_id=", "pass --model-id"),
+                     ("pass engine_url=", "pass --engine-url"), ("pass engine_api_key=", "pass --engine-api-key"),
                      ("pass password=", "pass --password"), ("(or allow_insecure=True)", "(or pass --allow-insecure)"))
 
 

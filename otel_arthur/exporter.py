@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -35,7 +34,7 @@ from otel_arthur.config import (
 from otel_arthur.destinations import Destination
 from otel_arthur.destinations.v3 import V3Destination
 from otel_arthur.mapping import classify, span_attributes
-from otel_arthur.pipeline import DEFAULT_SHUTDOWN_TIMEOUT, Pipeline
+from otel_arthur.pipeline import DEFAULT_SHUTDOWN_TIMEOUT, Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import PipelineStats
 
@@ -182,19 +181,5 @@ class ArthurSpanExporter(SpanExporter):
             _logger.warning("Exporter already shut down, ignoring call")
             return
         self._shutdown = True
-        timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout_millis is None else timeout_millis / 1000
-        if len(self._pipelines) == 1:
-            self._shutdown_one(self._pipelines[0], timeout)
-            return
-        threads = [threading.Thread(target=self._shutdown_one, args=(p, timeout), daemon=True) for p in self._pipelines]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-    @staticmethod
-    def _shutdown_one(pipeline: Pipeline, timeout: float) -> None:
-        try:
-            pipeline.shutdown(timeout)
-        except Exception:  # at the application's exit: never into the application
-            _logger.exception("Unexpected error shutting %s delivery down", pipeline.destination.title)
+        shutdown_side_by_side(self._pipelines, DEFAULT_SHUTDOWN_TIMEOUT if timeout_millis is None
+                              else timeout_millis / 1000)

@@ -295,7 +295,8 @@ def any_value(value: AnyValue) -> Any:
     return getattr(value, kind)
 
 
-def _attributes(key_values: Any) -> dict[str, Any]:
+def attribute_dict(key_values: Any) -> dict[str, Any]:
+    """OTLP ``KeyValue``s as a dict of Python values."""
     return {kv.key: any_value(kv.value) for kv in key_values}
 
 
@@ -320,7 +321,7 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
             for span in scope_spans.spans:
                 if not _marked(span.attributes):
                     continue
-                attributes = _attributes(span.attributes)
+                attributes = attribute_dict(span.attributes)
                 if classify(attributes) is None:
                     continue
                 if len(span.trace_id) != 16 or len(span.span_id) != 8 or not any(span.trace_id):
@@ -330,7 +331,7 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
                     yield RequestError(400, f"span {span.name!r} has no start time")
                     continue
                 if resource is None:
-                    resource = _resource(_attributes(resource_spans.resource.attributes))
+                    resource = _resource(attribute_dict(resource_spans.resource.attributes))
                 yield ReadableSpan(
                     name=span.name,
                     context=SpanContext(int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big"),

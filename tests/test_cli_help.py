@@ -66,7 +66,8 @@ def test_serve_without_a_url_is_one_line_naming_the_setting_and_the_configuratio
     done = otel_arthur("serve", spool_dir=tmp_path)
     assert done.returncode == exit_codes.CONFIGURATION, done.stderr
     [line] = done.stderr.splitlines()
-    assert line.endswith("ERROR otel_arthur: no Arthur URL: pass --url or set ARTHUR_ENDPOINT_URL"), line
+    assert line.endswith("ERROR otel_arthur: no Arthur URL: pass --url or set ARTHUR_ENDPOINT_URL"
+                         " (for Arthur Engine: pass --engine-url or set ARTHUR_ENGINE_URL)"), line
 
 
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])

@@ -11,13 +11,16 @@ than this contract::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur.delivery import Sender, SenderObserver
-from otel_arthur.mapping import MappedSpans
+from otel_arthur.config import ArthurSettings, EngineSettings
+from otel_arthur.mapping import MappedSpans, map_span
 from otel_arthur.spool import Codec
 
 
@@ -43,6 +46,10 @@ class Destination(Protocol):
         """What this destination stores for these spans (``mapping.map_spans``: one bad span costs only itself)."""
         ...
 
+    def from_otlp(self, request: Any) -> MappedSpans:
+        """The same for the spans of a parsed ``ExportTraceServiceRequest`` (``serve``)."""
+        ...
+
     def prepare(self, item: Any) -> Any:
         """An item as it is spooled, whichever front door made it: privacy applied where ``items`` did not."""
         ...
@@ -50,3 +57,55 @@ class Destination(Protocol):
     def sender(self, observer: SenderObserver) -> Sender:
         """The transport end of the delivery chain; tells ``observer`` each request's time and what it drops."""
         ...
+
+
+@dataclass(frozen=True)
+class OtlpExtraction:
+    """What ``serve`` takes out of each request for each destination, as a picklable value.
+
+    Decode processes get it with each body and build their destinations from it once (Engine
+    settings are a frozen, hashable dataclass). ``v3_mapper``: the v3 records' mapper (``map_span``;
+    tests replace it), None when v3 is off.
+    """
+
+    v3_mapper: Callable[[ReadableSpan], Any] | None = map_span
+    engine: EngineSettings | None = None
+
+    @classmethod
+    def of(cls, destinations: Iterable[Destination]) -> OtlpExtraction:
+        """What these destinations take (at most one of each kind)."""
+        names = {d.name: d for d in destinations}
+        engine = names.get("engine")
+        return cls(v3_mapper=map_span if "v3" in names else None,
+                   engine=engine.settings if engine is not None else None)  # type: ignore[arg-type]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, on in (("v3", self.v3_mapper is not None), ("engine", self.engine is not None))
+                     if on)
+
+    def __call__(self, request: Any) -> dict[str, MappedSpans]:
+        mapped = {}
+        if self.v3_mapper is not None:
+            from otel_arthur.destinations.v3 import records_from_otlp
+
+            mapped["v3"] = records_from_otlp(request, self.v3_mapper)
+        if self.engine is not None:
+            mapped["engine"] = _engine(self.engine).from_otlp(request)
+        return mapped
+
+
+@functools.lru_cache(maxsize=4)
+def _engine(settings: EngineSettings) -> Destination:
+    return destination_for(settings)
+
+
+def destination_for(settings: ArthurSettings | EngineSettings, redact: Callable[[str], str] | None = None) -> Destination:
+    """The destination these settings configure."""
+    if isinstance(settings, EngineSettings):
+        from otel_arthur.destinations.engine import EngineDestination  # the protobuf stack, when used
+
+        return EngineDestination(settings, redact)
+    from otel_arthur.destinations.v3 import V3Destination
+
+    return V3Destination(settings, redact)

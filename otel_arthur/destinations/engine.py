@@ -36,6 +36,7 @@ from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.engine_client import EngineClient
 from otel_arthur.mapping import MappedSpans, cut_text, map_spans, span_attributes
+from otel_arthur.messages import clean_text
 from otel_arthur.openinference import openinference_attributes, span_kind
 from otel_arthur.privacy import CONTENT_WITHHELD, RecordFilter
 from otel_arthur.stats import DropReason
@@ -86,7 +87,7 @@ class SpanPrivacy:
     """The privacy of v3 records (``RecordFilter``: content switch, redaction, size cap) for a whole span.
 
     The OpenInference attributes are translated through its text hooks; the span's own attributes
-    and its events, which carry the same texts in their convention's form, go through ``attributes``.
+    and its events, which carry the same texts in their convention's form, are filtered in place.
     """
 
     def __init__(self, settings: EngineSettings, redact: Callable[[str], str] | None = None) -> None:
@@ -98,80 +99,25 @@ class SpanPrivacy:
         self.output_text = self.filter.text_hook(output=True)
         self._redactor, self._max_bytes = self.filter.redactor, settings.max_text_bytes
 
-    @property
-    def withholds(self) -> bool:
-        return bool(self._withheld)
-
     def text(self, value: str) -> str:
         if self._redactor is not None:
             value = self._redactor(value)
-        return cut_text(value, self._max_bytes)
+        return cut_text(clean_text(value), self._max_bytes)
 
-    def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, (list, tuple)):
-            return [self.text(v) if isinstance(v, str) else v for v in value]
-        return value
-
-    def attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
-        if self._withheld:
-            side = CONTENT_ATTRIBUTES.side
-            return {key: CONTENT_WITHHELD if side(key) in self._withheld else self.value(value)
-                    for key, value in attributes.items()}
-        if self._redactor is None:
-            return {key: self.value(value) if isinstance(value, str) else value for key, value in attributes.items()}
-        return {key: self.value(value) for key, value in attributes.items()}
-
-
-class _Encoder:
-    """A ``ReadableSpan`` → OTLP protobuf, with the resource and scope serialized once per object."""
-
-    def __init__(self, task_id: str | None) -> None:
-        from opentelemetry.exporter.otlp.proto.common._internal import (
-            _encode_attributes,
-            _encode_instrumentation_scope,
-            _encode_resource,
-        )
-        from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
-
-        self._encode_attributes, self._encode_span = _encode_attributes, _encode_span
-        self._encode_resource, self._encode_scope = _encode_resource, _encode_instrumentation_scope
-        self._task_id = task_id
-        self._resources: dict[int, tuple[Any, bytes]] = {}  # id(resource) -> (resource, bytes): keeps it alive
-        self._scopes: dict[int, tuple[Any, bytes]] = {}
-
-    def resource(self, resource: Any) -> bytes:
-        cached = self._resources.get(id(resource))
-        if cached is None or cached[0] is not resource:
-            message = self._encode_resource(resource)
-            if self._task_id:
-                kept = [kv for kv in message.attributes if kv.key != TASK_ATTRIBUTE]
-                del message.attributes[:]
-                message.attributes.extend(kept + self._encode_attributes({TASK_ATTRIBUTE: self._task_id}))
-            cached = self._resources[id(resource)] = (resource, message.SerializeToString())
-            if len(self._resources) > 64:  # resources are few; a churn of them must not grow this
-                self._resources = {id(resource): cached}
-        return cached[1]
-
-    def scope(self, scope: Any) -> bytes:
-        cached = self._scopes.get(id(scope))
-        if cached is None or cached[0] is not scope:
-            message = self._encode_scope(scope)
-            cached = self._scopes[id(scope)] = (scope, message.SerializeToString() if message is not None else b"")
-            if len(self._scopes) > 256:
-                self._scopes = {id(scope): cached}
-        return cached[1]
-
-    def span(self, span: ReadableSpan, attributes: dict[str, Any], privacy: SpanPrivacy) -> bytes:
-        message = self._encode_span(span)
-        del message.attributes[:]
-        message.attributes.extend(self._encode_attributes(attributes))
-        for event in message.events:
-            for kv in event.attributes:
-                if kv.value.HasField("string_value"):
-                    kv.value.string_value = CONTENT_WITHHELD if privacy.withholds else privacy.text(kv.value.string_value)
-        return message.SerializeToString()
+    def key_values(self, key_values: Any, *, events: bool = False) -> None:
+        """Filter OTLP ``KeyValue``s in place: a span's attributes, or (``events``) an event's, whose
+        texts are all withheld when any content is (events carry prompts and completions by any name)."""
+        side = CONTENT_ATTRIBUTES.side
+        for kv in key_values:
+            withheld = bool(self._withheld) if events else side(kv.key) in self._withheld
+            value = kv.value
+            kind = value.WhichOneof("value")
+            if kind == "string_value":
+                value.string_value = CONTENT_WITHHELD if withheld else self.text(value.string_value)
+            elif kind == "array_value":
+                for item in value.array_value.values:
+                    if item.WhichOneof("value") == "string_value":
+                        item.string_value = CONTENT_WITHHELD if withheld else self.text(item.string_value)
 
 
 class EngineDestination:
@@ -180,11 +126,24 @@ class EngineDestination:
     codec = EngineSpanCodec()
 
     def __init__(self, settings: EngineSettings, redact: Callable[[str], str] | None = None) -> None:
+        from opentelemetry.exporter.otlp.proto.common._internal import (  # the protobuf stack, once used
+            _encode_attributes,
+            _encode_instrumentation_scope,
+            _encode_resource,
+        )
+        from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
+
+        self._encode_attributes, self._encode_span = _encode_attributes, _encode_span
+        self._encode_resource, self._encode_scope = _encode_resource, _encode_instrumentation_scope
         self.settings = settings
         self.key = engine_key(settings)
         self.privacy = SpanPrivacy(settings, redact)
         self._only_ai = settings.spans == ENGINE_SPANS_AI
-        self._encoder: _Encoder | None = None  # made at the first span: imports the protobuf stack
+        # id(SDK resource or scope) -> (it, its bytes): a process has few; holding it keeps the id its own.
+        self._resources: dict[int, tuple[Any, bytes]] = {}
+        self._scopes: dict[int, tuple[Any, bytes]] = {}
+
+    # -- the in-app front door: SDK spans --------------------------------------------------------
 
     def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:
         return map_spans(spans, self.item)
@@ -194,21 +153,92 @@ class EngineDestination:
         attributes = span_attributes(span)
         if (self._only_ai and span_kind(attributes) is None) or span.context is None:
             return None
-        if self._encoder is None:
-            self._encoder = _Encoder(self.settings.task_id)
+        context = span.context
+        return EngineSpan(f"{context.trace_id:032x}-{context.span_id:016x}",
+                          self._cached(self._resources, span.resource, self._resource_bytes),
+                          self._cached(self._scopes, span.instrumentation_scope, self._scope_bytes),
+                          self._translated(self._encode_span(span), attributes))
+
+    def _resource_bytes(self, resource: Any) -> bytes:
+        return self._with_task(self._encode_resource(resource))
+
+    def _scope_bytes(self, scope: Any) -> bytes:
+        message = self._encode_scope(scope)
+        return message.SerializeToString() if message is not None else b""
+
+    @staticmethod
+    def _cached(cache: dict[int, tuple[Any, bytes]], key: Any, encode: Callable[[Any], bytes]) -> bytes:
+        cached = cache.get(id(key))
+        if cached is None or cached[0] is not key:
+            if len(cache) >= 256:  # a churn of resources or scopes must not grow it
+                cache.clear()
+            cached = cache[id(key)] = (key, encode(key))
+        return cached[1]
+
+    # -- serve's front door: OTLP requests -------------------------------------------------------
+
+    def from_otlp(self, request: Any) -> MappedSpans:
+        """The spans of a parsed ``ExportTraceServiceRequest``; one that cannot be translated costs only itself."""
+        from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+        from otel_arthur import otlp  # serve's decoding (the server extra)
+
+        mapped = MappedSpans()
+        for resource_spans in request.resource_spans:
+            resource: bytes | None = None
+            for scope_spans in resource_spans.scope_spans:
+                scope: bytes | None = None
+                for span in scope_spans.spans:
+                    try:
+                        attributes = otlp.attribute_dict(span.attributes)
+                        if self._only_ai and span_kind(attributes) is None:
+                            continue
+                        if len(span.trace_id) != 16 or len(span.span_id) != 8 or not any(span.trace_id):
+                            mapped.failed(f"span {span.name!r} has an invalid trace or span id")
+                            continue
+                        if resource is None:
+                            resource = self._with_task(_copy(resource_spans.resource))
+                        if scope is None:
+                            scope = scope_spans.scope.SerializeToString()
+                        message = Span()
+                        message.CopyFrom(span)
+                        mapped.records.append(EngineSpan(f"{span.trace_id.hex()}-{span.span_id.hex()}", resource,
+                                                         scope, self._translated(message, attributes)))
+                    except Exception as exc:  # one odd span must not cost the others their place
+                        mapped.failed(f"span {span.name!r} cannot be translated: {type(exc).__name__}")
+        return mapped
+
+    # -- both ----------------------------------------------------------------------------------
+
+    def _with_task(self, resource: Any) -> bytes:
+        """A ``Resource`` message's bytes, with ``arthur.task`` set when a task id is."""
+        if self.settings.task_id:
+            kept = [kv for kv in resource.attributes if kv.key != TASK_ATTRIBUTE]
+            del resource.attributes[:]
+            resource.attributes.extend(kept + self._encode_attributes({TASK_ATTRIBUTE: self.settings.task_id}))
+        return resource.SerializeToString()
+
+    def _translated(self, message: Any, attributes: Mapping[str, Any]) -> bytes:
+        """The OTLP ``Span`` message, privacy applied to what it carries, with the OpenInference attributes added."""
         privacy = self.privacy
         added = openinference_attributes(attributes, text=privacy.input_text, output_text=privacy.output_text)
-        merged = {**privacy.attributes(attributes), **added}
-        context = span.context
-        return EngineSpan(f"{context.trace_id:032x}-{context.span_id:016x}", self._encoder.resource(span.resource),
-                          self._encoder.scope(span.instrumentation_scope),
-                          self._encoder.span(span, merged, self.privacy))
+        privacy.key_values(message.attributes)
+        message.attributes.extend(self._encode_attributes(added))
+        for event in message.events:
+            privacy.key_values(event.attributes, events=True)
+        return message.SerializeToString()
 
     def prepare(self, item: EngineSpan) -> EngineSpan:
         return item  # privacy was applied when the span was translated
 
     def sender(self, observer: SenderObserver) -> Sender:
         return EngineSender(self.settings, observer)
+
+
+def _copy(message: Any) -> Any:
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
 
 
 def build_request(items: Sequence[EngineSpan]) -> bytes:

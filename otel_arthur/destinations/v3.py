@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
@@ -31,8 +32,18 @@ class V3Destination:
     def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:
         return map_spans(spans, map_span)
 
+    def from_otlp(self, request: Any) -> MappedSpans:
+        return records_from_otlp(request)
+
     def prepare(self, item: InferenceRecord) -> InferenceRecord:
         return self._filter(item)  # content switches, redaction, size caps
 
     def sender(self, observer: SenderObserver) -> Sender:
         return ArthurSender(self.settings, observe_request=observer.observe_request)
+
+
+def records_from_otlp(request: Any, mapper: Callable[[ReadableSpan], Any] = map_span) -> MappedSpans:
+    """The records of a parsed ``ExportTraceServiceRequest``'s generation spans, span by span."""
+    from otel_arthur import otlp  # serve's decoding (the server extra)
+
+    return map_spans(otlp.generation_spans(request), mapper)

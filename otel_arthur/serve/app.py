@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import FrameType
 
 import uvicorn
@@ -48,8 +49,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from otel_arthur.config import ArthurSettings, ReceiverSettings, display_url
-from otel_arthur.pipeline import Pipeline
+from otel_arthur.config import ArthurSettings, EngineSettings, ReceiverSettings, display_url
+from otel_arthur.destinations import OtlpExtraction, destination_for
+from otel_arthur.pipeline import Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve import metrics
 from otel_arthur.serve.connections import ConnectionGuard
@@ -70,8 +72,8 @@ _RESERVED_DESCRIPTORS = 64  # for the spool, logs, decode processes' pipes and A
 class Lifecycle:
     """When shutdown began and whether it is done: uvicorn's signal handler starts the clock."""
 
-    def __init__(self, pipeline: Pipeline, receiver: Receiver, shutdown_timeout: float) -> None:
-        self.pipeline = pipeline
+    def __init__(self, pipelines: Sequence[Pipeline], receiver: Receiver, shutdown_timeout: float) -> None:
+        self.pipelines = pipelines
         self.receiver = receiver
         self.shutdown_timeout = shutdown_timeout
         self._deadline: float | None = None
@@ -96,8 +98,9 @@ class Lifecycle:
             self._done = True
         self.receiver.stop_accepting()
         remaining = self.remaining()
-        _logger.info("Shutting down: no longer accepting spans; delivering to Arthur for up to %.1f s", remaining)
-        self.pipeline.shutdown(remaining)
+        _logger.info("Shutting down: no longer accepting spans; delivering to %s for up to %.1f s",
+                     " and ".join(p.destination.title for p in self.pipelines), remaining)
+        shutdown_side_by_side(self.pipelines, remaining)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -111,24 +114,33 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)[: limit + 1]
 
 
-def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Receiver | None = None) -> Starlette:
-    """The app over ``pipeline``; its lifespan shuts the pipeline down. ``app.state.lifecycle``, ``.receiver``."""
-    receiver = receiver or Receiver(pipeline, max_body_bytes=settings.max_body_bytes,
+def create_app(pipeline: Pipeline | Sequence[Pipeline], settings: ReceiverSettings, *,
+               receiver: Receiver | None = None) -> Starlette:
+    """The app over one pipeline per destination; its lifespan shuts them down. ``app.state.lifecycle``, ``.receiver``."""
+    pipelines = [pipeline] if isinstance(pipeline, Pipeline) else list(pipeline)
+    receiver = receiver or Receiver({p.destination.name: p for p in pipelines}, max_body_bytes=settings.max_body_bytes,
                                     max_spans_per_request=settings.max_spans_per_request,
-                                    auth_token=settings.auth_token)
-    lifecycle = Lifecycle(pipeline, receiver, settings.shutdown_timeout)
+                                    auth_token=settings.auth_token,
+                                    extraction=OtlpExtraction.of(p.destination for p in pipelines))
+    lifecycle = Lifecycle(pipelines, receiver, settings.shutdown_timeout)
 
     def ready() -> tuple[bool, dict[str, object]]:
-        readiness = pipeline.readiness()
-        ready = readiness.ready and receiver.accepting
-        return ready, {"ready": ready, "model_fetched": readiness.model_fetched,
-                       "arthur_reachable": readiness.arthur_reachable, "spool_writable": readiness.spool_writable,
-                       "spool_recovered_from": readiness.spool_recovered_from, "accepting": receiver.accepting}
+        """Ready when every destination is; the top-level fields hold for all of them, ``destinations`` each."""
+        each = {p.destination.name: p.readiness() for p in pipelines}
+        ready = all(r.ready for r in each.values()) and receiver.accepting
+        reachable = [r.arthur_reachable for r in each.values()]
+        return ready, {"ready": ready, "model_fetched": all(r.model_fetched for r in each.values()),
+                       "arthur_reachable": None if None in reachable else all(reachable),
+                       "spool_writable": all(r.spool_writable for r in each.values()),
+                       "spool_recovered_from": next((r.spool_recovered_from for r in each.values()
+                                                     if r.spool_recovered_from), None),
+                       "accepting": receiver.accepting,
+                       "destinations": {name: dataclasses.asdict(r) | {"ready": r.ready} for name, r in each.items()}}
 
     def ready_samples() -> list[Sample]:
         return [Sample("otel_arthur_ready", GAUGE, {}, 1.0 if ready()[0] else 0.0)]
 
-    collectors = metrics.registry(receiver.counters.samples, lambda: pipeline.stats().samples(), ready_samples)
+    collectors = metrics.registry(receiver.counters.samples, lambda: pipelines[0].stats().samples(), ready_samples)
 
     async def traces(request: Request) -> Response:
         reply = receiver.answer_from_headers(request.headers)
@@ -236,25 +248,28 @@ def _connection_cap(wanted: int) -> int:
     return allowed
 
 
-def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: RetryPolicy | None = None) -> int:
-    """Listen until SIGTERM or SIGINT, then drain; 0 after SIGTERM. ``OSError`` if the address is taken."""
+def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: ReceiverSettings, *,
+          retry_policy: RetryPolicy | None = None) -> int:
+    """Listen until SIGTERM or SIGINT, then drain; 0 after SIGTERM. ``OSError`` if the address is taken.
+
+    ``destinations``: the settings of each destination to deliver to (v3, Arthur Engine, or both).
+    """
     sock = _bind(settings.host, settings.port)  # before anything else: a taken port fails fast
     port = sock.getsockname()[1]
+    pipelines: list[Pipeline] = []
     try:
-        pipeline = Pipeline(arthur, retry_policy=retry_policy)
+        for destination in destinations:
+            pipelines.append(Pipeline(to=destination_for(destination), retry_policy=retry_policy))
+        extraction = OtlpExtraction.of(p.destination for p in pipelines)
+        decoder = DecodeProcesses(settings.decode_processes, extraction) if settings.decode_processes else None
     except BaseException:
         sock.close()
+        shutdown_side_by_side(pipelines, 0)
         raise
-    try:
-        decoder = DecodeProcesses(settings.decode_processes) if settings.decode_processes else None
-    except BaseException:
-        sock.close()
-        pipeline.shutdown(0)
-        raise
-    receiver = Receiver(pipeline, max_body_bytes=settings.max_body_bytes,
+    receiver = Receiver({p.destination.name: p for p in pipelines}, max_body_bytes=settings.max_body_bytes,
                         max_spans_per_request=settings.max_spans_per_request, auth_token=settings.auth_token,
-                        decoder=decoder.decode if decoder else None)
-    app = create_app(pipeline, settings, receiver=receiver)
+                        extraction=extraction, decoder=decoder.decode if decoder else None)
+    app = create_app(pipelines, settings, receiver=receiver)
     lifecycle: Lifecycle = app.state.lifecycle
     guard = ConnectionGuard(settings.header_timeout, settings.body_timeout, _connection_cap(settings.max_connections),
                             receiver.counters.connection_closed)
@@ -262,9 +277,9 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
                             lifespan="on", timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1),
                             server_header=False)
     server = _Server(config, lifecycle)
-    _logger.info("Receiving OTLP/HTTP traces on http://%s:%d%s for Arthur model %s at %s; spool %s; auth %s",
-                 settings.host, port, TRACES_PATH, arthur.model_id, display_url(arthur.url), arthur.spool_dir,
-                 "bearer token" if settings.auth_token else "none")
+    _logger.info("Receiving OTLP/HTTP traces on http://%s:%d%s for %s; spool %s; auth %s",
+                 settings.host, port, TRACES_PATH, " and ".join(_described(d) for d in destinations),
+                 destinations[0].spool_dir, "bearer token" if settings.auth_token else "none")
     previous = signal.signal(signal.SIGTERM, _drained)
     try:
         server.run(sockets=[sock])
@@ -276,3 +291,10 @@ def serve(arthur: ArthurSettings, settings: ReceiverSettings, *, retry_policy: R
             decoder.close()
     _logger.info("Stopped")
     return 0
+
+
+def _described(destination: ArthurSettings | EngineSettings) -> str:
+    if isinstance(destination, EngineSettings):
+        routing = f"task {destination.task_id}" if destination.task_id else "tasks by service.name"
+        return f"Arthur Engine at {display_url(destination.url)} ({routing}, {destination.spans} spans)"
+    return f"Arthur model {destination.model_id} at {display_url(destination.url)}"

@@ -1,7 +1,8 @@
 """``otel-arthur serve``: flags, each falling back to its environment variable, then its default.
 
-The Arthur side resolves exactly as ``ArthurSpanExporter`` does (``ArthurSettings.resolve``), so a
-deployment can move from the in-app exporter to ``serve`` with the same ``ARTHUR_*`` environment.
+The destinations resolve exactly as ``ArthurSpanExporter``'s do (``ArthurSettings.resolve``,
+``EngineSettings.resolve``), so a deployment can move from the in-app exporter to ``serve`` with the
+same ``ARTHUR_*`` environment: v3 when its URL is set, Arthur Engine when its URL is, or both.
 Flags left unset stay ``None`` here, which is what lets the environment decide.
 """
 
@@ -21,6 +22,7 @@ which other users can see in the process list.
 
 examples:
   ARTHUR_ENDPOINT_URL=https://app.arthur.ai ARTHUR_API_KEY=… ARTHUR_MODEL_ID=my-chatbot otel-arthur serve
+  ARTHUR_ENGINE_URL=https://engine.example ARTHUR_ENGINE_API_KEY=… ARTHUR_TASK_ID=… otel-arthur serve
   otel-arthur serve --host 0.0.0.0 --port 4319 --decode-processes 2
   OTEL_ARTHUR_RECEIVER_TOKEN=… otel-arthur serve --url http://127.0.0.1:8787 --allow-insecure --model-id chat
 
@@ -65,11 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "connections open at once; one more is closed as soon as it is accepted (lowered to what the "
         "file-descriptor limit allows)", c.OTEL_ARTHUR_RECEIVER_MAX_CONNECTIONS, c.DEFAULT_MAX_CONNECTIONS))
 
-    arthur = parser.add_argument_group("Arthur (as the exporter: the same ARTHUR_* variables)")
-    arthur.add_argument("--url", help=_help("Arthur base URL, e.g. https://app.arthur.ai", c.ARTHUR_ENDPOINT_URL,
-                                            "none, required"))
+    arthur = parser.add_argument_group("Arthur v3 inference API (as the exporter: the same ARTHUR_* variables)")
+    arthur.add_argument("--url", help=_help("Arthur base URL, e.g. https://app.arthur.ai; turns v3 delivery on",
+                                            c.ARTHUR_ENDPOINT_URL, "none"))
     arthur.add_argument("--model-id", help=_help("id of the Arthur model that receives the records",
-                                                 c.ARTHUR_MODEL_ID, "none, required"))
+                                                 c.ARTHUR_MODEL_ID, "none, required with --url"))
     arthur.add_argument("--api-key", help=_help("API key; wins over a login", c.ARTHUR_API_KEY, "none"))
     arthur.add_argument("--login", help=_help("login, used when there is no API key", c.ARTHUR_LOGIN, "none"))
     arthur.add_argument("--password", help=_help("password for the login; never prompted for",
@@ -95,21 +97,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arthur.add_argument("--max-text-bytes", type=int, help=_help(
         "UTF-8 bytes kept of each prompt or completion", c.ARTHUR_MAX_TEXT_BYTES, c.DEFAULT_MAX_TEXT_BYTES))
 
+    engine = parser.add_argument_group("Arthur Engine (spool, timeout, TLS and privacy settings as above)")
+    engine.add_argument("--engine-url", help=_help(
+        "Arthur Engine base URL (traces go to URL/api/v1/traces); turns Engine delivery on", c.ARTHUR_ENGINE_URL,
+        f"none; {c.ARTHUR_BASE_URL} when no v3 URL is set"))
+    engine.add_argument("--engine-api-key", help=_help("Engine API key, sent as a Bearer token",
+                                                       c.ARTHUR_ENGINE_API_KEY,
+                                                       f"none; {c.ARTHUR_API_KEY} when no v3 URL is set"))
+    engine.add_argument("--task-id", help=_help("Engine task every trace goes to (resource arthur.task)",
+                                                c.ARTHUR_TASK_ID, "none: the Engine routes by service.name"))
+    engine.add_argument("--engine-spans", choices=(c.ENGINE_SPANS_AI, c.ENGINE_SPANS_ALL), help=_help(
+        "ai: the spans a supported convention marks as AI work; all: every span", c.ARTHUR_ENGINE_SPANS,
+        c.ENGINE_SPANS_AI))
+
 
 def run(args: argparse.Namespace) -> int:
     from otel_arthur.serve.app import serve  # the server stack, only once serving
 
-    arthur = c.ArthurSettings.resolve(
-        url=args.url, api_key=args.api_key, login=args.login, password=args.password,
-        organization_id=args.organization_id, model_id=args.model_id, allow_insecure=args.allow_insecure,
-        verify_ssl=args.verify_ssl,
-        timeout=args.timeout, batch_max_records=args.batch_max_records, batch_max_bytes=args.batch_max_bytes,
-        spool_dir=args.spool_dir, spool_max_bytes=args.spool_max_bytes, max_text_bytes=args.max_text_bytes,
-    )  # a ConfigurationError is one line and exit 3 (otel_arthur.cli)
+    # A ConfigurationError is one line and exit 3 (otel_arthur.cli).
+    common = {"allow_insecure": args.allow_insecure, "verify_ssl": args.verify_ssl, "timeout": args.timeout,
+              "spool_dir": args.spool_dir, "spool_max_bytes": args.spool_max_bytes,
+              "max_text_bytes": args.max_text_bytes}
+    destinations: list[c.ArthurSettings | c.EngineSettings] = []
+    wants_engine = c.engine_configured(args.engine_url, v3_url=args.url)
+    if c.v3_configured(args.url) or not wants_engine:  # with neither, v3's error names what is missing
+        try:
+            destinations.append(c.ArthurSettings.resolve(
+                url=args.url, api_key=args.api_key, login=args.login, password=args.password,
+                organization_id=args.organization_id, model_id=args.model_id,
+                batch_max_records=args.batch_max_records, batch_max_bytes=args.batch_max_bytes, **common))
+        except c.ConfigurationError as exc:
+            raise c.ConfigurationError(str(exc) if wants_engine else
+                                       f"{exc} (for Arthur Engine: pass engine_url= or set {c.ARTHUR_ENGINE_URL})"
+                                       ) from None
+    if wants_engine:
+        destinations.append(c.EngineSettings.resolve(
+            engine_url=args.engine_url, engine_api_key=args.engine_api_key, task_id=args.task_id,
+            engine_spans=args.engine_spans, v3_url=args.url, **common))
     receiver = c.ReceiverSettings.resolve(
         host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, auth_token=args.auth_token,
         shutdown_timeout=args.shutdown_timeout, decode_processes=args.decode_processes,
         max_spans_per_request=args.max_spans_per_request, header_timeout=args.header_timeout,
         body_timeout=args.body_timeout, max_connections=args.max_connections,
     )
-    return serve(arthur, receiver)
+    return serve(destinations, receiver)

@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.synchronize import Barrier
 
+from otel_arthur.destinations import OtlpExtraction
 from otel_arthur.serve.receiver import Decoded, DecoderUnavailable, decode_request
 
 __all__ = ["DecodeProcesses"]
@@ -67,10 +68,12 @@ def _started() -> int:
 class DecodeProcesses:
     """``decode`` is ``receiver.decode_request``, run in one of ``processes`` worker processes."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, extraction: OtlpExtraction = OtlpExtraction()) -> None:
+        """``extraction``: what each destination takes from a request (``receiver.decode_request``)."""
         if processes < 1:
             raise ValueError(f"decode processes must be at least 1, got {processes!r}")
         self.processes = processes
+        self._extraction = extraction
         self._lock = threading.Lock()
         self._closed = False
         self.pids: list[int] = []
@@ -89,7 +92,8 @@ class DecodeProcesses:
     def decode(self, body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int) -> Decoded:
         pool = self._pool
         try:
-            return pool.submit(decode_request, body, encoding, media, max_body_bytes, max_spans).result()
+            return pool.submit(decode_request, body, encoding, media, max_body_bytes, max_spans,
+                               self._extraction).result()
         except BrokenProcessPool:
             self._replace(pool)
             raise DecoderUnavailable("a decode process died; a new one was started") from None

@@ -32,11 +32,14 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur import otlp
 from otel_arthur.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_SPANS_PER_REQUEST
-from otel_arthur.mapping import InferenceRecord, map_span, map_spans
+from otel_arthur.destinations import OtlpExtraction
+from otel_arthur.mapping import InferenceRecord, MappedSpans, map_span
 from otel_arthur.pipeline import Accepted, Refusal
 from otel_arthur.stats import COUNTER, Sample
 
@@ -121,28 +124,23 @@ class DecoderUnavailable(RuntimeError):
 
 @dataclass
 class Decoded:
-    """One request body, decoded and mapped: what is left to do is spooling ``records``."""
+    """One request body, decoded and mapped for each destination: what is left to do is spooling."""
 
-    records: list[InferenceRecord] = field(default_factory=list)
     spans: int = 0
-    rejected: int = 0
-    reason: str = ""
+    mapped: dict[str, MappedSpans] = field(default_factory=dict)  # by destination name
 
 
-Mapper = Callable[..., "InferenceRecord | None"]
 Decoder = Callable[[bytes, "str | None", str, int, int], Decoded]
 
 
 def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int,
-                   mapper: Mapper = map_span) -> Decoded:
-    """Inflate, parse and map one body; ``otlp.RequestError`` when it is unusable as a whole.
+                   extraction: OtlpExtraction = OtlpExtraction()) -> Decoded:
+    """Inflate, parse and map one body for each destination; ``otlp.RequestError`` when it is unusable as a whole.
 
     Pure and module-level, so ``DecodeProcesses`` can run it in another process.
     """
     request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media, max_spans)
-    mapped = map_spans(otlp.generation_spans(request), mapper)
-    return Decoded(records=mapped.records, spans=otlp.count_spans(request), rejected=mapped.unmappable,
-                   reason=mapped.reason)
+    return Decoded(spans=otlp.count_spans(request), mapped=extraction(request))
 
 
 class Receiver:
@@ -150,22 +148,30 @@ class Receiver:
 
     def __init__(
         self,
-        intake: Intake,
+        intake: Intake | Mapping[str, Intake],
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_spans_per_request: int = DEFAULT_MAX_SPANS_PER_REQUEST,
         auth_token: str | None = None,
         retry_after: int = DEFAULT_RETRY_AFTER,
-        mapper: Mapper = map_span,
+        extraction: OtlpExtraction | None = None,
+        mapper: Callable[[ReadableSpan], Any] = map_span,
         decoder: Decoder | None = None,
     ) -> None:
-        """``decoder`` runs ``decode_request`` elsewhere (``DecodeProcesses.decode``); else it runs here with ``mapper``."""
-        self._intake = intake
+        """``intake``: one per destination, by name (``{"v3": pipeline, "engine": pipeline}``); a single one is v3's.
+
+        ``extraction`` says what each destination takes from a request (by default v3's records,
+        mapped with ``mapper``); ``decoder`` runs ``decode_request`` elsewhere (``DecodeProcesses.decode``).
+        """
+        self._intakes: Mapping[str, Intake] = intake if isinstance(intake, Mapping) else {"v3": intake}
+        extraction = extraction or OtlpExtraction(v3_mapper=mapper)
+        if set(extraction.names) != set(self._intakes):
+            raise ValueError(f"destinations {extraction.names} mapped, {tuple(self._intakes)} taking them")
         self.max_body_bytes = max_body_bytes
         self.max_spans_per_request = max_spans_per_request
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
         self._retry_after = retry_after
-        self._decode: Decoder = decoder or functools.partial(decode_request, mapper=mapper)
+        self._decode: Decoder = decoder or functools.partial(decode_request, extraction=extraction)
         self._accepting = True
         self.counters = ReceiverCounters()
 
@@ -235,25 +241,33 @@ class Receiver:
             return True
         return hmac.compare_digest((authorization or "").encode(), self._expected_auth)
 
-    def _deliver(self, media: str, mapped: Decoded) -> Reply:
-        outcome: Refusal | Accepted
-        try:
-            outcome = self._intake.accept(mapped.records) if mapped.records else Accepted()
-        except Exception:  # our side, not the client's: worth a retry, never a drop
-            _logger.exception("Cannot spool %d records; answering 503", len(mapped.records))
-            outcome = Refusal.SPOOL_ERROR
-        if isinstance(outcome, Refusal):
-            self.counters.spans(refused=mapped.spans)
-            return self._refused(media, outcome)
-        ignored = mapped.spans - len(mapped.records) - mapped.rejected
-        rejected = mapped.rejected + outcome.oversized + outcome.unmappable
-        reason = mapped.reason or ("a record larger than the whole spool may hold (--spool-max-bytes)"
-                                   if outcome.oversized else "a record could not be spooled")
-        self.counters.spans(received=mapped.spans, ignored=ignored, rejected=rejected)
-        self._intake.count_received(mapped.spans, len(mapped.records))
-        if mapped.rejected:  # counted only once answered 200: after a 503 the client sends them again
-            self._intake.drop_unmappable(mapped.rejected, mapped.reason)
-        message = f"{rejected} generation spans not recorded; first: {reason}"[:_MESSAGE_LIMIT] if rejected else ""
+    def _deliver(self, media: str, decoded: Decoded) -> Reply:
+        """Spool each destination's share; a refusal of any is a 503 (what others took stays: at least once)."""
+        accepted: list[tuple[Intake, MappedSpans, Accepted]] = []
+        for name, intake in self._intakes.items():
+            mapped = decoded.mapped.get(name) or MappedSpans()
+            outcome: Refusal | Accepted
+            try:
+                outcome = intake.accept(mapped.records) if mapped.records else Accepted()
+            except Exception:  # our side, not the client's: worth a retry, never a drop
+                _logger.exception("Cannot spool %d records for %s; answering 503", len(mapped.records), name)
+                outcome = Refusal.SPOOL_ERROR
+            if isinstance(outcome, Refusal):
+                self.counters.spans(refused=decoded.spans)
+                return self._refused(media, outcome)
+            accepted.append((intake, mapped, outcome))
+        # A span counts once however many destinations took it: by the destination that took the most.
+        taken = max((len(m.records) + m.unmappable for _, m, _ in accepted), default=0)
+        rejected = max((m.unmappable + o.oversized + o.unmappable for _, m, o in accepted), default=0)
+        reason = next((m.reason for _, m, _ in accepted if m.reason), "") or next(
+            ("a record larger than the whole spool may hold (--spool-max-bytes)" for _, _, o in accepted
+             if o.oversized), "a record could not be spooled")
+        self.counters.spans(received=decoded.spans, ignored=decoded.spans - taken, rejected=rejected)
+        for intake, mapped, _ in accepted:
+            intake.count_received(decoded.spans, len(mapped.records))
+            if mapped.unmappable:  # counted only once answered 200: after a 503 the client sends them again
+                intake.drop_unmappable(mapped.unmappable, mapped.reason)
+        message = f"{rejected} spans not recorded; first: {reason}"[:_MESSAGE_LIMIT] if rejected else ""
         return Reply(200, {"Content-Type": media}, otlp.encode_response(media, rejected, message))
 
     def _too_large(self, media: str) -> Reply:
