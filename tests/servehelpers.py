@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +15,11 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_arthur.config import ArthurSettings, ReceiverSettings
+from otel_arthur.config import ArthurSettings, EngineSettings, ReceiverSettings
+from otel_arthur.destinations import destination_for
 from otel_arthur.local import arthur
 from otel_arthur.local.runner import BackgroundServer
-from otel_arthur.pipeline import Pipeline
+from otel_arthur.pipeline import Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve.app import TRACES_PATH, create_app
 from otel_arthur.serve.receiver import Receiver
@@ -36,8 +37,12 @@ def arthur_settings(url: str, model_id: str, spool_dir: Path, **overrides: Any) 
 @dataclass
 class Served:
     url: str
-    pipeline: Pipeline
+    pipelines: list[Pipeline]
     receiver: Receiver
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.pipelines[0]
 
     @property
     def traces(self) -> str:
@@ -45,21 +50,23 @@ class Served:
 
 
 @contextmanager
-def serving(settings: ArthurSettings, receiver: ReceiverSettings | None = None,
-            retry_policy: RetryPolicy = QUICK) -> Iterator[Served]:
-    """``serve`` in this process on a free 127.0.0.1 port; stopped, and its pipeline shut down, whatever happens."""
-    pipeline = Pipeline(settings, retry_policy=retry_policy)
+def serving(settings: ArthurSettings | EngineSettings | Sequence[ArthurSettings | EngineSettings],
+            receiver: ReceiverSettings | None = None, retry_policy: RetryPolicy = QUICK) -> Iterator[Served]:
+    """``serve`` in this process on a free 127.0.0.1 port, to one destination or several; stopped, and its
+    pipelines shut down, whatever happens."""
+    each = settings if isinstance(settings, Sequence) else [settings]
+    pipelines = [Pipeline(to=destination_for(s), retry_policy=retry_policy) for s in each]
     lifecycle = None
     try:
-        app = create_app(pipeline, receiver or ReceiverSettings(port=0, shutdown_timeout=5))
+        app = create_app(pipelines, receiver or ReceiverSettings(port=0, shutdown_timeout=5))
         lifecycle = app.state.lifecycle
         with BackgroundServer(app) as server:
-            yield Served(server.url, pipeline, app.state.receiver)
+            yield Served(server.url, pipelines, app.state.receiver)
     finally:
         if lifecycle is not None:
             lifecycle.shutdown()  # a no-op once the server's lifespan has done it
         else:
-            pipeline.shutdown(0)
+            shutdown_side_by_side(pipelines, 0)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:

@@ -6,6 +6,7 @@ gzip and OTLP/JSON, so a stored span also proves it was sent as plain protobuf.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -13,13 +14,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_openai import ChatOpenAI
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from servehelpers import JSON, PROTOBUF, otlp_json, serving
+from spanfixtures import load_spans, reidentified
 
 from otel_arthur import ArthurSpanExporter
+from otel_arthur.config import EngineSettings
+from otel_arthur.destinations.engine import EngineDestination
 from otel_arthur.local import engine, openai
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,3 +154,35 @@ def test_a_tool_calling_turn_carries_the_call_and_its_result(
     assert _messages(second, "llm.output_messages") == [("assistant", "Echo: sunny and 21C in Paris")]
     tools = [s for s in stored if s["attributes"]["openinference.span.kind"] == "TOOL"]
     assert len(tools) == 1 and "get_weather" in tools[0]["name"]
+
+
+def _engine_settings(local_engine, tmp_path, **overrides) -> EngineSettings:
+    return EngineSettings(url=local_engine.url, api_key=local_engine.api_key, allow_insecure=True,
+                          spool_dir=str(tmp_path), **overrides)
+
+
+@pytest.mark.parametrize("body", ["protobuf", "protobuf+gzip", "json"])
+def test_serve_takes_any_otlp_http_body_and_sends_the_engine_plain_protobuf_as_the_exporter_would(
+        body, local_engine, tmp_path):
+    trace_id = int.from_bytes(os.urandom(16), "big")
+    spans = [reidentified(s, trace_id, index + 1) for index, s in enumerate(load_spans("openllmetry_chain"))]
+    request = encode_spans(spans)
+    if body == "json":
+        data, headers = otlp_json(request), JSON
+    else:
+        data, headers = request.SerializeToString(), dict(PROTOBUF)
+        if body.endswith("gzip"):
+            data, headers = gzip.compress(data), headers | {"Content-Encoding": "gzip"}
+    settings = _engine_settings(local_engine, tmp_path)
+    with serving(settings) as served:
+        assert requests.post(served.traces, data=data, headers=headers, timeout=10).status_code == 200
+        assert served.pipeline.force_flush(10)
+    stored = {s["span_id"]: s for s in local_engine.spans(trace_id=f"{trace_id:032x}")}
+    # What the in-app exporter would have sent for the same spans: the two front doors agree.
+    in_app = EngineDestination(settings).items(spans).records
+    assert sorted(stored) == sorted(item.id.split("-")[1] for item in in_app)
+    assert {s["attributes"].get("openinference.span.kind") for s in stored.values()} >= {"LLM", "CHAIN"}
+    for item in in_app:
+        expected = {kv.key for kv in Span.FromString(item.span).attributes}
+        assert set(stored[item.id.split("-")[1]]["attributes"]) == expected
+    assert "400" not in local_engine.stats()["requests"].get("POST /api/v1/traces", {})
