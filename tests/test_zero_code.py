@@ -263,3 +263,22 @@ def test_the_arthur_pair_can_be_chosen_explicitly(env):
     assert [p["exporter"] for p in report["processors"]] == ["ArthurSpanExporter"]
     assert report["env"]["OTEL_METRICS_EXPORTER"] == report["env"]["OTEL_LOGS_EXPORTER"] == "none"
     assert STOCK_CONFIGURATOR_WARNING in stderr  # the stock configurator, passed over
+
+
+def test_zero_code_into_arthur_engine_from_the_environment_alone(env, tmp_path, plain_stdout):
+    """Arthur's own SDK's pair (ARTHUR_BASE_URL + ARTHUR_API_KEY) and a task id, no v3 settings: the chat's
+    LLM spans reach the Engine in OpenInference form, routed to the task."""
+    from otel_arthur.local import engine
+
+    with engine.running(tmp_path / "engine.sqlite3") as local_engine:
+        task = local_engine.store.create_task("zero-code")["id"]
+        result = run(README_COMMAND, env | ONLY_OPENLLMETRY | {
+            "ARTHUR_BASE_URL": local_engine.url, "ARTHUR_API_KEY": local_engine.api_key, "ARTHUR_TASK_ID": task,
+            "ARTHUR_ALLOW_INSECURE": "true"})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == plain_stdout
+        assert app_errors(result.stderr) == [], f"first opentelemetry_distro here: {first_distro()}"
+        llm = [s for s in local_engine.spans(task_id=task) if s["attributes"].get("openinference.span.kind") == "LLM"]
+    assert sorted(s["attributes"]["llm.output_messages.0.message.content"] for s in llm) == \
+        sorted(expected_completions())
+    assert {s["resource_attributes"]["service.name"] for s in llm} == {SERVICE}
