@@ -115,7 +115,8 @@ def create_app(pipeline: Pipeline, settings: ReceiverSettings, *, receiver: Rece
     def ready_samples() -> list[Sample]:
         return [Sample("otel_arthur_ready", GAUGE, {}, 1.0 if ready()[0] else 0.0)]
 
-    collectors = metrics.registry(receiver.counters.samples, lambda: pipeline.stats().samples(), ready_samples)
+    collectors = metrics.registry(receiver.counters.samples,
+                                  metrics.pipeline_samples([(pipeline.destination.name, pipeline)]), ready_samples)
 
     async def traces(request: Request) -> Response:
         try:
