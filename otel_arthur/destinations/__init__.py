@@ -17,7 +17,9 @@ from typing import Any, Protocol
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur.delivery import Sender, SenderObserver
-from otel_arthur.spool import Codec
+from otel_arthur.spool import RECORD_CODEC, Codec
+
+ENGINE_KEY_PREFIX = "engine "  # Arthur Engine's spool keys start with it (``engine.engine_key``); v3's with a URL
 
 
 class DeliverySettings(Protocol):
@@ -49,3 +51,17 @@ class Destination(Protocol):
     def sender(self, observer: SenderObserver) -> Sender:
         """The transport end of the delivery chain; tells ``observer`` each request's time and what it drops."""
         ...
+
+
+def destination_name(key: str) -> str:
+    """``v3`` or ``engine``: which destination the spool rows of ``key`` (a ``Destination.key``) are for."""
+    return "engine" if key.startswith(ENGINE_KEY_PREFIX) else "v3"
+
+
+def codec_for(key: str) -> Codec:
+    """How the spool rows of ``key`` are stored, whichever process wrote them."""
+    if destination_name(key) == "engine":
+        from otel_arthur.destinations.engine import EngineSpanCodec  # the protobuf stack, only when needed
+
+        return EngineSpanCodec()
+    return RECORD_CODEC
