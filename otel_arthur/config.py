@@ -62,7 +62,8 @@ class ConfigurationError(ValueError):
 
 
 _ARGUMENT_TO_FLAG = (("pass url=", "pass --url"), ("pass model_id=", "pass --model-id"),
-                     ("pass password=", "pass --password"), ("(or allow_insecure=True)", "(or pass --allow-insecure)"))
+                     ("pass password=", "pass --password"), ("(or allow_insecure=True)", "(or pass --allow-insecure)"),
+                     ("pass engine_url=", "pass --engine-url"), ("pass engine_api_key=", "pass --engine-api-key"))
 
 
 def as_flags(message: str) -> str:
