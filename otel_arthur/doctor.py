@@ -241,16 +241,16 @@ def _configuration(report: Report, args: argparse.Namespace) -> ArthurSettings |
 # -- reaching Arthur ---------------------------------------------------------------------------
 
 
-class _Unreachable(Exception):
+class Unreachable(Exception):
     """Arthur could not be reached (connection, DNS, TLS, timeout, 5xx)."""
 
 
-class _Refused(Exception):
+class SetupRefused(Exception):
     """Arthur answered, and refuses the set-up (credentials, organization, model)."""
 
 
 def _with_deadline(call: Callable[[], _T], seconds: float, url: str) -> _T:
-    """``call()`` on a daemon thread; ``_Unreachable`` when it has not returned within ``seconds``.
+    """``call()`` on a daemon thread; ``Unreachable`` when it has not returned within ``seconds``.
 
     The SDK's login and organization lookup send requests without any timeout: a host that drops
     packets would hang the command for minutes.
@@ -267,7 +267,7 @@ def _with_deadline(call: Callable[[], _T], seconds: float, url: str) -> _T:
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise _Unreachable(f"no answer from {url} within {seconds:g}s (ARTHUR_TIMEOUT)")
+        raise Unreachable(f"no answer from {url} within {seconds:g}s (ARTHUR_TIMEOUT)")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
@@ -278,12 +278,12 @@ def _raise_for_status(status: int, what: str, settings: ArthurSettings, detail: 
         return
     if status == HTTPStatus.UNAUTHORIZED:
         kind = "API key" if settings.has_api_key else f"login {settings.login!r}"
-        raise _Refused(f"Arthur refused the {kind} (401 Unauthorized)" + (f" {what}" if what else ""))
+        raise SetupRefused(f"Arthur refused the {kind} (401 Unauthorized)" + (f" {what}" if what else ""))
     if status == HTTPStatus.FORBIDDEN:
-        raise _Refused(f"Arthur forbids {what} (403) for these credentials{detail}: check ARTHUR_ORGANIZATION_ID")
+        raise SetupRefused(f"Arthur forbids {what} (403) for these credentials{detail}: check ARTHUR_ORGANIZATION_ID")
     if status >= 500:
-        raise _Unreachable(f"Arthur answered {status} {what}{detail}")
-    raise _Refused(f"Arthur answered {status} {what}{detail}")
+        raise Unreachable(f"Arthur answered {status} {what}{detail}")
+    raise SetupRefused(f"Arthur answered {status} {what}{detail}")
 
 
 class _Found(NamedTuple):
@@ -331,26 +331,26 @@ def _via_sdk(settings: ArthurSettings) -> _Found:
                 continue
             _raise_for_status(response.status_code, f"fetching model {settings.model_id!r}", settings)
             return _Found(organization, parse_model(response.json()))
-        raise _Refused(f"Arthur has no model {settings.model_id!r} (as id or partner_model_id) "
+        raise SetupRefused(f"Arthur has no model {settings.model_id!r} (as id or partner_model_id) "
                        f"in organization {organization}")
 
     try:
         return _with_deadline(fetch, settings.timeout, display_url(settings.url))
     except requests.exceptions.SSLError as exc:
-        raise _Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(exc)}") from None
+        raise Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(exc)}") from None
     except requests.RequestException as exc:
-        raise _Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(exc)}") from None
+        raise Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(exc)}") from None
     except ResponseServerError as exc:
-        raise _Unreachable(f"Arthur answered {str(exc).splitlines()[0][:200]}") from None
+        raise Unreachable(f"Arthur answered {str(exc).splitlines()[0][:200]}") from None
     except ArthurError as exc:
         cause = exc.__cause__
         if isinstance(cause, requests.exceptions.SSLError):
-            raise _Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(cause)}") from None
+            raise Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(cause)}") from None
         if isinstance(cause, requests.RequestException):
-            raise _Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(cause)}") from None
+            raise Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(cause)}") from None
         if str(exc).startswith("Unauthorized"):
             _raise_for_status(HTTPStatus.UNAUTHORIZED, "looking up the organization", settings)
-        raise _Refused(f"Arthur refused the set-up: {' '.join(str(exc).split())[:300]}") from None
+        raise SetupRefused(f"Arthur refused the set-up: {' '.join(str(exc).split())[:300]}") from None
 
 
 def _never_verify(session: Any) -> None:
@@ -372,9 +372,9 @@ def _via_native(settings: ArthurSettings) -> _Found:
         _raise_for_status(HTTPStatus.UNAUTHORIZED, "", settings)
         raise
     except RetryableError as exc:  # "GET /users/me: cannot connect to …": the request is noise here
-        raise _Unreachable(_REQUEST_PREFIX.sub("", str(exc))) from None
+        raise Unreachable(_REQUEST_PREFIX.sub("", str(exc))) from None
     except SetupError as exc:
-        raise _Refused(str(exc)) from None
+        raise SetupRefused(str(exc)) from None
     finally:
         client.close()
     return _Found(organization, model)
@@ -392,10 +392,10 @@ def _arthur(report: Report, settings: ArthurSettings, client: str) -> ArthurMode
                 "the exporter's native client" + ("" if installed else " (arthurai is not installed)"))
     try:
         found = _via_sdk(settings) if use_sdk else _via_native(settings)
-    except _Unreachable as exc:
+    except Unreachable as exc:
         report.problem(exit_codes.UNREACHABLE, str(exc))
         return None
-    except _Refused as exc:
+    except SetupRefused as exc:
         report.problem(exit_codes.REFUSED, str(exc))
         return None
     source = "configured" if settings.organization_id is not None else "the credentials' own"
@@ -469,8 +469,8 @@ def check_engine(settings: EngineSettings) -> EngineCheck:
 
     The Engine authenticates before anything else (401), then checks the role (403), then looks
     the task up: 404 naming the id means the key was accepted and there is no such task. A random
-    UUID is never a task, so its 404 proves the key without reading any task. ``_Unreachable``
-    (connection, TLS, timeout, 429, 5xx) or ``_Refused`` (key, unknown task, not an Engine).
+    UUID is never a task, so its 404 proves the key without reading any task. ``Unreachable``
+    (connection, TLS, timeout, 429, 5xx) or ``SetupRefused`` (key, unknown task, not an Engine).
     """
     from otel_arthur.client import RetryableError, is_uuid
     from otel_arthur.engine_client import EngineClient
@@ -481,31 +481,31 @@ def check_engine(settings: EngineSettings) -> EngineCheck:
     try:
         response = client.task_answer(probe)
     except RetryableError as exc:  # "GET /api/v2/tasks/…: cannot connect to …": the request is noise here
-        raise _Unreachable(_REQUEST_PREFIX.sub("", str(exc))) from None
+        raise Unreachable(_REQUEST_PREFIX.sub("", str(exc))) from None
     finally:
         client.close()
     status, detail = response.status_code, _engine_detail(response)
     if status == HTTPStatus.OK:
         return EngineCheck(_json_object(response) if task_id else None, True)
     if status == HTTPStatus.UNAUTHORIZED:
-        raise _Refused(f"Arthur Engine refused the API key (401 Unauthorized{detail})")
+        raise SetupRefused(f"Arthur Engine refused the API key (401 Unauthorized{detail})")
     if status == HTTPStatus.FORBIDDEN:
         if task_id:
-            raise _Refused(f"Arthur Engine forbids reading task {task_id} with this key (403{detail}): the exporter "
+            raise SetupRefused(f"Arthur Engine forbids reading task {task_id} with this key (403{detail}): the exporter "
                            f"checks the task at start-up and delivers nothing until it can; give the key one of "
                            f"the roles {_TASK_READERS}")
         return EngineCheck(None, False)
     if status == HTTPStatus.NOT_FOUND and probe in detail:  # the Engine's own "Task <id> not found."
         if task_id:
-            raise _Refused(f"Arthur Engine has no task {task_id} ({ARTHUR_TASK_ID}): it refuses (500) every "
+            raise SetupRefused(f"Arthur Engine has no task {task_id} ({ARTHUR_TASK_ID}): it refuses (500) every "
                            "request carrying it")
         return EngineCheck(None, True)
     if status == HTTPStatus.NOT_FOUND:
-        raise _Refused(f"Arthur Engine answered 404 for {response.request.path_url}: is "
+        raise SetupRefused(f"Arthur Engine answered 404 for {response.request.path_url}: is "
                        f"{display_url(settings.url)} an Arthur Engine? (check {ARTHUR_ENGINE_URL})")
     if status == HTTPStatus.TOO_MANY_REQUESTS or status >= 500:
-        raise _Unreachable(f"Arthur Engine answered {status}{detail}")
-    raise _Refused(f"Arthur Engine answered {status} to GET {response.request.path_url}{detail}")
+        raise Unreachable(f"Arthur Engine answered {status}{detail}")
+    raise SetupRefused(f"Arthur Engine answered {status} to GET {response.request.path_url}{detail}")
 
 
 def _json_object(response: Any) -> dict[str, Any]:
@@ -562,10 +562,10 @@ def _engine(report: Report, args: argparse.Namespace) -> EngineSettings | None:
     started = time.monotonic()
     try:
         found = check_engine(settings)
-    except _Unreachable as exc:
+    except Unreachable as exc:
         report.problem(exit_codes.UNREACHABLE, str(exc))
         return settings
-    except _Refused as exc:
+    except SetupRefused as exc:
         report.problem(exit_codes.REFUSED, str(exc))
         return settings
     report.item("reached", f"answered in {time.monotonic() - started:.2f}s; the API key is accepted")
