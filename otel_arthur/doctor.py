@@ -94,7 +94,7 @@ examples:
   otel-arthur doctor --url http://127.0.0.1:8787 --allow-insecure --model-id chat --spool-dir /var/spool/otel-arthur
 
   # Arthur Engine (alone, or beside v3): reachable, key accepted, task found
-  ARTHUR_ENGINE_URL=http://127.0.0.1:3030 ARTHUR_ENGINE_API_KEY=… ARTHUR_TASK_ID=… otel-arthur doctor --allow-insecure
+  ARTHUR_ENGINE_URL=https://engine.example ARTHUR_ENGINE_API_KEY=… ARTHUR_TASK_ID=… otel-arthur doctor
 
   # in a deployment script: stop when something would not work
   otel-arthur doctor >/dev/null || exit 1
@@ -332,7 +332,7 @@ def _via_sdk(settings: ArthurSettings) -> _Found:
             _raise_for_status(response.status_code, f"fetching model {settings.model_id!r}", settings)
             return _Found(organization, parse_model(response.json()))
         raise SetupRefused(f"Arthur has no model {settings.model_id!r} (as id or partner_model_id) "
-                       f"in organization {organization}")
+                           f"in organization {organization}")
 
     try:
         return _with_deadline(fetch, settings.timeout, display_url(settings.url))
@@ -491,18 +491,18 @@ def check_engine(settings: EngineSettings) -> EngineCheck:
         raise SetupRefused(f"Arthur Engine refused the API key (401 Unauthorized{detail})")
     if status == HTTPStatus.FORBIDDEN:
         if task_id:
-            raise SetupRefused(f"Arthur Engine forbids reading task {task_id} with this key (403{detail}): the exporter "
-                           f"checks the task at start-up and delivers nothing until it can; give the key one of "
-                           f"the roles {_TASK_READERS}")
+            raise SetupRefused(f"Arthur Engine forbids reading task {task_id} with this key (403{detail}): the "
+                               "exporter checks the task at start-up and delivers nothing until it can; give the "
+                               f"key one of the roles {_TASK_READERS}")
         return EngineCheck(None, False)
     if status == HTTPStatus.NOT_FOUND and probe in detail:  # the Engine's own "Task <id> not found."
         if task_id:
             raise SetupRefused(f"Arthur Engine has no task {task_id} ({ARTHUR_TASK_ID}): it refuses (500) every "
-                           "request carrying it")
+                               "request carrying it")
         return EngineCheck(None, True)
     if status == HTTPStatus.NOT_FOUND:
         raise SetupRefused(f"Arthur Engine answered 404 for {response.request.path_url}: is "
-                       f"{display_url(settings.url)} an Arthur Engine? (check {ARTHUR_ENGINE_URL})")
+                           f"{display_url(settings.url)} an Arthur Engine? (check {ARTHUR_ENGINE_URL})")
     if status == HTTPStatus.TOO_MANY_REQUESTS or status >= 500:
         raise Unreachable(f"Arthur Engine answered {status}{detail}")
     raise SetupRefused(f"Arthur Engine answered {status} to GET {response.request.path_url}{detail}")
@@ -540,8 +540,8 @@ def _engine(report: Report, args: argparse.Namespace) -> EngineSettings | None:
     insecure = ""
     if settings.url.startswith("http://"):
         insecure = f"; plain http permitted {_source(args.allow_insecure, '--allow-insecure', ARTHUR_ALLOW_INSECURE)}"
-    report.item("URL", f"{display_url(settings.url)} "
-                       f"({_engine_source(args.engine_url, '--engine-url', ARTHUR_ENGINE_URL, ARTHUR_BASE_URL)}{insecure})")
+    url_source = _engine_source(args.engine_url, "--engine-url", ARTHUR_ENGINE_URL, ARTHUR_BASE_URL)
+    report.item("URL", f"{display_url(settings.url)} ({url_source}{insecure})")
     report.item("credentials", "API key (" + _engine_source(args.engine_api_key, "--engine-api-key",
                                                             ARTHUR_ENGINE_API_KEY, ARTHUR_API_KEY) + ")")
     if settings.task_id:

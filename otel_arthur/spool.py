@@ -565,7 +565,7 @@ class Spool:
 
     def _matching(self, everywhere: bool, reason: str | None, seqs: Sequence[int] | None,
                   destinations: Sequence[str] | None = None) -> tuple[str, list[object]]:
-        """A WHERE clause (and its parameters) for rows of this destination, every one, or ``destinations``, narrowed down."""
+        """A WHERE clause (and its parameters) for this destination's rows, every one's, or ``destinations``'."""
         clauses, parameters = (["1"], []) if everywhere else (["destination = ?"], [self.destination])
         if destinations is not None:
             clauses = [f"destination IN ({', '.join('?' * len(destinations))})" if destinations else "0"]

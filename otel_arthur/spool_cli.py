@@ -249,7 +249,8 @@ def stats_document(directory: str) -> dict[str, Any]:
         for reason, count in entry.dead_letters.items():
             by_reason[reason] = by_reason.get(reason, 0) + count
         document["destinations"].append({
-            "destination": entry.destination, "kind": destination_name(entry.destination), "pending": entry.pending, "in_flight": entry.in_flight,
+            "destination": entry.destination, "kind": destination_name(entry.destination),
+            "pending": entry.pending, "in_flight": entry.in_flight,
             "bytes": entry.bytes, "dead_letters": dict(sorted(entry.dead_letters.items())),
             "oldest_age_seconds": 0.0 if entry.oldest_enqueued_at is None else max(0.0, now - entry.oldest_enqueued_at),
         })

@@ -288,7 +288,7 @@ def test_metrics_exposes_the_listed_families(served, local_arthur, figures):
 
 
 def test_metrics_of_two_pipelines_are_labelled_by_destination_and_the_spool_counted_once(local_arthur, tmp_path):
-    """serve holds one pipeline per destination: each one's series carry its name, the shared spool's gauges appear once."""
+    """One pipeline per destination: each one's series carry its name, the shared spool's gauges appear once."""
     spool_dir = tmp_path / "spool"
     with engine.running(tmp_path / "engine.sqlite3") as local_engine:
         v3 = Pipeline(arthur_settings(local_arthur.url, create_model_over_http(local_arthur), spool_dir))
