@@ -8,8 +8,12 @@ fetches the model and prints, on stdout:
     Configuration  URL, model, credentials (kind and where they came from, never their value)
     Arthur         the organization, the model and its attributes
     Binding        each field the bridge produces -> the attribute it lands in, or "skipped (no attribute)"
+    Arthur Engine  when configured: URL, key and task (where each came from), which spans; the key
+                   accepted and the task found, by one ``GET /api/v2/tasks/{id}``
     Privacy        content switches and redaction in force
     Spool          the directory (writable?), what waits in it, dead letters
+
+With only Arthur Engine configured the v3 sections say "not configured" and are skipped.
 
 Each problem is also one line on stderr, ``error: …``, and sets the exit code
 (``otel_arthur.exit_codes``): 3 configuration, 4 unreachable (connection, DNS, TLS, timeout, 5xx),
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -46,18 +51,28 @@ from otel_arthur.config import (
     ARTHUR_ALLOW_INSECURE,
     ARTHUR_API_KEY,
     ARTHUR_ATTRIBUTE_MAP,
+    ARTHUR_BASE_URL,
     ARTHUR_ENDPOINT_URL,
+    ARTHUR_ENGINE_API_KEY,
+    ARTHUR_ENGINE_SPANS,
+    ARTHUR_ENGINE_URL,
     ARTHUR_LOGIN,
     ARTHUR_MODEL_ID,
     ARTHUR_ORGANIZATION_ID,
     ARTHUR_PASSWORD,
     ARTHUR_SPOOL_DIR,
+    ARTHUR_TASK_ID,
+    ENGINE_SPANS_AI,
+    ENGINE_SPANS_ALL,
     ArthurSettings,
     ConfigurationError,
+    EngineSettings,
     as_flags,
     display_url,
+    engine_configured,
     resolve_privacy,
     resolve_spool_dir,
+    v3_configured,
 )
 from otel_arthur.fields import FIELDS, Stage
 from otel_arthur.privacy import ContentPolicy
@@ -77,6 +92,9 @@ examples:
 
   # flags stand in for the exporter's constructor arguments
   otel-arthur doctor --url http://127.0.0.1:8787 --allow-insecure --model-id chat --spool-dir /var/spool/otel-arthur
+
+  # Arthur Engine (alone, or beside v3): reachable, key accepted, task found
+  ARTHUR_ENGINE_URL=https://engine.example ARTHUR_ENGINE_API_KEY=… ARTHUR_TASK_ID=… otel-arthur doctor
 
   # in a deployment script: stop when something would not work
   otel-arthur doctor >/dev/null || exit 1
@@ -100,6 +118,28 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"permit a plain http:// URL (default: ${ARTHUR_ALLOW_INSECURE})")
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arthur Engine's settings as flags; each falls back to its environment variable, as the exporter does."""
+    group = parser.add_argument_group("Arthur Engine (each defaults to the exporter's environment variable)")
+    group.add_argument("--engine-url", help=f"Arthur Engine base URL (default: ${ARTHUR_ENGINE_URL}, or "
+                                            f"${ARTHUR_BASE_URL} when no v3 URL is set)")
+    group.add_argument("--engine-api-key", help=f"the Engine's API key (default: ${ARTHUR_ENGINE_API_KEY}, or "
+                                                f"${ARTHUR_API_KEY} when no v3 URL is set)")
+    group.add_argument("--task-id", help=f"the task spans go to (default: ${ARTHUR_TASK_ID}; without one the "
+                                         "Engine routes them by service.name)")
+    group.add_argument("--engine-spans", choices=(ENGINE_SPANS_AI, ENGINE_SPANS_ALL),
+                       help=f"which spans go to the Engine (default: ${ARTHUR_ENGINE_SPANS}, else {ENGINE_SPANS_AI})")
+
+
+def resolve_engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """``EngineSettings`` from the flags, the environment and the defaults; ``ConfigurationError`` when unusable."""
+    return EngineSettings.resolve(
+        engine_url=args.engine_url, engine_api_key=args.engine_api_key, task_id=args.task_id,
+        engine_spans=args.engine_spans, v3_url=args.url, allow_insecure=args.allow_insecure,
+        spool_dir=getattr(args, "spool_dir", None),
+    )
+
+
 def add_spool_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool-dir", help=f"spool directory (default: ${ARTHUR_SPOOL_DIR}, else "
                                             "$XDG_STATE_HOME/otel-arthur, else ~/.local/state/otel-arthur)")
@@ -117,9 +157,10 @@ def resolve_settings(args: argparse.Namespace) -> ArthurSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = ("Check that records would reach Arthur with this configuration: credentials, "
-                          "organization, model, binding, privacy settings and spool.")
+                          "organization, model, binding, Arthur Engine and its task, privacy settings and spool.")
     parser.epilog = EPILOG
     add_connection_arguments(parser)
+    add_engine_arguments(parser)
     add_spool_argument(parser)
     parser.add_argument("--client", choices=CLIENTS, default="auto",
                         help="connect with the arthurai SDK or the exporter's native client "
@@ -200,16 +241,16 @@ def _configuration(report: Report, args: argparse.Namespace) -> ArthurSettings |
 # -- reaching Arthur ---------------------------------------------------------------------------
 
 
-class _Unreachable(Exception):
+class Unreachable(Exception):
     """Arthur could not be reached (connection, DNS, TLS, timeout, 5xx)."""
 
 
-class _Refused(Exception):
+class SetupRefused(Exception):
     """Arthur answered, and refuses the set-up (credentials, organization, model)."""
 
 
 def _with_deadline(call: Callable[[], _T], seconds: float, url: str) -> _T:
-    """``call()`` on a daemon thread; ``_Unreachable`` when it has not returned within ``seconds``.
+    """``call()`` on a daemon thread; ``Unreachable`` when it has not returned within ``seconds``.
 
     The SDK's login and organization lookup send requests without any timeout: a host that drops
     packets would hang the command for minutes.
@@ -226,7 +267,7 @@ def _with_deadline(call: Callable[[], _T], seconds: float, url: str) -> _T:
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise _Unreachable(f"no answer from {url} within {seconds:g}s (ARTHUR_TIMEOUT)")
+        raise Unreachable(f"no answer from {url} within {seconds:g}s (ARTHUR_TIMEOUT)")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
@@ -237,12 +278,12 @@ def _raise_for_status(status: int, what: str, settings: ArthurSettings, detail: 
         return
     if status == HTTPStatus.UNAUTHORIZED:
         kind = "API key" if settings.has_api_key else f"login {settings.login!r}"
-        raise _Refused(f"Arthur refused the {kind} (401 Unauthorized)" + (f" {what}" if what else ""))
+        raise SetupRefused(f"Arthur refused the {kind} (401 Unauthorized)" + (f" {what}" if what else ""))
     if status == HTTPStatus.FORBIDDEN:
-        raise _Refused(f"Arthur forbids {what} (403) for these credentials{detail}: check ARTHUR_ORGANIZATION_ID")
+        raise SetupRefused(f"Arthur forbids {what} (403) for these credentials{detail}: check ARTHUR_ORGANIZATION_ID")
     if status >= 500:
-        raise _Unreachable(f"Arthur answered {status} {what}{detail}")
-    raise _Refused(f"Arthur answered {status} {what}{detail}")
+        raise Unreachable(f"Arthur answered {status} {what}{detail}")
+    raise SetupRefused(f"Arthur answered {status} {what}{detail}")
 
 
 class _Found(NamedTuple):
@@ -290,26 +331,26 @@ def _via_sdk(settings: ArthurSettings) -> _Found:
                 continue
             _raise_for_status(response.status_code, f"fetching model {settings.model_id!r}", settings)
             return _Found(organization, parse_model(response.json()))
-        raise _Refused(f"Arthur has no model {settings.model_id!r} (as id or partner_model_id) "
-                       f"in organization {organization}")
+        raise SetupRefused(f"Arthur has no model {settings.model_id!r} (as id or partner_model_id) "
+                           f"in organization {organization}")
 
     try:
         return _with_deadline(fetch, settings.timeout, display_url(settings.url))
     except requests.exceptions.SSLError as exc:
-        raise _Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(exc)}") from None
+        raise Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(exc)}") from None
     except requests.RequestException as exc:
-        raise _Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(exc)}") from None
+        raise Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(exc)}") from None
     except ResponseServerError as exc:
-        raise _Unreachable(f"Arthur answered {str(exc).splitlines()[0][:200]}") from None
+        raise Unreachable(f"Arthur answered {str(exc).splitlines()[0][:200]}") from None
     except ArthurError as exc:
         cause = exc.__cause__
         if isinstance(cause, requests.exceptions.SSLError):
-            raise _Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(cause)}") from None
+            raise Unreachable(f"TLS with {display_url(settings.url)} failed: {network_reason(cause)}") from None
         if isinstance(cause, requests.RequestException):
-            raise _Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(cause)}") from None
+            raise Unreachable(f"cannot connect to {display_url(settings.url)}: {network_reason(cause)}") from None
         if str(exc).startswith("Unauthorized"):
             _raise_for_status(HTTPStatus.UNAUTHORIZED, "looking up the organization", settings)
-        raise _Refused(f"Arthur refused the set-up: {' '.join(str(exc).split())[:300]}") from None
+        raise SetupRefused(f"Arthur refused the set-up: {' '.join(str(exc).split())[:300]}") from None
 
 
 def _never_verify(session: Any) -> None:
@@ -331,9 +372,9 @@ def _via_native(settings: ArthurSettings) -> _Found:
         _raise_for_status(HTTPStatus.UNAUTHORIZED, "", settings)
         raise
     except RetryableError as exc:  # "GET /users/me: cannot connect to …": the request is noise here
-        raise _Unreachable(_REQUEST_PREFIX.sub("", str(exc))) from None
+        raise Unreachable(_REQUEST_PREFIX.sub("", str(exc))) from None
     except SetupError as exc:
-        raise _Refused(str(exc)) from None
+        raise SetupRefused(str(exc)) from None
     finally:
         client.close()
     return _Found(organization, model)
@@ -351,10 +392,10 @@ def _arthur(report: Report, settings: ArthurSettings, client: str) -> ArthurMode
                 "the exporter's native client" + ("" if installed else " (arthurai is not installed)"))
     try:
         found = _via_sdk(settings) if use_sdk else _via_native(settings)
-    except _Unreachable as exc:
+    except Unreachable as exc:
         report.problem(exit_codes.UNREACHABLE, str(exc))
         return None
-    except _Refused as exc:
+    except SetupRefused as exc:
         report.problem(exit_codes.REFUSED, str(exc))
         return None
     source = "configured" if settings.organization_id is not None else "the credentials' own"
@@ -409,10 +450,138 @@ def _binding(report: Report, model: ArthurModel, settings: ArthurSettings) -> No
                        f"record without it (map a field to it with {ARTHUR_ATTRIBUTE_MAP})")
 
 
+# -- Arthur Engine ------------------------------------------------------------------------------
+
+
+_TASK_READERS = "ORG-ADMIN, ORG-AUDITOR or TASK-ADMIN"  # the Engine's TASK_READ roles (schemas/enums.py)
+_TRACE_WRITERS = "ORG-ADMIN, TASK-ADMIN, VALIDATION-USER or CHAT-USER"  # its trace-writing roles
+
+
+class EngineCheck(NamedTuple):
+    """What one read of ``/api/v2/tasks/{id}`` says: the task (when a task id is set and readable)."""
+
+    task: dict[str, Any] | None
+    may_read_tasks: bool  # False: the key is accepted, and its role may not read tasks (403)
+
+
+def check_engine(settings: EngineSettings) -> EngineCheck:
+    """Reach the Engine with its key, read-only: ``GET /api/v2/tasks/{task id}``, or a random UUID without one.
+
+    The Engine authenticates before anything else (401), then checks the role (403), then looks
+    the task up: 404 naming the id means the key was accepted and there is no such task. A random
+    UUID is never a task, so its 404 proves the key without reading any task. ``Unreachable``
+    (connection, TLS, timeout, 429, 5xx) or ``SetupRefused`` (key, unknown task, not an Engine).
+    """
+    from otel_arthur.client import RetryableError, is_uuid
+    from otel_arthur.engine_client import EngineClient
+
+    task_id = settings.task_id if settings.task_id and is_uuid(settings.task_id) else None
+    probe = task_id or str(uuid.uuid4())
+    client = EngineClient(settings)
+    try:
+        response = client.task_answer(probe)
+    except RetryableError as exc:  # "GET /api/v2/tasks/…: cannot connect to …": the request is noise here
+        raise Unreachable(_REQUEST_PREFIX.sub("", str(exc))) from None
+    finally:
+        client.close()
+    status, detail = response.status_code, _engine_detail(response)
+    if status == HTTPStatus.OK:
+        return EngineCheck(_json_object(response) if task_id else None, True)
+    if status == HTTPStatus.UNAUTHORIZED:
+        raise SetupRefused(f"Arthur Engine refused the API key (401 Unauthorized{detail})")
+    if status == HTTPStatus.FORBIDDEN:
+        if task_id:
+            raise SetupRefused(f"Arthur Engine forbids reading task {task_id} with this key (403{detail}): the "
+                               "exporter checks the task at start-up and delivers nothing until it can; give the "
+                               f"key one of the roles {_TASK_READERS}")
+        return EngineCheck(None, False)
+    if status == HTTPStatus.NOT_FOUND and probe in detail:  # the Engine's own "Task <id> not found."
+        if task_id:
+            raise SetupRefused(f"Arthur Engine has no task {task_id} ({ARTHUR_TASK_ID}): it refuses (500) every "
+                               "request carrying it")
+        return EngineCheck(None, True)
+    if status == HTTPStatus.NOT_FOUND:
+        raise SetupRefused(f"Arthur Engine answered 404 for {response.request.path_url}: is "
+                           f"{display_url(settings.url)} an Arthur Engine? (check {ARTHUR_ENGINE_URL})")
+    if status == HTTPStatus.TOO_MANY_REQUESTS or status >= 500:
+        raise Unreachable(f"Arthur Engine answered {status}{detail}")
+    raise SetupRefused(f"Arthur Engine answered {status} to GET {response.request.path_url}{detail}")
+
+
+def _json_object(response: Any) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _engine_detail(response: Any) -> str:
+    detail = _json_object(response).get("detail")
+    return f": {str(detail)[:200]}" if detail else ""
+
+
+def _engine_source(value: object, flag: str, variable: str, sdk_variable: str) -> str:
+    """Where an Engine setting came from: its flag, its variable, else the Arthur SDK's variable."""
+    if value is not None:
+        return f"from {flag}"
+    return f"from ${variable}" if os.environ.get(variable) else f"from ${sdk_variable}"
+
+
+def _engine(report: Report, args: argparse.Namespace) -> EngineSettings | None:
+    from otel_arthur.client import is_uuid
+
+    report.section("Arthur Engine")
+    try:
+        settings = resolve_engine_settings(args)
+    except ConfigurationError as exc:
+        report.problem(exit_codes.CONFIGURATION, as_flags(str(exc)))
+        return None
+    insecure = ""
+    if settings.url.startswith("http://"):
+        insecure = f"; plain http permitted {_source(args.allow_insecure, '--allow-insecure', ARTHUR_ALLOW_INSECURE)}"
+    url_source = _engine_source(args.engine_url, "--engine-url", ARTHUR_ENGINE_URL, ARTHUR_BASE_URL)
+    report.item("URL", f"{display_url(settings.url)} ({url_source}{insecure})")
+    report.item("credentials", "API key (" + _engine_source(args.engine_api_key, "--engine-api-key",
+                                                            ARTHUR_ENGINE_API_KEY, ARTHUR_API_KEY) + ")")
+    if settings.task_id:
+        report.item("task id", f"{settings.task_id} ({_source(args.task_id, '--task-id', ARTHUR_TASK_ID)}): "
+                               "every span goes to this task")
+    else:
+        report.item("task id", f"none ({ARTHUR_TASK_ID}): the Engine routes each service's spans by service.name, "
+                               "to the task mapped to it, else to one it creates for it")
+    spans_source = (_source(args.engine_spans, "--engine-spans", ARTHUR_ENGINE_SPANS)
+                    if args.engine_spans is not None or os.environ.get(ARTHUR_ENGINE_SPANS) else "the default")
+    report.item("spans", f"{settings.spans} ({spans_source}): " + (
+        "AI spans only (LLM calls, chains, agents, tools, retrievers…)" if settings.spans == ENGINE_SPANS_AI
+        else "every span"))
+    if settings.task_id and not is_uuid(settings.task_id):
+        report.problem(exit_codes.CONFIGURATION, f"task id {settings.task_id!r} "
+                                                 f"({_source(args.task_id, '--task-id', ARTHUR_TASK_ID)}) is not a "
+                                                 "UUID, as every Arthur Engine task id is")
+    started = time.monotonic()
+    try:
+        found = check_engine(settings)
+    except Unreachable as exc:
+        report.problem(exit_codes.UNREACHABLE, str(exc))
+        return settings
+    except SetupRefused as exc:
+        report.problem(exit_codes.REFUSED, str(exc))
+        return settings
+    report.item("reached", f"answered in {time.monotonic() - started:.2f}s; the API key is accepted")
+    if not found.may_read_tasks:
+        report.item("role", f"the key may not read tasks (403): the trace ingest does not need to; it needs one of "
+                            f"the roles {_TRACE_WRITERS}, which a read-only check cannot confirm")
+    if found.task is not None:
+        name = found.task.get("name")
+        report.item("task", f"{name!r} exists" if name else "exists")
+    return settings
+
+
 # -- privacy -----------------------------------------------------------------------------------
 
 
-def _privacy(report: Report, settings: ArthurSettings | None) -> None:
+def _privacy(report: Report, settings: ArthurSettings | EngineSettings | None) -> None:
     report.section("Privacy")
     if settings is None:  # the settings stopped at their first problem: check these on their own
         try:
@@ -478,7 +647,8 @@ def _can_make_directory_in(parent: str) -> None:
     os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".otel-arthur-doctor-"))
 
 
-def _spool(report: Report, directory: str, destination: str | None) -> None:
+def _spool(report: Report, directory: str, destinations: list[str]) -> None:
+    """``destinations``: the spool keys of the configured destinations (their latest refusal is shown)."""
     report.section("Spool")
     if not os.path.exists(directory):
         parent = os.path.dirname(os.path.abspath(directory))
@@ -506,8 +676,10 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
     if not os.path.exists(os.path.join(directory, FILE_NAME)):
         report.item("waiting", "nothing (no spool file yet)")
         return
+    from otel_arthur.destinations import codec_for
+
     try:
-        spool = Spool(directory, destination or "", 1, replace_damaged=False)
+        spool = Spool(directory, destinations[0] if destinations else "", 1, replace_damaged=False)
     except Exception as exc:  # noqa: BLE001 - sqlite3.Error, OSError: the exporter would fail alike
         report.problem(exit_codes.SPOOL, f"spool {os.path.join(directory, FILE_NAME)} cannot be opened: {exc}")
         return
@@ -520,7 +692,7 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
             return
         gauges = spool.gauges()
         inventory = spool.inventory()
-        latest = spool.dead_letters()[-1:] if destination else []
+        latest = spool.dead_letters(destinations=destinations, codec_of=codec_for)[-1:] if destinations else []
     finally:
         spool.close()
     report.item("waiting", f"{gauges.depth} records, oldest {human_age(gauges.oldest_age) if gauges.depth else '-'}"
@@ -537,8 +709,8 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
     for copy in damaged_copies(directory):
         report.item("damaged copy", f"{copy} (the spool was found damaged and started afresh: its records were "
                                     "not delivered)")
-    others = [e for e in inventory if e.destination != destination]
-    if others and destination:
+    others = [e for e in inventory if e.destination not in destinations]
+    if others and destinations:
         report.item("other models", f"{len(others)} other destinations share this spool")
 
 
@@ -547,16 +719,26 @@ def _spool(report: Report, directory: str, destination: str | None) -> None:
 
 def diagnose(args: argparse.Namespace) -> Report:
     report = Report()
-    settings = _configuration(report, args)
-    if settings is not None:
-        model = _arthur(report, settings, args.client)
-        if model is not None:
-            _binding(report, model, settings)
-    _privacy(report, settings)
+    wants_engine = engine_configured(args.engine_url, v3_url=args.url)
+    settings = None
+    if v3_configured(args.url) or not wants_engine:  # with neither, the v3 lines say what is missing, as ever
+        settings = _configuration(report, args)
+        if settings is not None:
+            model = _arthur(report, settings, args.client)
+            if model is not None:
+                _binding(report, model, settings)
+    else:
+        report.section("Configuration")
+        report.item("Arthur (v3)", f"not configured (no --url or ${ARTHUR_ENDPOINT_URL}): records go to Arthur "
+                                   "Engine only")
+    engine = _engine(report, args) if wants_engine else None
+    _privacy(report, settings or engine)
+    from otel_arthur.destinations.engine import engine_key
     from otel_arthur.destinations.v3 import destination
 
-    spool_dir = settings.spool_dir if settings is not None else resolve_spool_dir(args.spool_dir)
-    _spool(report, spool_dir, destination(settings) if settings is not None else None)
+    keys = ([destination(settings)] if settings is not None else []) + ([engine_key(engine)] if engine else [])
+    configured = settings or engine
+    _spool(report, configured.spool_dir if configured is not None else resolve_spool_dir(args.spool_dir), keys)
     return report
 
 

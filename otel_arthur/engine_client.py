@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import requests
 
 TRACES_PATH = "/api/v1/traces"
+TASKS_PATH = "/api/v2/tasks"
 PROTOBUF = "application/x-protobuf"
 _MAX_REASONS = 5  # rejection reasons kept per answer: the Engine sends one per refused span
 
@@ -115,9 +116,13 @@ class EngineClient:
         self._raise_for_status(response, "sending traces")
         raise RetryableError(f"sending traces: Arthur Engine answered {status}")  # 1xx/3xx: not an answer
 
+    def task_answer(self, task_id: str) -> requests.Response:
+        """``GET /api/v2/tasks/{task_id}`` as the Engine answered it, whatever the status (``doctor`` reads it)."""
+        return self._request("GET", f"{TASKS_PATH}/{task_id}")
+
     def get_task(self, task_id: str) -> dict[str, Any]:
         """The task, or ``EngineTaskNotFound``; ``SetupError`` when the key may not read it."""
-        response = self._request("GET", f"/api/v2/tasks/{task_id}")
+        response = self.task_answer(task_id)
         if response.status_code == HTTPStatus.NOT_FOUND:
             raise EngineTaskNotFound(f"Arthur Engine has no task {task_id!r} ({ARTHUR_TASK_ID})")
         self._raise_for_status(response, f"reading task {task_id!r}")

@@ -554,29 +554,32 @@ class Spool:
         return True
 
     @_retried
-    def dead_letters(self, *, everywhere: bool = False, reason: str | None = None,
-                     seqs: Sequence[int] | None = None) -> list[dict[str, object]]:
+    def dead_letters(self, *, everywhere: bool = False, reason: str | None = None, seqs: Sequence[int] | None = None,
+                     destinations: Sequence[str] | None = None,
+                     codec_of: Callable[[str], Codec] | None = None) -> list[dict[str, object]]:
         """Dead letters, oldest first: the record, why, Arthur's message, when, and ``seq`` to name it by.
 
-        This destination's unless ``everywhere``; only ``reason``'s, or only ``seqs``, when given.
+        This destination's unless ``everywhere`` (or ``destinations``, those only); only ``reason``'s, or
+        only ``seqs``, when given. Each record is decoded by ``codec_of(its destination)``, else this spool's codec.
         """
-        where, parameters = self._matching(everywhere, reason, seqs)
+        where, parameters = self._matching(everywhere, reason, seqs, destinations)
         rows = self._read(
             "SELECT seq, destination, body, size, reason, message, dead_at FROM dead_letters"
             f" WHERE {where} ORDER BY seq", parameters)
-        return [{"seq": seq, "destination": destination, "record": decode(body), "size": size, "reason": reason,
-                 "message": message, "dead_at": dead_at}
+        codec_of = codec_of or (lambda destination: self.codec)
+        return [{"seq": seq, "destination": destination, "record": codec_of(destination).decode(body), "size": size,
+                 "reason": reason, "message": message, "dead_at": dead_at}
                 for seq, destination, body, size, reason, message, dead_at in rows]
 
     @_retried
     def requeue_dead_letters(self, *, everywhere: bool = False, reason: str | None = None,
-                             seqs: Sequence[int] | None = None) -> int:
+                             seqs: Sequence[int] | None = None, destinations: Sequence[str] | None = None) -> int:
         """Move matching dead letters back to pending, as new arrivals (new ``seq``, enqueued now); how many.
 
         One transaction, so a crash leaves each either dead or pending, never both or neither. They
         are delivered by whichever process serves their destination.
         """
-        where, parameters = self._matching(everywhere, reason, seqs)
+        where, parameters = self._matching(everywhere, reason, seqs, destinations)
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO records (destination, partner_inference_id, body, size, enqueued_at)"
@@ -586,7 +589,7 @@ class Spool:
 
     @_retried
     def purge(self, *, dead_letters: bool = True, pending: bool = False, everywhere: bool = False,
-              reason: str | None = None, dry_run: bool = False) -> Purged:
+              reason: str | None = None, destinations: Sequence[str] | None = None, dry_run: bool = False) -> Purged:
         """Delete matching dead letters and/or pending records (what ``dry_run`` only counts).
 
         Records in flight are left alone: their process settles them. ``reason`` applies to dead letters.
@@ -594,8 +597,8 @@ class Spool:
         rows = size = 0
         with self._transaction() as db:
             for table, wanted, (where, parameters) in (
-                ("dead_letters", dead_letters, self._matching(everywhere, reason, None)),
-                ("records", pending, self._matching(everywhere, None, None)),
+                ("dead_letters", dead_letters, self._matching(everywhere, reason, None, destinations)),
+                ("records", pending, self._matching(everywhere, None, None, destinations)),
             ):
                 if not wanted:
                     continue
@@ -624,9 +627,13 @@ class Spool:
             entry["bytes"] += size  # type: ignore[operator]
         return [Inventory(destination, **entry) for destination, entry in sorted(found.items())]  # type: ignore[arg-type]
 
-    def _matching(self, everywhere: bool, reason: str | None, seqs: Sequence[int] | None) -> tuple[str, list[object]]:
-        """A WHERE clause (and its parameters) for rows of this destination, or every one, narrowed down."""
+    def _matching(self, everywhere: bool, reason: str | None, seqs: Sequence[int] | None,
+                  destinations: Sequence[str] | None = None) -> tuple[str, list[object]]:
+        """A WHERE clause (and its parameters) for this destination's rows, every one's, or ``destinations``'."""
         clauses, parameters = (["1"], []) if everywhere else (["destination = ?"], [self.destination])
+        if destinations is not None:
+            clauses = [f"destination IN ({', '.join('?' * len(destinations))})" if destinations else "0"]
+            parameters = list(destinations)
         if reason is not None:
             clauses.append("reason = ?")
             parameters.append(reason)

@@ -1,9 +1,13 @@
 """``otel-arthur spool``: what waits in the spool, the dead letters and why, replaying them, purging them.
 
     stats         depth, bytes, oldest age, dead letters by reason, per destination (``--json``)
-    dead-letters  each refused record with Arthur's message (``--json``)
+    dead-letters  each refused record (v3) or span (Arthur Engine) with the service's message (``--json``)
     replay        re-queue dead letters after a fix, then deliver them here (or leave that to the exporter)
     purge         delete dead letters (and, with ``--pending``, records still waiting); asks first
+
+Rows are kept per destination: v3 rows by ``<URL> <model>``, Arthur Engine rows by ``engine <URL>
+<task or ->``. ``--destination v3|engine`` narrows dead-letters, replay and purge to one of the
+two; replay delivers for each destination configured (flags or the exporter's environment).
 
 The spool directory is the exporter's: ``--spool-dir``, else ``ARTHUR_SPOOL_DIR``, else the XDG
 default. ``stats`` and ``dead-letters`` never create it. Opening the spool, like any process does,
@@ -29,19 +33,28 @@ from typing import Any, TextIO
 from otel_arthur import exit_codes
 from otel_arthur.config import (
     DEFAULT_SPOOL_MAX_BYTES,
-    ArthurSettings,
     ConfigurationError,
     as_flags,
+    display_url,
+    engine_configured,
     resolve_spool_dir,
+    v3_configured,
 )
+from otel_arthur.destinations import Destination, codec_for, destination_name
 from otel_arthur.doctor import (
+    SetupRefused,
+    Unreachable,
     add_connection_arguments,
+    add_engine_arguments,
     add_spool_argument,
+    check_engine,
     human_age,
     human_bytes,
+    resolve_engine_settings,
     resolve_settings,
 )
 from otel_arthur.spool import FILE_NAME, Spool, damaged_copies
+from otel_arthur.stats import DropReason
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,7 @@ REDRAW_EVERY = 0.2  # seconds between redraws of the progress line on a terminal
 LOG_EVERY = 10.0  # seconds between progress log lines when stderr is not a terminal
 POLL = 0.1  # seconds between looks at the spool while replaying
 DEFAULT_REPLAY_TIMEOUT = 600.0  # seconds replay waits for delivery before leaving the rest to the exporter
+DESTINATIONS = ("v3", "engine")  # Destination.name of each kind of row
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
 
@@ -57,6 +71,7 @@ EPILOG = f"""\
 examples:
   otel-arthur spool stats
   otel-arthur spool dead-letters --reason record_rejected
+  otel-arthur spool dead-letters --destination engine
   otel-arthur spool replay                       # after fixing the model: deliver the dead letters now
   otel-arthur spool purge --yes                  # drop the dead letters without asking
 
@@ -76,20 +91,24 @@ examples:
   otel-arthur spool dead-letters
   otel-arthur spool dead-letters --reason record_rejected --limit 20
   otel-arthur spool dead-letters --json | jq -r '.[].message' | sort | uniq -c
+  otel-arthur spool dead-letters --destination engine     # spans: trace/span id, name, the Engine's reason
 
 reasons: record_rejected (Arthur refused the record inside its 207 answer),
-         batch_refused (Arthur refused the whole request that carried it)
+         batch_refused (Arthur, or Arthur Engine, refused the whole request that carried it)
 """
 
 REPLAY_EPILOG = f"""\
-Re-queues the matching dead letters as new records, then delivers everything waiting for the
-configured model (the exporter's settings, as for `otel-arthur doctor`) and reports what Arthur
-did with them. Before re-queueing it fetches the model, so nothing moves while Arthur still refuses
-the set-up. Dead letters of other models are re-queued too and wait for a process configured for
-them; --requeue-only leaves all delivery to the exporter.
+Re-queues the matching dead letters as new records, then delivers everything waiting for each
+configured destination (the exporter's settings, as for `otel-arthur doctor`: the v3 model when a
+v3 URL is set, Arthur Engine when an Engine URL is) and reports what each did with them. Before
+re-queueing it checks each one (the model fetched; the Engine's key and task read), so nothing
+moves while one still refuses the set-up. --destination v3|engine replays one of them only. Dead
+letters of destinations not configured here are re-queued too and wait for a process configured
+for them; --requeue-only leaves all delivery to the exporter.
 
 examples:
   otel-arthur spool replay
+  otel-arthur spool replay --destination engine  # the Engine's dead letters, with ARTHUR_ENGINE_* set
   otel-arthur spool replay --reason record_rejected --timeout 120
   otel-arthur spool replay --seq 12 --seq 14
   otel-arthur spool replay --requeue-only        # no Arthur settings here; the app delivers them
@@ -106,6 +125,7 @@ elsewhere it refuses unless --yes is given, and never waits for input.
 examples:
   otel-arthur spool purge
   otel-arthur spool purge --reason batch_refused --yes
+  otel-arthur spool purge --destination engine --yes
   otel-arthur spool purge --pending --yes        # start from an empty spool
 
 {exit_codes.epilog_table((exit_codes.OK, exit_codes.USAGE, exit_codes.SPOOL, exit_codes.INCOMPLETE))}
@@ -123,13 +143,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_spool_argument(sub)
         return sub
 
+    def destination_argument(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--destination", choices=DESTINATIONS,
+                         help="only the rows of this destination: v3 (Arthur's inference API) or engine (Arthur "
+                              "Engine); default: both")
+
     stats = action("stats", "Depth, bytes, oldest age and dead letters by reason.", STATS_EPILOG)
     stats.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    letters = action("dead-letters", "List the records Arthur refused, with its messages.", DEAD_LETTERS_EPILOG)
-    letters.add_argument("--json", action="store_true", help="a JSON list on stdout, each with its record")
+    letters = action("dead-letters", "List the records (or Engine spans) Arthur refused, with its messages.",
+                     DEAD_LETTERS_EPILOG)
+    letters.add_argument("--json", action="store_true",
+                         help="a JSON list on stdout, each with its record (v3) or span (engine)")
     letters.add_argument("--reason", help="only dead letters of this reason")
     letters.add_argument("--limit", type=int, help="at most this many, the newest")
+    destination_argument(letters)
 
     replay = action("replay", "Re-queue dead letters after a fix and deliver them.", REPLAY_EPILOG)
     replay.add_argument("--reason", help="only dead letters of this reason")
@@ -138,12 +166,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-queue and exit; the exporter (or serve) delivers them next time it runs")
     replay.add_argument("--timeout", type=float, default=DEFAULT_REPLAY_TIMEOUT,
                         help="seconds to wait for delivery; what is left stays queued (default: %(default)g)")
+    destination_argument(replay)
     add_connection_arguments(replay)
+    add_engine_arguments(replay)
 
     purge = action("purge", "Delete dead letters (and, with --pending, waiting records).", PURGE_EPILOG)
     purge.add_argument("--reason", help="only dead letters of this reason")
     purge.add_argument("--pending", action="store_true", help="also delete records still waiting for delivery")
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    destination_argument(purge)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,6 +204,13 @@ def _open(directory: str, destination: str = "") -> Spool:
     A damaged file is an error here: the exporter or ``serve`` keeps a copy and starts afresh when it opens it.
     """
     return Spool(directory, destination, DEFAULT_SPOOL_MAX_BYTES, replace_damaged=False)
+
+
+def _keys(spool: Spool, name: str | None) -> list[str] | None:
+    """The spool keys of destination ``name`` (``v3``/``engine``) found in the file; None for every destination."""
+    if name is None:
+        return None
+    return [entry.destination for entry in spool.inventory() if destination_name(entry.destination) == name]
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -211,7 +249,8 @@ def stats_document(directory: str) -> dict[str, Any]:
         for reason, count in entry.dead_letters.items():
             by_reason[reason] = by_reason.get(reason, 0) + count
         document["destinations"].append({
-            "destination": entry.destination, "pending": entry.pending, "in_flight": entry.in_flight,
+            "destination": entry.destination, "kind": destination_name(entry.destination),
+            "pending": entry.pending, "in_flight": entry.in_flight,
             "bytes": entry.bytes, "dead_letters": dict(sorted(entry.dead_letters.items())),
             "oldest_age_seconds": 0.0 if entry.oldest_enqueued_at is None else max(0.0, now - entry.oldest_enqueued_at),
         })
@@ -241,7 +280,8 @@ def _stats(args: argparse.Namespace, directory: str) -> int:
               " not delivered)")
     if document["destinations"]:
         print()
-        print(f"{'waiting':>8} {'in flight':>9} {'dead':>6} {'oldest':>8}  destination (URL model)")
+        print(f"{'waiting':>8} {'in flight':>9} {'dead':>6} {'oldest':>8}  destination (v3: URL model; "
+              "Arthur Engine: engine URL task)")
         for entry in document["destinations"]:
             waiting = entry["pending"] + entry["in_flight"]
             print(f"{waiting:>8} {entry['in_flight']:>9} {sum(entry['dead_letters'].values()):>6} "
@@ -252,31 +292,64 @@ def _stats(args: argparse.Namespace, directory: str) -> int:
 # -- dead letters --------------------------------------------------------------------------------
 
 
+def engine_span(item: Any) -> dict[str, Any]:
+    """A spooled Engine span (``EngineSpan``) as JSON: ids, name, times, attributes and the resource's."""
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from otel_arthur.otlp import any_value
+
+    span, resource = Span.FromString(item.span), Resource.FromString(item.resource)
+    return {"trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+            "parent_span_id": span.parent_span_id.hex() or None, "name": span.name,
+            "start_time_unix_nano": span.start_time_unix_nano, "end_time_unix_nano": span.end_time_unix_nano,
+            "attributes": {kv.key: any_value(kv.value) for kv in span.attributes},
+            "resource": {kv.key: any_value(kv.value) for kv in resource.attributes}}
+
+
+def _letter_json(letter: dict[str, Any]) -> dict[str, Any]:
+    common = {"seq": letter["seq"], "destination": letter["destination"],
+              "kind": destination_name(letter["destination"]), "reason": letter["reason"],
+              "message": letter["message"], "dead_at": _iso(letter["dead_at"]), "size": letter["size"]}
+    if common["kind"] == "engine":
+        span = engine_span(letter["record"])
+        return {**common, "trace_id": span["trace_id"], "span_id": span["span_id"], "name": span["name"], "span": span}
+    record = letter["record"]
+    return {**common, "partner_inference_id": record.partner_inference_id,
+            "record": {"inference_timestamp": record.inference_timestamp, **record.fields}}
+
+
+def _letter_line(letter: dict[str, Any]) -> str:
+    """``#seq  when  reason  what  destination``: what is the record's id, or the span's ids and name."""
+    if destination_name(letter["destination"]) == "engine":
+        span = engine_span(letter["record"])
+        what = f"span {span['trace_id']}/{span['span_id']} {span['name']!r}"
+    else:
+        what = letter["record"].partner_inference_id
+    return f"#{letter['seq']}  {_iso(letter['dead_at'])}  {letter['reason']}  {what}  {letter['destination']}"
+
+
 def _dead_letters(args: argparse.Namespace, directory: str) -> int:
     letters: list[dict[str, Any]] = []
     if _exists(directory):
         spool = _open(directory)
         try:
-            letters = spool.dead_letters(everywhere=True, reason=args.reason)
+            letters = spool.dead_letters(everywhere=True, reason=args.reason,
+                                         destinations=_keys(spool, args.destination), codec_of=codec_for)
         finally:
             spool.close()
     total = len(letters)
     if args.limit is not None:
         letters = letters[-args.limit:] if args.limit > 0 else []
     if args.json:
-        print(json.dumps([{
-            "seq": letter["seq"], "destination": letter["destination"],
-            "partner_inference_id": letter["record"].partner_inference_id, "reason": letter["reason"],
-            "message": letter["message"], "dead_at": _iso(letter["dead_at"]), "size": letter["size"],
-            "record": {"inference_timestamp": letter["record"].inference_timestamp, **letter["record"].fields},
-        } for letter in letters], indent=2, ensure_ascii=False))
+        print(json.dumps([_letter_json(letter) for letter in letters], indent=2, ensure_ascii=False))
         return exit_codes.OK
     if not letters:
-        print("no dead letters" + (f" of reason {args.reason}" if args.reason else ""))
+        print("no dead letters" + (f" of reason {args.reason}" if args.reason else "")
+              + (f" for destination {args.destination}" if args.destination else ""))
         return exit_codes.OK
     for letter in letters:
-        print(f"#{letter['seq']}  {_iso(letter['dead_at'])}  {letter['reason']}  "
-              f"{letter['record'].partner_inference_id}  {letter['destination']}")
+        print(_letter_line(letter))
         print(f"    {letter['message']}")
     shown = f"the newest {len(letters)} of {total}" if len(letters) < total else f"{total}"
     print(f"\n{shown} dead letters; `otel-arthur spool replay` re-queues them once the cause is fixed")
@@ -338,36 +411,55 @@ def _replay(args: argparse.Namespace, directory: str) -> int:
     seqs = args.seq
     spool = _open(directory)
     try:
-        letters = spool.dead_letters(everywhere=True, reason=args.reason, seqs=seqs)
+        chosen = _keys(spool, args.destination)
+        letters = spool.dead_letters(everywhere=True, reason=args.reason, seqs=seqs, destinations=chosen,
+                                     codec_of=codec_for)
         if not letters:
             print("no dead letters match: nothing to replay")
             return exit_codes.OK
-        settings = None if args.requeue_only else _check_arthur(args)
-        requeued = spool.requeue_dead_letters(everywhere=True, reason=args.reason, seqs=seqs)
+        targets = [] if args.requeue_only else _checked_destinations(args)
+        requeued = spool.requeue_dead_letters(everywhere=True, reason=args.reason, seqs=seqs, destinations=chosen)
     finally:
         spool.close()
     print(f"re-queued {requeued} dead letters")
-    if settings is None:
-        print("they are delivered by the next process configured for their model (exporter or serve)")
+    if not targets:
+        print("they are delivered by the next process configured for their destination (exporter or serve)")
         return exit_codes.OK
-    from otel_arthur.destinations.v3 import destination
-
-    ours = sum(1 for letter in letters if letter["destination"] == destination(settings))
+    ours = sum(1 for letter in letters if letter["destination"] in {target.key for target in targets})
     if ours < requeued:
-        print(f"{requeued - ours} of them are for other models: processes configured for those deliver them")
-    return _deliver(settings, args.timeout)
+        print(f"{requeued - ours} of them are for destinations not configured here: processes configured for those "
+              "deliver them")
+    deadline = time.monotonic() + args.timeout
+    codes = [_deliver(target, max(0.0, deadline - time.monotonic())) for target in targets]
+    return max(codes)
 
 
-def _check_arthur(args: argparse.Namespace) -> ArthurSettings:
-    """The settings, once Arthur accepts the set-up (the model fetched and bound); ``_Exit`` otherwise."""
+def _checked_destinations(args: argparse.Namespace) -> list[Destination]:
+    """The destinations to deliver to (``--destination``, else each configured one), once each accepts the set-up.
+
+    ``_Exit`` when one is not configured, unreachable or refusing: nothing is re-queued then.
+    """
+    wanted = [args.destination] if args.destination else [
+        name for name, configured in (("v3", v3_configured(args.url)),
+                                      ("engine", engine_configured(args.engine_url, v3_url=args.url))) if configured]
+    return [_check_engine(args) if name == "engine" else _check_arthur(args) for name in wanted or ["v3"]]
+
+
+def _configuration_error(exc: ConfigurationError) -> _Exit:
+    return _Exit(f"{as_flags(str(exc))} (or pass --requeue-only to leave delivery to the exporter)",
+                 exit_codes.CONFIGURATION)
+
+
+def _check_arthur(args: argparse.Namespace) -> Destination:
+    """The v3 destination, once Arthur accepts the set-up (the model fetched and bound); ``_Exit`` otherwise."""
     from otel_arthur.client import RetryableError, SetupError
     from otel_arthur.delivery import ArthurSender
+    from otel_arthur.destinations.v3 import V3Destination
 
     try:
         settings = resolve_settings(args)
     except ConfigurationError as exc:
-        raise _Exit(f"{as_flags(str(exc))} (or pass --requeue-only to leave delivery to the exporter)",
-                    exit_codes.CONFIGURATION) from None
+        raise _configuration_error(exc) from None
     sender = ArthurSender(settings)
     try:
         sender.binding  # noqa: B018 - fetches the model and binds: what delivery needs first
@@ -378,16 +470,33 @@ def _check_arthur(args: argparse.Namespace) -> ArthurSettings:
                     exit_codes.REFUSED) from None
     finally:
         sender.close()
-    return settings
+    return V3Destination(settings)
 
 
-def _deliver(settings: ArthurSettings, timeout: float) -> int:
-    """Run a pipeline until what waits for this model is settled or ``timeout`` passes; summarise."""
-    from otel_arthur.destinations.v3 import destination
+def _check_engine(args: argparse.Namespace) -> Destination:
+    """The Engine destination, once the Engine accepts its key (and task); ``_Exit`` otherwise."""
+    from otel_arthur.destinations.engine import EngineDestination
+
+    try:
+        settings = resolve_engine_settings(args)
+    except ConfigurationError as exc:
+        raise _configuration_error(exc) from None
+    try:
+        check_engine(settings)
+    except Unreachable as exc:
+        raise _Exit(f"Arthur Engine is unreachable, nothing re-queued: {exc}", exit_codes.UNREACHABLE) from None
+    except SetupRefused as exc:
+        raise _Exit(f"Arthur Engine refuses the set-up, nothing re-queued: {exc} (`otel-arthur doctor` says more)",
+                    exit_codes.REFUSED) from None
+    return EngineDestination(settings)
+
+
+def _deliver(destination: Destination, timeout: float) -> int:
+    """Run a pipeline until what waits for ``destination`` is settled or ``timeout`` passes; summarise."""
     from otel_arthur.pipeline import Pipeline
 
-    watch = _open(settings.spool_dir, destination(settings))
-    pipeline = Pipeline(settings)
+    watch = _open(destination.settings.spool_dir, destination.key)
+    pipeline = Pipeline(to=destination)
     try:
         mark = watch.last_seq()
         total = watch.pending(upto=mark)
@@ -403,13 +512,24 @@ def _deliver(settings: ArthurSettings, timeout: float) -> int:
         pipeline.shutdown(timeout=1.0)
         watch.close()
     stats = pipeline.stats()
-    print(f"delivered {stats.delivered}, refused again {stats.dead_lettered}, still waiting {left} "
-          f"(of {total} waiting for {settings.model_id})")
+    # The Engine answers a 206 with how many spans it refused, not which: those leave the spool counted as dropped.
+    refused_in_answer = stats.dropped.get(DropReason.ENGINE_REJECTED, 0)
+    refused = stats.dead_lettered + refused_in_answer
+    if destination.name == "engine":
+        task = destination.settings.task_id
+        waiting_for = f"Arthur Engine {'task ' + task if task else 'at ' + display_url(destination.settings.url)}"
+    else:
+        waiting_for = destination.settings.model_id
+    print(f"delivered {stats.delivered - refused_in_answer}, refused again {refused}, still waiting {left} "
+          f"(of {total} waiting for {waiting_for})")
     if stats.dead_lettered:
         print("see `otel-arthur spool dead-letters` for Arthur's messages")
+    if refused_in_answer:
+        print(f"Arthur Engine refused {refused_in_answer} spans inside its answer (its reasons are in the log); "
+              "they are not kept")
     if left:
         print("the rest stays queued: the exporter delivers it (or run replay again)")
-    return exit_codes.INCOMPLETE if stats.dead_lettered or left else exit_codes.OK
+    return exit_codes.INCOMPLETE if refused or left else exit_codes.OK
 
 
 # -- purge ---------------------------------------------------------------------------------------
@@ -430,13 +550,16 @@ def _purge(args: argparse.Namespace, directory: str) -> int:
     if not _exists(directory):
         print(f"no spool at {directory}: nothing to purge")
         return exit_codes.OK
-    options = {"dead_letters": True, "pending": args.pending, "everywhere": True, "reason": args.reason}
     spool = _open(directory)
     try:
+        options = {"dead_letters": True, "pending": args.pending, "everywhere": True, "reason": args.reason,
+                   "destinations": _keys(spool, args.destination)}
         preview = spool.purge(**options, dry_run=True)
         what = "dead letters" + (" and waiting records" if args.pending else "")
         if args.reason:
             what += f" (dead letters of reason {args.reason})"
+        if args.destination:
+            what += f" of destination {args.destination}"
         if not preview.rows:
             print(f"nothing to purge: no {what}")
             return exit_codes.OK

@@ -59,14 +59,15 @@ class HistogramSnapshot:
     count: int = 0  # every observation, those over the last bound included
     sum: float = 0.0
 
-    def samples(self, name: str) -> Iterator[Sample]:
+    def samples(self, name: str, labels: Mapping[str, str] | None = None) -> Iterator[Sample]:
+        labels = dict(labels or {})
         cumulative = 0
         for bound, count in zip(self.bounds, self.counts):
             cumulative += count
-            yield Sample(f"{name}_bucket", HISTOGRAM, {"le": repr(float(bound))}, cumulative)
-        yield Sample(f"{name}_bucket", HISTOGRAM, {"le": "+Inf"}, self.count)
-        yield Sample(f"{name}_sum", HISTOGRAM, {}, self.sum)
-        yield Sample(f"{name}_count", HISTOGRAM, {}, self.count)
+            yield Sample(f"{name}_bucket", HISTOGRAM, {**labels, "le": repr(float(bound))}, cumulative)
+        yield Sample(f"{name}_bucket", HISTOGRAM, {**labels, "le": "+Inf"}, self.count)
+        yield Sample(f"{name}_sum", HISTOGRAM, labels, self.sum)
+        yield Sample(f"{name}_count", HISTOGRAM, labels, self.count)
 
 
 class Histogram:
@@ -111,6 +112,13 @@ class PipelineStats:
     arthur_request_seconds: HistogramSnapshot = field(default_factory=HistogramSnapshot)  # inference POSTs
 
     def samples(self) -> Iterator[Sample]:
+        """Every series, unlabelled: one pipeline's view (``exporter.stats().samples()``)."""
+        yield from self.delivery_samples()
+        yield from self.spool_samples()
+
+    def delivery_samples(self, labels: Mapping[str, str] | None = None) -> Iterator[Sample]:
+        """What this pipeline did (counters, request durations), each sample carrying ``labels``."""
+        labels = dict(labels or {})
         for name, value in (("spans_received_total", self.received_spans),
                             ("generation_spans_total", self.generation_spans),
                             ("records_spooled_total", self.spooled),
@@ -118,15 +126,18 @@ class PipelineStats:
                             ("records_retried_total", self.retried),
                             ("records_resent_unknown_outcome_total", self.resent_unknown_outcome),
                             ("records_dead_lettered_total", self.dead_lettered)):
-            yield Sample(f"otel_arthur_{name}", COUNTER, {}, value)
+            yield Sample(f"otel_arthur_{name}", COUNTER, labels, value)
         for reason, value in sorted(self.dropped.items()):
-            yield Sample("otel_arthur_records_dropped_total", COUNTER, {"reason": reason}, value)
+            yield Sample("otel_arthur_records_dropped_total", COUNTER, {**labels, "reason": reason}, value)
+        yield from self.arthur_request_seconds.samples("otel_arthur_arthur_request_duration_seconds", labels)
+
+    def spool_samples(self) -> Iterator[Sample]:
+        """The spool file's gauges: every destination's records, so never labelled by one."""
         for name, value in (("spool_depth_records", self.spool_depth),
                             ("spool_size_bytes", self.spool_bytes),
                             ("spool_dead_letters", self.dead_letters),
                             ("oldest_undelivered_age_seconds", self.oldest_undelivered_age)):
             yield Sample(f"otel_arthur_{name}", GAUGE, {}, value)
-        yield from self.arthur_request_seconds.samples("otel_arthur_arthur_request_duration_seconds")
 
 
 class Counters:

@@ -11,7 +11,7 @@ import requests
 
 from otel_arthur import cli, exit_codes
 from otel_arthur.fields import FIELDS
-from otel_arthur.local import arthur
+from otel_arthur.local import arthur, engine
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.spool import Refused, Spool
 
@@ -209,3 +209,120 @@ def test_privacy_settings_are_checked_even_when_the_rest_of_the_configuration_is
     clean_env.setenv("ARTHUR_MODEL_ID", "m")
     code, out, err = doctor(capsys, "--spool-dir", str(tmp_path))
     assert code == exit_codes.CONFIGURATION and err.count("\n") == 1 and "ARTHUR_REDACT_PATTERNS" in err
+
+
+# -- Arthur Engine ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_engine(tmp_path_factory):
+    with engine.running(tmp_path_factory.mktemp("local-engine") / "engine.sqlite3") as server:
+        yield server
+
+
+@pytest.fixture
+def engine_env(clean_env, local_engine, tmp_path):
+    """Only Arthur Engine configured, from the exporter's environment variables."""
+    for name, value in {"ARTHUR_ENGINE_URL": local_engine.url, "ARTHUR_ENGINE_API_KEY": local_engine.api_key,
+                        "ARTHUR_ALLOW_INSECURE": "true", "ARTHUR_SPOOL_DIR": str(tmp_path / "spool")}.items():
+        clean_env.setenv(name, value)
+    return clean_env
+
+
+def test_engine_alone_with_its_task(capsys, engine_env, local_engine):
+    task = local_engine.store.create_task("doctor-chat")
+    engine_env.setenv("ARTHUR_TASK_ID", task["id"])
+    code, out, err = doctor(capsys)
+    assert code == exit_codes.OK and err == "", out + err
+    assert "Arthur (v3)    not configured (no --url or $ARTHUR_ENDPOINT_URL)" in out
+    assert "\nArthur\n" not in out and "Binding" not in out  # the v3 sections are skipped, not failed
+    assert f"URL            {local_engine.url} (from $ARTHUR_ENGINE_URL; plain http permitted" in out
+    assert "credentials    API key (from $ARTHUR_ENGINE_API_KEY)" in out
+    assert f"task id        {task['id']} (from $ARTHUR_TASK_ID)" in out
+    assert "spans          ai (the default)" in out
+    assert "the API key is accepted" in out and "task           'doctor-chat' exists" in out
+    assert local_engine.api_key not in out + err
+
+
+def test_engine_without_a_task_proves_the_key_and_says_how_spans_are_routed(capsys, engine_env, local_engine):
+    tasks_before = len(local_engine.store.tasks())
+    code, out, err = doctor(capsys, "--engine-spans", "all")
+    assert code == exit_codes.OK and err == "", out + err
+    assert "task id        none (ARTHUR_TASK_ID): the Engine routes each service's spans by service.name" in out
+    assert "spans          all (from --engine-spans): every span" in out and "the API key is accepted" in out
+    assert len(local_engine.store.tasks()) == tasks_before  # read-only
+
+
+def test_engine_from_arthurs_own_sdk_variables(capsys, clean_env, local_engine, tmp_path):
+    for name, value in {"ARTHUR_BASE_URL": local_engine.url, "ARTHUR_API_KEY": local_engine.api_key}.items():
+        clean_env.setenv(name, value)
+    code, out, err = doctor(capsys, "--allow-insecure", "--spool-dir", str(tmp_path))
+    assert code == exit_codes.OK, out + err
+    assert "(from $ARTHUR_BASE_URL; plain http permitted from --allow-insecure)" in out
+    assert "credentials    API key (from $ARTHUR_API_KEY)" in out
+
+
+@pytest.mark.parametrize("case", ["wrong-key", "unknown-task", "unreachable", "not-an-engine", "task-not-a-uuid",
+                                  "no-key"])
+def test_each_broken_engine_configuration_is_one_precise_line_and_its_exit_code(capsys, engine_env, local_engine,
+                                                                                local_arthur, case):
+    argv: list[str] = []
+    if case == "wrong-key":
+        argv = ["--engine-api-key", "wrong-engine-key"]
+        expected = (exit_codes.REFUSED, "Arthur Engine refused the API key (401 Unauthorized: Bad credentials)")
+    elif case == "unknown-task":
+        missing = str(uuid.uuid4())
+        argv = ["--task-id", missing]
+        expected = (exit_codes.REFUSED, f"Arthur Engine has no task {missing} (ARTHUR_TASK_ID)")
+    elif case == "unreachable":
+        url = f"http://127.0.0.1:{closed_port()}"
+        argv = ["--engine-url", url]
+        expected = (exit_codes.UNREACHABLE, f"cannot connect to {url}: connection refused")
+    elif case == "not-an-engine":
+        argv = ["--engine-url", local_arthur.url]
+        expected = (exit_codes.REFUSED, "Arthur Engine answered 404 for /api/v2/tasks/")
+    elif case == "task-not-a-uuid":
+        argv = ["--task-id", "chat"]
+        expected = (exit_codes.CONFIGURATION, "task id 'chat' (from --task-id) is not a UUID")
+    else:
+        engine_env.delenv("ARTHUR_ENGINE_API_KEY")
+        expected = (exit_codes.CONFIGURATION,
+                    "no Arthur Engine API key: pass --engine-api-key or set ARTHUR_ENGINE_API_KEY (or ARTHUR_API_KEY)")
+    code, out, err = doctor(capsys, *argv)
+    assert code == expected[0], out + err
+    [line] = err.splitlines()
+    assert line.startswith(f"error: {expected[1]}"), line
+    assert f"PROBLEM        {expected[1]}" in out and "Traceback" not in out + err
+    assert "Arthur (v3)    not configured" in out and "wrong-engine-key" not in out + err
+
+
+def test_v3_and_engine_together_and_each_ones_dead_letters(capsys, engine_env, local_arthur, local_engine, new_model,
+                                                           tmp_path):
+    from otel_arthur.config import EngineSettings
+    from otel_arthur.destinations.engine import EngineDestination
+
+    model_id = new_model()
+    engine_settings = EngineSettings.resolve(spool_dir=tmp_path / "spool")
+    destination = EngineDestination(engine_settings)
+    [span] = destination.items([llm_span()])
+    spool = Spool(tmp_path / "spool", destination.key, 1_000_000, destination.codec)
+    spool.append([span])
+    [claimed] = spool.claim(1)
+    spool.settle(refused=[Refused(claimed.seq, "batch_refused", "sending traces: Arthur Engine answered 422: nope")])
+    spool.close()
+    code, out, err = doctor(capsys, "--client", "native", "--url", local_arthur.url, "--api-key",
+                            local_arthur.api_key, "--model-id", model_id)
+    assert code == exit_codes.OK and err == "", out + err
+    assert f"(id {model_id}), {len(FIELDS)} attributes" in out and "\nArthur Engine\n" in out
+    assert "dead letters   1 (batch_refused 1)" in out
+    assert "latest refusal sending traces: Arthur Engine answered 422: nope" in out
+
+
+def llm_span():
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext
+
+    return ReadableSpan(name="chat", context=SpanContext(0xD0C, 0x7, False), start_time=1, end_time=2,
+                        resource=Resource.create({"service.name": "doctor"}),
+                        attributes={"openinference.span.kind": "LLM"})

@@ -131,3 +131,19 @@ def test_engine_url_secrets_are_never_shown(arthur_env):
 
     for shown in (repr(settings), repr(EngineClient(settings)), engine_key(settings)):
         assert "url-secret" not in shown and "query-secret" not in shown and "engine-secret" not in shown
+
+
+def test_engine_dead_letters_read_back_as_spans(arthur_env, tmp_path):
+    from otel_arthur.spool import Refused, Spool
+
+    destination = EngineDestination(_settings(spool_dir=str(tmp_path)))
+    items = destination.items([_span(1, resource=Resource.create({}))])
+    spool = Spool(tmp_path, destination.key, 1_000_000, destination.codec)
+    try:
+        spool.append(items)
+        [claimed] = spool.claim(1)
+        spool.settle(refused=[Refused(claimed.seq, "batch_refused", "422")])
+        [letter] = spool.dead_letters()  # what Pipeline.dead_letters() returns: the span, not a v3 record
+        assert letter["record"] == items[0]
+    finally:
+        spool.close()

@@ -31,10 +31,13 @@ from spanfixtures import generation_spans, load_spans, reidentified
 
 from otel_arthur import cli, exit_codes
 from otel_arthur import config as c
-from otel_arthur.config import ReceiverSettings
+from otel_arthur.config import EngineSettings, ReceiverSettings
 from otel_arthur.conventions import CONVENTIONS
-from otel_arthur.local import arthur
+from otel_arthur.destinations.engine import EngineDestination
+from otel_arthur.local import arthur, engine
+from otel_arthur.pipeline import Pipeline
 from otel_arthur.serve import cli as serve_cli
+from otel_arthur.serve import metrics
 from otel_arthur.serve.app import TRACES_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,14 +310,47 @@ def test_metrics_exposes_the_listed_families(served, local_arthur, figures):
     assert value[("otel_arthur_receiver_http_responses_total", (("code", "401"),))] >= 1
     assert value[("otel_arthur_receiver_spans_rejected_total", ())] >= 1
     assert value[("otel_arthur_receiver_spans_ignored_total", ())] >= 1
-    assert value[("otel_arthur_arthur_request_duration_seconds_count", ())] >= 1
+    v3 = (("destination", "v3"),)  # the pipeline's own series are labelled by destination
+    assert value[("otel_arthur_arthur_request_duration_seconds_count", v3)] >= 1
+    assert value[("otel_arthur_records_delivered_total", v3)] >= 1
+    assert value[("otel_arthur_spool_depth_records", ())] >= 0  # the spool file's gauges: every destination's
     assert value[("otel_arthur_ready", ())] == 1
     assert value[("otel_arthur_receiver_spans_received_total", ())] == \
         value[("otel_arthur_receiver_spans_ignored_total", ())] + \
-        value[("otel_arthur_receiver_spans_rejected_total", ())] + value[("otel_arthur_generation_spans_total", ())]
+        value[("otel_arthur_receiver_spans_rejected_total", ())] + value[("otel_arthur_generation_spans_total", v3)]
     codes = {labels[0][1] for (name, labels) in value if name == "otel_arthur_receiver_http_responses_total"}
     assert "500" not in codes
     figures["/metrics"] = {"families": len(FAMILIES), "response_codes_seen": ",".join(sorted(codes))}
+
+
+def test_metrics_of_two_pipelines_are_labelled_by_destination_and_the_spool_counted_once(local_arthur, tmp_path):
+    """One pipeline per destination: each one's series carry its name, the shared spool's gauges appear once."""
+    spool_dir = tmp_path / "spool"
+    with engine.running(tmp_path / "engine.sqlite3") as local_engine:
+        v3 = Pipeline(arthur_settings(local_arthur.url, create_model_over_http(local_arthur), spool_dir))
+        engine_settings = EngineSettings.resolve(engine_url=local_engine.url, engine_api_key=local_engine.api_key,
+                                                 allow_insecure=True, spool_dir=spool_dir)
+        to_engine = Pipeline(to=EngineDestination(engine_settings))
+        try:
+            spans = [fresh(span, 400_000 + n) for n, span in enumerate(real_spans())]
+            records = v3.destination.items(spans)
+            engine_spans = to_engine.destination.items(spans)
+            assert v3.submit(records) and to_engine.submit(engine_spans)
+            assert v3.force_flush(30) and to_engine.force_flush(30)
+            collectors = metrics.registry(metrics.pipeline_samples([("v3", v3), ("engine", to_engine)]))
+            families = {f.name: f for f in text_string_to_metric_families(metrics.exposition(collectors).decode())}
+        finally:
+            v3.shutdown(1)
+            to_engine.shutdown(1)
+    delivered = {s.labels["destination"]: s.value for s in families["otel_arthur_records_delivered"].samples}
+    assert delivered == {"v3": len(records), "engine": len(engine_spans)} and len(engine_spans) > len(records)
+    durations = [s for s in families["otel_arthur_arthur_request_duration_seconds"].samples
+                 if s.name.endswith("_count")]
+    assert {s.labels["destination"] for s in durations} == {"v3", "engine"} and all(s.value >= 1 for s in durations)
+    for gauge in ("otel_arthur_spool_depth_records", "otel_arthur_spool_size_bytes",
+                  "otel_arthur_spool_dead_letters", "otel_arthur_oldest_undelivered_age_seconds"):
+        [sample] = families[gauge].samples  # the file both pipelines share: once, not once per destination
+        assert sample.labels == {}
 
 
 # -- flags and collector configs --------------------------------------------------------------------

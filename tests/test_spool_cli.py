@@ -10,9 +10,14 @@ import sys
 import uuid
 
 import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext
 
 from otel_arthur import cli, exit_codes, spool_cli
-from otel_arthur.config import ArthurSettings
+from otel_arthur.config import ArthurSettings, EngineSettings
+from otel_arthur.destinations.engine import EngineDestination
+from otel_arthur.local import engine
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.destinations.v3 import destination
@@ -284,3 +289,98 @@ def test_an_unreadable_spool_is_one_line_and_its_exit_code(capsys, spool_dir):
     code, out, err = run(capsys, "spool", "stats", "--spool-dir", str(spool_dir))
     assert code == exit_codes.SPOOL and err.startswith(f"error: cannot use the spool in {spool_dir}")
     assert err.count("\n") == 1
+
+
+# --- Arthur Engine rows -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_engine(tmp_path_factory):
+    with engine.running(tmp_path_factory.mktemp("local-engine") / "engine.sqlite3") as server:
+        yield server
+
+
+def llm_spans(count: int) -> list[ReadableSpan]:
+    trace_id = uuid.uuid4().int >> 1
+    return [ReadableSpan(name=f"chat {n}", context=SpanContext(trace_id, n + 1, False), start_time=1, end_time=2,
+                         resource=Resource.create({"service.name": "spool-cli"}),
+                         attributes={"openinference.span.kind": "LLM", "llm.model_name": "gpt-test"})
+            for n in range(count)]
+
+
+def engine_flags(local_engine, spool_dir, api_key=None) -> list[str]:
+    return ["--spool-dir", str(spool_dir), "--engine-url", local_engine.url,
+            "--engine-api-key", api_key or local_engine.api_key, "--allow-insecure"]
+
+
+def refused_by_the_engine(local_engine, spool_dir, count: int) -> EngineDestination:
+    """``count`` spans the Engine refuses whole (every span rejected: 422): dead letters with its reason."""
+    destination = EngineDestination(EngineSettings.resolve(engine_url=local_engine.url,
+                                                           engine_api_key=local_engine.api_key,
+                                                           allow_insecure=True, spool_dir=spool_dir))
+    local_engine.faults.set(Faults(rate_record_400=1.0))
+    try:
+        pipeline = Pipeline(to=destination, retry_policy=QUICK)
+        pipeline.submit(destination.items(llm_spans(count)))
+        assert not pipeline.force_flush(timeout=10)
+        assert pipeline.stats().dead_lettered == count
+        pipeline.shutdown()
+    finally:
+        local_engine.faults.set(Faults())
+    return destination
+
+
+def test_engine_dead_letters_show_the_span_and_the_engines_reason(capsys, local_arthur, local_engine, new_model,
+                                                                  spool_dir):
+    refused_by_arthur(local_arthur, settings_for(local_arthur, new_model(), spool_dir), 1)
+    destination = refused_by_the_engine(local_engine, spool_dir, 2)
+
+    code, out, _ = run(capsys, "spool", "stats", "--spool-dir", str(spool_dir), "--json")
+    kinds = {d["destination"]: d["kind"] for d in json.loads(out)["destinations"]}
+    assert code == 0 and kinds[destination.key] == "engine" and sorted(kinds.values()) == ["engine", "v3"]
+
+    code, out, _ = run(capsys, "spool", "dead-letters", "--spool-dir", str(spool_dir), "--destination", "engine",
+                       "--json")
+    letters = json.loads(out)
+    assert code == 0 and [letter["kind"] for letter in letters] == ["engine", "engine"]
+    first = letters[0]
+    assert first["destination"] == destination.key and first["reason"] == "batch_refused"
+    assert first["message"].startswith("sending traces: Arthur Engine answered 422")
+    assert "fault injected" in first["message"]
+    assert first["name"] == "chat 0" and first["span_id"] == f"{1:016x}" and len(first["trace_id"]) == 32
+    assert first["span"]["attributes"]["llm.model_name"] == "gpt-test"
+    assert first["span"]["resource"]["service.name"] == "spool-cli"
+
+    code, out, _ = run(capsys, "spool", "dead-letters", "--spool-dir", str(spool_dir))
+    assert code == 0 and f"span {first['trace_id']}/{first['span_id']} 'chat 0'  {destination.key}" in out
+    assert "400: fault injected: record 400" in out  # the v3 one, beside them
+    code, out, _ = run(capsys, "spool", "dead-letters", "--spool-dir", str(spool_dir), "--destination", "v3")
+    assert code == 0 and "span " not in out and "1 dead letters" in out
+
+
+def test_replay_of_the_engine_delivers_its_spans_and_leaves_v3_alone(capsys, local_arthur, local_engine, new_model,
+                                                                     spool_dir):
+    refused_by_arthur(local_arthur, settings_for(local_arthur, new_model(), spool_dir), 1)
+    refused_by_the_engine(local_engine, spool_dir, 3)
+    _, out, _ = run(capsys, "spool", "dead-letters", "--spool-dir", str(spool_dir), "--destination", "engine", "--json")
+    [trace_id] = {letter["trace_id"] for letter in json.loads(out)}
+    code, out, err = run(capsys, "spool", "replay", "--destination", "engine",
+                         *engine_flags(local_engine, spool_dir, api_key="wrong-engine-key"))
+    assert code == exit_codes.REFUSED and "Arthur Engine refuses the set-up, nothing re-queued" in err
+    assert "wrong-engine-key" not in out + err
+
+    code, out, _ = run(capsys, "spool", "replay", "--destination", "engine", *engine_flags(local_engine, spool_dir))
+    assert code == exit_codes.OK, out
+    assert "re-queued 3 dead letters" in out and "delivered 3, refused again 0, still waiting 0" in out
+    assert sorted(s["name"] for s in local_engine.spans(trace_id=trace_id)) == ["chat 0", "chat 1", "chat 2"]
+    code, out, _ = run(capsys, "spool", "stats", "--spool-dir", str(spool_dir), "--json")
+    assert json.loads(out)["dead_letters"] == {"total": 1, "by_reason": {"record_rejected": 1}}  # v3's, untouched
+
+
+def test_purge_of_one_destination(capsys, local_arthur, local_engine, new_model, spool_dir):
+    refused_by_arthur(local_arthur, settings_for(local_arthur, new_model(), spool_dir), 1)
+    refused_by_the_engine(local_engine, spool_dir, 2)
+    code, out, _ = run(capsys, "spool", "purge", "--spool-dir", str(spool_dir), "--destination", "engine", "--yes")
+    assert code == 0 and out.startswith("deleted 2 dead letters of destination engine")
+    code, out, _ = run(capsys, "spool", "dead-letters", "--spool-dir", str(spool_dir), "--json")
+    assert [letter["kind"] for letter in json.loads(out)] == ["v3"]

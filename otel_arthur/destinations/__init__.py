@@ -21,7 +21,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from otel_arthur.delivery import Sender, SenderObserver
 from otel_arthur.config import ArthurSettings, EngineSettings
 from otel_arthur.mapping import MappedSpans, map_span
-from otel_arthur.spool import Codec
+from otel_arthur.spool import RECORD_CODEC, Codec
+
+ENGINE_KEY_PREFIX = "engine "  # Arthur Engine's spool keys start with it (``engine.engine_key``); v3's with a URL
 
 
 class DeliverySettings(Protocol):
@@ -109,3 +111,17 @@ def destination_for(settings: ArthurSettings | EngineSettings, redact: Callable[
     from otel_arthur.destinations.v3 import V3Destination
 
     return V3Destination(settings, redact)
+
+
+def destination_name(key: str) -> str:
+    """``v3`` or ``engine``: which destination the spool rows of ``key`` (a ``Destination.key``) are for."""
+    return "engine" if key.startswith(ENGINE_KEY_PREFIX) else "v3"
+
+
+def codec_for(key: str) -> Codec:
+    """How the spool rows of ``key`` are stored, whichever process wrote them."""
+    if destination_name(key) == "engine":
+        from otel_arthur.destinations.engine import EngineSpanCodec  # the protobuf stack, only when needed
+
+        return EngineSpanCodec()
+    return RECORD_CODEC

@@ -34,6 +34,7 @@ from otel_arthur.client import RecordResult
 from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings, display_url
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
+from otel_arthur.destinations import ENGINE_KEY_PREFIX
 from otel_arthur.engine_client import EngineClient
 from otel_arthur.mapping import MappedSpans, cut_text, map_spans, span_attributes
 from otel_arthur.messages import clean_text
@@ -80,7 +81,7 @@ class EngineSpanCodec:
 
 def engine_key(settings: EngineSettings) -> str:
     """Which Engine and task spans are for (URL without user info); spool rows carry it."""
-    return f"engine {display_url(settings.url)} {settings.task_id or '-'}"
+    return f"{ENGINE_KEY_PREFIX}{display_url(settings.url)} {settings.task_id or '-'}"
 
 
 class SpanPrivacy:

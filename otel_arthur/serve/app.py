@@ -140,7 +140,9 @@ def create_app(pipeline: Pipeline | Sequence[Pipeline], settings: ReceiverSettin
     def ready_samples() -> list[Sample]:
         return [Sample("otel_arthur_ready", GAUGE, {}, 1.0 if ready()[0] else 0.0)]
 
-    collectors = metrics.registry(receiver.counters.samples, lambda: pipelines[0].stats().samples(), ready_samples)
+    collectors = metrics.registry(receiver.counters.samples,
+                                  metrics.pipeline_samples([(p.destination.name, p) for p in pipelines]),
+                                  ready_samples)
 
     async def traces(request: Request) -> Response:
         reply = receiver.answer_from_headers(request.headers)

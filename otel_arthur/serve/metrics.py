@@ -5,22 +5,27 @@ at scrape time and groups them into families, so the numbers are kept in one pla
 and receiver's own counters, and never copied into a second set of Prometheus objects. A registry
 of its own per app, not the process-wide default one: two apps in one process (tests) never collide.
 
+Each pipeline's series (one pipeline per destination) carry ``destination="v3"`` or
+``destination="engine"``; the spool gauges describe the spool file the pipelines share (every
+destination's records) and are exposed once, without that label, so nothing is counted twice.
+
 Families (``_total`` counters, gauges, one histogram)::
 
     otel_arthur_receiver_spans_{received,ignored,rejected,refused}_total
     otel_arthur_receiver_http_responses_total{code}
     otel_arthur_receiver_connections_closed_total{reason}
-    otel_arthur_spans_received_total, otel_arthur_generation_spans_total
-    otel_arthur_records_{spooled,delivered,retried,resent_unknown_outcome,dead_lettered}_total,
-    otel_arthur_records_dropped_total{reason}
+    otel_arthur_spans_received_total{destination}, otel_arthur_generation_spans_total{destination}
+    otel_arthur_records_{spooled,delivered,retried,resent_unknown_outcome,dead_lettered}_total{destination},
+    otel_arthur_records_dropped_total{destination,reason}
     otel_arthur_spool_{depth_records,size_bytes,dead_letters}, otel_arthur_oldest_undelivered_age_seconds
-    otel_arthur_arthur_request_duration_seconds (histogram of inferences POSTs)
+    otel_arthur_arthur_request_duration_seconds{destination} (histogram of the requests that carry records)
     otel_arthur_ready (1 when /readyz answers 200)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
@@ -28,7 +33,12 @@ from prometheus_client.registry import Collector
 
 from otel_arthur.stats import COUNTER, HISTOGRAM, Sample
 
-__all__ = ["CONTENT_TYPE_LATEST", "SampleCollector", "exposition", "registry"]
+if TYPE_CHECKING:
+    from otel_arthur.pipeline import Pipeline
+
+__all__ = ["CONTENT_TYPE_LATEST", "DESTINATION_LABEL", "SampleCollector", "exposition", "pipeline_samples", "registry"]
+
+DESTINATION_LABEL = "destination"
 
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 _HELP = {
@@ -42,7 +52,7 @@ _HELP = {
     "otel_arthur_spans_received": "Spans handed to the pipeline.",
     "otel_arthur_generation_spans": "Generation spans mapped to records.",
     "otel_arthur_records_spooled": "Records written to the spool.",
-    "otel_arthur_records_delivered": "Records Arthur acknowledged.",
+    "otel_arthur_records_delivered": "Records Arthur acknowledged (Arthur Engine: spans it answered for).",
     "otel_arthur_records_retried": "Records sent again after a failure, per attempt.",
     "otel_arthur_records_resent_unknown_outcome": "Records sent again after a request that got no answer"
                                                   " (timeout, broken connection): Arthur may store them twice.",
@@ -52,7 +62,8 @@ _HELP = {
     "otel_arthur_spool_size_bytes": "Bytes of records and dead letters in the spool.",
     "otel_arthur_spool_dead_letters": "Dead letters kept in the spool.",
     "otel_arthur_oldest_undelivered_age_seconds": "Age of the oldest record waiting; 0 when none waits.",
-    "otel_arthur_arthur_request_duration_seconds": "Duration of inferences requests to Arthur, answered or not.",
+    "otel_arthur_arthur_request_duration_seconds": "Duration of requests carrying records to Arthur (v3 inferences,"
+                                                   " Engine traces), answered or not.",
     "otel_arthur_ready": "1 when ready: model fetched, Arthur reachable at the last attempt, spool writable.",
 }
 
@@ -93,6 +104,20 @@ class SampleCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # names are only known at scrape time; nothing to check at registration
+
+
+def pipeline_samples(pipelines: Sequence[tuple[str, Pipeline]]) -> SampleSource:
+    """The samples of several pipelines, ``(destination name, pipeline)``: each one's own series labelled
+    ``destination=<name>``, the shared spool file's gauges once (from the first pipeline)."""
+
+    def samples() -> Iterator[Sample]:
+        for index, (name, pipeline) in enumerate(pipelines):
+            stats = pipeline.stats()
+            yield from stats.delivery_samples({DESTINATION_LABEL: name})
+            if index == 0:
+                yield from stats.spool_samples()
+
+    return samples
 
 
 def registry(*sources: SampleSource) -> CollectorRegistry:
