@@ -304,7 +304,7 @@ def test_v3_and_engine_together_and_each_ones_dead_letters(capsys, engine_env, l
     model_id = new_model()
     engine_settings = EngineSettings.resolve(spool_dir=tmp_path / "spool")
     destination = EngineDestination(engine_settings)
-    [span] = destination.items([llm_span()])
+    [span] = destination.items([llm_span()]).records
     spool = Spool(tmp_path / "spool", destination.key, 1_000_000, destination.codec)
     spool.append([span])
     [claimed] = spool.claim(1)

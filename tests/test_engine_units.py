@@ -137,7 +137,7 @@ def test_engine_dead_letters_read_back_as_spans(arthur_env, tmp_path):
     from otel_arthur.spool import Refused, Spool
 
     destination = EngineDestination(_settings(spool_dir=str(tmp_path)))
-    items = destination.items([_span(1, resource=Resource.create({}))])
+    items = destination.items([_span(1, resource=Resource.create({}))]).records
     spool = Spool(tmp_path, destination.key, 1_000_000, destination.codec)
     try:
         spool.append(items)

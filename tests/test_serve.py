@@ -333,8 +333,8 @@ def test_metrics_of_two_pipelines_are_labelled_by_destination_and_the_spool_coun
         to_engine = Pipeline(to=EngineDestination(engine_settings))
         try:
             spans = [fresh(span, 400_000 + n) for n, span in enumerate(real_spans())]
-            records = v3.destination.items(spans)
-            engine_spans = to_engine.destination.items(spans)
+            records = v3.destination.items(spans).records
+            engine_spans = to_engine.destination.items(spans).records
             assert v3.submit(records) and to_engine.submit(engine_spans)
             assert v3.force_flush(30) and to_engine.force_flush(30)
             collectors = metrics.registry(metrics.pipeline_samples([("v3", v3), ("engine", to_engine)]))

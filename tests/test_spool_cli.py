@@ -321,7 +321,7 @@ def refused_by_the_engine(local_engine, spool_dir, count: int) -> EngineDestinat
     local_engine.faults.set(Faults(rate_record_400=1.0))
     try:
         pipeline = Pipeline(to=destination, retry_policy=QUICK)
-        pipeline.submit(destination.items(llm_spans(count)))
+        pipeline.submit(destination.items(llm_spans(count)).records)
         assert not pipeline.force_flush(timeout=10)
         assert pipeline.stats().dead_lettered == count
         pipeline.shutdown()
