@@ -105,6 +105,7 @@ class ArthurModel:
 
 
 NOT_SENT = 0  # a RecordResult status of ours: the request for this record got no answer (see its message)
+DROPPED = -1  # another of ours: answered, not stored, and nothing to send again (the sender counted it dropped)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,10 @@ class RecordResult:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+    @property
+    def dropped(self) -> bool:
+        return self.status == DROPPED
 
     @property
     def retryable(self) -> bool:

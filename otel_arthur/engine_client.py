@@ -57,6 +57,10 @@ class IngestResult:
     reasons: tuple[str, ...] = ()
 
 
+class EngineForbidden(SetupError):
+    """403: the key is valid, its role may not do this."""
+
+
 class EngineTaskNotFound(SetupError):
     """The configured task id names no task in this Engine."""
 
@@ -141,7 +145,7 @@ class EngineClient:
                     if status == HTTPStatus.INTERNAL_SERVER_ERROR and self._settings.task_id else "")
             raise RetryableError(f"{what}: Arthur Engine answered {status}{detail}{hint}", retry_after)
         if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
-            raise SetupError(f"{what}: Arthur Engine refused the API key ({ARTHUR_ENGINE_API_KEY}): {status}{detail}")
+            raise (EngineForbidden if status == HTTPStatus.FORBIDDEN else SetupError)(f"{what}: Arthur Engine refused the API key ({ARTHUR_ENGINE_API_KEY}): {status}{detail}")
         if status == HTTPStatus.NOT_FOUND:
             raise SetupError(f"{what}: Arthur Engine answered 404 for {response.request.path_url}: check"
                              f" {ARTHUR_ENGINE_URL}, or the Engine is too old for {TRACES_PATH}")

@@ -573,13 +573,16 @@ class Pipeline:
         self._settle(
             acked=[seq for seq, result in answered if result.ok],
             refused=[Refused(seq, DeadLetterReason.RECORD_REJECTED, f"{result.status}: {result.message}")
-                     for seq, result in answered if not result.ok and not result.retryable],
+                     for seq, result in answered if not result.ok and not result.retryable and not result.dropped],
             released=released,
+            dropped=[seq for seq, result in answered if result.dropped],
         )
         return len(released)
 
-    def _settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = ()) -> None:
-        self._spool.settle(acked, refused, released)
+    def _settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = (),
+                dropped: Sequence[int] = ()) -> None:
+        """``dropped``: answered, not stored, never sent again; the sender counted them (by its reason)."""
+        self._spool.settle([*acked, *dropped], refused, released)
         self._counters.add("delivered", len(acked))
         if refused:
             self._counters.add("dead_lettered", len(refused))

@@ -147,3 +147,75 @@ def test_engine_dead_letters_read_back_as_spans(arthur_env, tmp_path):
         assert letter["record"] == items[0]
     finally:
         spool.close()
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.dropped: dict[str, int] = {}
+
+    def observe_request(self, seconds: float) -> None:
+        pass
+
+    def drop(self, reason: str, amount: int) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + amount
+
+
+class _Client:
+    """An Engine client answering as told: a task check raising ``task_error``, a 206 refusing ``rejected``."""
+
+    def __init__(self, *, task_error: Exception | None = None, rejected: int = 0) -> None:
+        self.task_error, self.rejected = task_error, rejected
+
+    def get_task(self, task_id: str) -> dict:
+        if self.task_error is not None:
+            raise self.task_error
+        return {"id": task_id}
+
+    def send_traces(self, body: bytes, spans: int, read_timeout: float | None = None):
+        from otel_arthur.engine_client import IngestResult
+
+        return IngestResult(spans, self.rejected, ("Invalid span data format: boom",) if self.rejected else ())
+
+    def set_deadline(self, deadline: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_key_that_may_write_traces_but_not_read_tasks_does_not_block_delivery(arthur_env, tmp_path):
+    from otel_arthur.client import SetupError
+    from otel_arthur.destinations.engine import EngineSender
+    from otel_arthur.engine_client import EngineForbidden, EngineTaskNotFound
+
+    settings = _settings(task_id="6b7c1c1e-0000-4000-8000-000000000001", spool_dir=str(tmp_path))
+    EngineSender(settings, _Observer(), _Client(task_error=EngineForbidden("403"))).prepare()  # checked no further
+    for refusal in (EngineTaskNotFound("no task"), SetupError("401")):
+        with pytest.raises(SetupError):
+            EngineSender(settings, _Observer(), _Client(task_error=refusal)).prepare()
+
+
+def test_spans_refused_inside_a_206_are_dropped_not_delivered_and_not_sent_again(arthur_env, tmp_path):
+    from otel_arthur.destinations.engine import EngineSender
+    from otel_arthur.pipeline import Pipeline
+
+    destination = EngineDestination(_settings(spool_dir=str(tmp_path)))
+    observer = _Observer()
+    sender = EngineSender(destination.settings, observer, _Client(rejected=2))
+    items = destination.items([_span(n, resource=Resource.create({})) for n in range(1, 6)]).records
+    results = sender.send(items)
+    assert [r.ok for r in results].count(True) == 3 and [r.dropped for r in results].count(True) == 2
+    assert observer.dropped == {"engine_rejected": 2}
+
+    class RefusingEngine(EngineDestination):
+        def sender(self, observer):
+            return EngineSender(self.settings, observer, _Client(rejected=2))
+
+    pipeline = Pipeline(to=RefusingEngine(destination.settings))
+    try:
+        assert pipeline.submit(items)
+        assert not pipeline.force_flush(10)  # settled, but not all delivered
+        stats = pipeline.stats()
+        assert (stats.delivered, stats.dead_lettered, stats.spool_depth) == (3, 0, 0)
+    finally:
+        pipeline.shutdown(1)

@@ -30,12 +30,12 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_arthur.client import RecordResult
+from otel_arthur.client import DROPPED, RecordResult
 from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings, display_url
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.destinations import ENGINE_KEY_PREFIX
-from otel_arthur.engine_client import EngineClient
+from otel_arthur.engine_client import EngineClient, EngineForbidden
 from otel_arthur.mapping import MappedSpans, cut_text, map_spans, span_attributes
 from otel_arthur.messages import clean_text
 from otel_arthur.openinference import openinference_attributes, span_kind
@@ -47,6 +47,7 @@ _logger = logging.getLogger(__name__)
 TASK_ATTRIBUTE = "arthur.task"  # the resource attribute the Engine routes a trace by, first
 REJECTION_LOG_INTERVAL = 60.0  # seconds; at most one line about refused spans per interval
 _DELIVERED = RecordResult(200, "")
+_REJECTED = RecordResult(DROPPED, "refused by Arthur Engine inside a 206")
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +275,18 @@ class EngineSender:
         self._unreported = 0
 
     def prepare(self) -> None:
-        """With a task id, check the task exists (a wrong one is one ERROR line at start-up, not 500s later)."""
-        if self._settings.task_id:
+        """With a task id, check the task exists (a wrong one is one ERROR line at start-up, not 500s later).
+
+        A key whose role may write traces but not read tasks (VALIDATION-USER, CHAT-USER) is answered
+        403: that leaves the task unchecked, not delivery blocked.
+        """
+        if not self._settings.task_id:
+            return
+        try:
             self._client.get_task(self._settings.task_id)
+        except EngineForbidden as exc:
+            _logger.info("Cannot check Arthur Engine task %s (%s); delivering to it unchecked",
+                         self._settings.task_id, exc)
 
     def send(self, items: Sequence[EngineSpan]) -> list[RecordResult]:
         sizes = [len(item.span) + len(item.resource) + len(item.scope) for item in items]
@@ -287,7 +297,8 @@ class EngineSender:
             answer = self._client.send_traces(body, len(chosen), self._wait.read_timeout(len(body)))
             if answer.rejected:
                 self._rejected(answer.rejected, len(chosen), answer.reasons)
-            return [_DELIVERED] * len(chosen)
+            # The 206 says how many, not which: as many results as refusals say so, whichever spans they fall on.
+            return [_DELIVERED] * (len(chosen) - answer.rejected) + [_REJECTED] * answer.rejected
 
         return send_in_batches(sizes, self._settings.batch_max_records, self._settings.batch_max_bytes, post,
                                self._wait, self._observer.observe_request)
