@@ -105,6 +105,9 @@ class ArthurModel:
 
 
 NOT_SENT = 0  # a RecordResult status of ours: the request for this record got no answer (see its message)
+# A RecordResult status of ours: answered for good but not stored, and counted as dropped by the sender that said
+# so (the Engine's 206 says how many spans it refused, not which): it leaves the spool, neither delivered nor dead.
+DROPPED = 1
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ class RecordResult:
     def retryable(self) -> bool:
         """408, 429, 5xx or not sent: this record may be accepted if sent again."""
         return is_retryable_status(self.status)
+
+    @property
+    def dropped(self) -> bool:
+        """Refused without a dead letter; the sender counted it as dropped (``DROPPED``)."""
+        return self.status == DROPPED
 
 
 def is_retryable_status(status: int) -> bool:

@@ -18,6 +18,7 @@ What the worker does with each answer:
     207, record 2xx                 delivered: deleted from the spool, never sent again
     207, record 408/429/5xx         retried (only those records) with backoff; back to pending when time runs out
     207, record other 4xx           dead letter, reason ``record_rejected``, with Arthur's message
+    206, spans the Engine refused   deleted, counted as dropped (``engine_rejected``), not as delivered
     whole request retryable         retried with backoff, honouring Retry-After; back to pending when time runs out
     whole request other 4xx         the batch becomes dead letters, reason ``batch_refused``; the next batch goes on
     SetupError (credentials,        one ERROR line; the batch goes back to pending and the binding is tried
@@ -573,13 +574,16 @@ class Pipeline:
         self._settle(
             acked=[seq for seq, result in answered if result.ok],
             refused=[Refused(seq, DeadLetterReason.RECORD_REJECTED, f"{result.status}: {result.message}")
-                     for seq, result in answered if not result.ok and not result.retryable],
+                     for seq, result in answered if not result.ok and not result.retryable and not result.dropped],
             released=released,
+            dropped=[seq for seq, result in answered if result.dropped],
         )
         return len(released)
 
-    def _settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = ()) -> None:
-        self._spool.settle(acked, refused, released)
+    def _settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = (),
+                dropped: Sequence[int] = ()) -> None:
+        """``dropped``: answered for good, not stored, already counted by the sender: they leave the spool too."""
+        self._spool.settle([*acked, *dropped], refused, released)
         self._counters.add("delivered", len(acked))
         if refused:
             self._counters.add("dead_lettered", len(refused))

@@ -14,8 +14,8 @@ when their side is withheld, as does every string attribute of its events; redac
 ``max_text_bytes`` cap act on every string.
 
 The Engine's 206 says how many spans it refused and why, not which: re-sending would store the
-others twice, so the refused ones are counted as dropped (reason ``engine_rejected``) and logged
-with the Engine's reasons.
+others twice, so the refused ones are counted as dropped (reason ``engine_rejected``), not as
+delivered, and logged with the Engine's reasons.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_arthur.client import RecordResult
+from otel_arthur.client import DROPPED, RecordResult
 from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings, display_url
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
@@ -46,6 +46,7 @@ _logger = logging.getLogger(__name__)
 TASK_ATTRIBUTE = "arthur.task"  # the resource attribute the Engine routes a trace by, first
 REJECTION_LOG_INTERVAL = 60.0  # seconds; at most one line about refused spans per interval
 _DELIVERED = RecordResult(200, "")
+_REFUSED_IN_206 = RecordResult(DROPPED, "refused inside the Engine's 206")
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +287,8 @@ class EngineSender:
             answer = self._client.send_traces(body, len(chosen), self._wait.read_timeout(len(body)))
             if answer.rejected:
                 self._rejected(answer.rejected, len(chosen), answer.reasons)
-            return [_DELIVERED] * len(chosen)
+            # Which spans were refused is not said; any that many will do, since all of them leave the spool.
+            return [_DELIVERED] * (len(chosen) - answer.rejected) + [_REFUSED_IN_206] * answer.rejected
 
         return send_in_batches(sizes, self._settings.batch_max_records, self._settings.batch_max_bytes, post,
                                self._wait, self._observer.observe_request)
