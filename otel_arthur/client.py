@@ -120,13 +120,14 @@ class RecordResult:
         return 200 <= self.status < 300
 
     @property
-    def dropped(self) -> bool:
-        return self.status == DROPPED
-
-    @property
     def retryable(self) -> bool:
         """408, 429, 5xx or not sent: this record may be accepted if sent again."""
         return is_retryable_status(self.status)
+
+    @property
+    def dropped(self) -> bool:
+        """Refused without a dead letter; the sender counted it as dropped (``DROPPED``)."""
+        return self.status == DROPPED
 
 
 def is_retryable_status(status: int) -> bool:

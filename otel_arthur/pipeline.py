@@ -18,6 +18,7 @@ What the worker does with each answer:
     207, record 2xx                 delivered: deleted from the spool, never sent again
     207, record 408/429/5xx         retried (only those records) with backoff; back to pending when time runs out
     207, record other 4xx           dead letter, reason ``record_rejected``, with Arthur's message
+    206, spans the Engine refused   deleted, counted as dropped (``engine_rejected``), not as delivered
     whole request retryable         retried with backoff, honouring Retry-After; back to pending when time runs out
     whole request other 4xx         the batch becomes dead letters, reason ``batch_refused``; the next batch goes on
     SetupError (credentials,        one ERROR line; the batch goes back to pending and the binding is tried
@@ -121,12 +122,13 @@ class _Outcome(enum.Enum):
 
 
 class _Health:
-    """Arthur's state as delivery sees it. Logs one line per change, never one per failed request."""
+    """A destination's state as delivery sees it. Logs one line per change, never one per failed request."""
 
     UP, DOWN, BLOCKED = "up", "down", "blocked"
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, title: str) -> None:
         self._spool = spool
+        self._title = title  # "Arthur", "Arthur Engine"
         self._state = self.UP
         self._failures = 0
         self.reachable: bool | None = None  # at the last attempt, whatever the log has said so far
@@ -137,7 +139,7 @@ class _Health:
         self.reachable = True
         self.last_problem = None
         if self._state != self.UP:
-            _logger.info("Arthur %s again; delivering %d spooled records",
+            _logger.info("%s %s again; delivering %d spooled records", self._title,
                          "is reachable" if self._state == self.DOWN else "accepts the set-up", self._spool.pending())
             self._state = self.UP
 
@@ -146,16 +148,16 @@ class _Health:
         self.reachable = False
         self.last_problem = error
         if self._failures >= DOWN_AFTER_FAILURES and self._state == self.UP:
-            _logger.warning("Arthur unreachable (%s); records wait in %s and are retried with backoff",
-                            error, self._spool.path)
+            _logger.warning("%s unreachable (%s); records wait in %s and are retried with backoff",
+                            self._title, error, self._spool.path)
             self._state = self.DOWN
 
     def blocked(self, error: PermanentError) -> None:
         self.reachable = False
         self.last_problem = error
         if self._state != self.BLOCKED:
-            _logger.error("Arthur refuses the set-up: %s. Nothing is delivered until this is fixed; records keep"
-                          " spooling in %s and are delivered once it is.", error, self._spool.path)
+            _logger.error("%s refuses the set-up: %s. Nothing is delivered until this is fixed; records keep"
+                          " spooling in %s and are delivered once it is.", self._title, error, self._spool.path)
             self._state = self.BLOCKED
 
 
@@ -196,7 +198,7 @@ class Pipeline:
         self._stop = threading.Event()  # shutdown began: interrupts every wait of the worker
         self._wake = threading.Event()  # records were submitted
         self._progress = threading.Condition()  # the worker settled a batch
-        self._health = _Health(self._spool)
+        self._health = _Health(self._spool, to.title)
         self._transport = transport or to.sender(self._counters)
         self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
         self._model_fetched = False
@@ -594,8 +596,8 @@ class Pipeline:
         self._unreported_dead += len(refused)
         now = time.monotonic()
         if now >= self._dead_letter_log_at:
-            _logger.warning("Arthur refused %d records for good; they are kept as dead letters in %s (latest: %s)",
-                            self._unreported_dead, self._spool.path, refused[-1].message)
+            _logger.warning("%s refused %d records for good; they are kept as dead letters in %s (latest: %s)",
+                            self._destination.title, self._unreported_dead, self._spool.path, refused[-1].message)
             self._unreported_dead = 0
             self._dead_letter_log_at = now + DEAD_LETTER_LOG_INTERVAL
 

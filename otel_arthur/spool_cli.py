@@ -520,7 +520,7 @@ def _deliver(destination: Destination, timeout: float) -> int:
         waiting_for = f"Arthur Engine {'task ' + task if task else 'at ' + display_url(destination.settings.url)}"
     else:
         waiting_for = destination.settings.model_id
-    print(f"delivered {stats.delivered - refused_in_answer}, refused again {refused}, still waiting {left} "
+    print(f"delivered {stats.delivered}, refused again {refused}, still waiting {left} "
           f"(of {total} waiting for {waiting_for})")
     if stats.dead_lettered:
         print("see `otel-arthur spool dead-letters` for Arthur's messages")

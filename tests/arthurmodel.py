@@ -1,4 +1,4 @@
-"""Models on a local Arthur without the arthurai SDK (whose import costs about 5 s): raw ``POST /models``."""
+"""Models on a local Arthur without the arthurai SDK (its import costs ~5 s): raw ``POST /models``; what it stored."""
 
 from __future__ import annotations
 
@@ -22,3 +22,11 @@ def create_model_over_http(server: arthur.RunningLocalArthur, partner_model_id: 
                              headers={"Authorization": server.api_key}, timeout=10)
     response.raise_for_status()
     return str(response.json()["id"])
+
+
+def stored(server: arthur.RestartableLocalArthur, model_id: str) -> tuple[list[str], int]:
+    """Partner ids Arthur stored for the model (duplicates included), and how many were duplicates."""
+    model = server.stats()["by_model"].get(model_id, {"inferences": 0, "duplicates": 0})
+    if server.current is None:
+        return [], model["duplicates"]
+    return [r["partner_inference_id"] for r in server.current.inferences(model_id)], model["duplicates"]

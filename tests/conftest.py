@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from arthurmodel import create_model_over_http
@@ -43,6 +44,20 @@ def local_arthur(tmp_path_factory: pytest.TempPathFactory) -> Iterator[arthur.Ru
     """
     with arthur.running(tmp_path_factory.mktemp("local-arthur") / "arthur.sqlite3") as server:
         yield server
+
+
+@pytest.fixture
+def arthur_with_model(tmp_path: Path) -> Iterator[tuple[arthur.RestartableLocalArthur, str]]:
+    """A restartable local Arthur (started) holding a fresh model, and the model's id."""
+    db = tmp_path / "arthur.sqlite3"
+    with arthur.running(db) as plain:  # onboard before any fault is switched on
+        model_id = create_model_over_http(plain)
+    server = arthur.RestartableLocalArthur(db)
+    server.start()
+    try:
+        yield server, model_id
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from arthurmodel import create_model_over_http
+from arthurmodel import stored
 from spanfixtures import generation_spans, reidentified
 
 from otel_arthur import ArthurSpanExporter
@@ -40,20 +39,6 @@ THIRTY_PERCENT = Faults(rate_429=0.05, rate_408=0.04, rate_500=0.04, rate_503=0.
                         slow_seconds=0.2, rate_stall=0.04, stall_seconds=1.5, rate_record_500=0.05, seed=20261125)
 
 
-@pytest.fixture
-def arthur_with_model(tmp_path: Path) -> Iterator[tuple[arthur.RestartableLocalArthur, str]]:
-    """A restartable local Arthur (started) holding a fresh model, and the model's id."""
-    db = tmp_path / "arthur.sqlite3"
-    with arthur.running(db) as plain:  # onboard before any fault is switched on
-        model_id = create_model_over_http(plain)
-    server = arthur.RestartableLocalArthur(db)
-    server.start()
-    try:
-        yield server, model_id
-    finally:
-        server.stop()
-
-
 def app_env(url: str, model_id: str, spool_dir: Path, **extra: str) -> dict[str, str]:
     return os.environ | {
         "ARTHUR_ENDPOINT_URL": url, "ARTHUR_API_KEY": arthur.DEFAULT_API_KEY, "ARTHUR_MODEL_ID": model_id,
@@ -68,14 +53,6 @@ def run_app(count: int, env: dict[str, str], *flags: str) -> tuple[dict[str, Any
     done = json.loads(result.stdout.strip().splitlines()[-1])
     assert done["done"]
     return done, result
-
-
-def stored(server: arthur.RestartableLocalArthur, model_id: str) -> tuple[list[str], int]:
-    """Partner ids Arthur stored for the model (duplicates included), and how many were duplicates."""
-    model = server.stats()["by_model"].get(model_id, {"inferences": 0, "duplicates": 0})
-    if server.current is None:
-        return [], model["duplicates"]
-    return [r["partner_inference_id"] for r in server.current.inferences(model_id)], model["duplicates"]
 
 
 def spooled_ids(spool_dir: Path) -> list[str]:

@@ -14,8 +14,8 @@ when their side is withheld, as does every string attribute of its events; redac
 ``max_text_bytes`` cap act on every string.
 
 The Engine's 206 says how many spans it refused and why, not which: re-sending would store the
-others twice, so the refused ones are counted as dropped (reason ``engine_rejected``) and logged
-with the Engine's reasons.
+others twice, so the refused ones are counted as dropped (reason ``engine_rejected``), not as
+delivered, and logged with the Engine's reasons.
 """
 
 from __future__ import annotations
