@@ -197,14 +197,8 @@ class ArthurConnection:
         if url is None:
             raise ConfigurationError(f"no Arthur URL: pass url= or set {ARTHUR_ENDPOINT_URL}")
         allow_insecure = allow_insecure if allow_insecure is not None else _env_bool(ARTHUR_ALLOW_INSECURE, False)
-        scheme = urlsplit(url).scheme
-        if scheme not in ("https", "http") or not urlsplit(url).netloc:
-            raise ConfigurationError(f"Arthur URL {display_url(url)!r} is not an http(s) URL")
-        if scheme == "http" and not allow_insecure:
-            # the SDK refuses too, but only after sending the credentials to users/me over plain http
-            raise ConfigurationError(
-                f"Arthur URL {display_url(url)!r} is plain http: set {ARTHUR_ALLOW_INSECURE}=true (or allow_insecure=True) to permit it"
-            )
+        # The SDK refuses plain http too, but only after sending the credentials to users/me over it.
+        url = _checked_url(url, "Arthur", allow_insecure)
         if api_key is None and login is None:
             api_key = _env(ARTHUR_API_KEY)
         if api_key is not None:
@@ -220,7 +214,7 @@ class ArthurConnection:
                 raise ConfigurationError(
                     f"login {login!r} has no password: pass password= or set {ARTHUR_PASSWORD} (otel-arthur never prompts)")
         return cls(
-            url=url.rstrip("/"),
+            url=url,
             api_key=api_key,
             login=login,
             password=password,
@@ -307,28 +301,40 @@ class ArthurSettings:
             except ValueError as exc:
                 _logger.warning("Ignoring %s: %s", ARTHUR_ATTRIBUTE_MAP, exc)
                 attribute_map = {}
-        for name, value in (("timeout", timeout), ("batch_max_records", batch_max_records),
-                            ("batch_max_bytes", batch_max_bytes), ("spool_max_bytes", spool_max_bytes),
-                            ("max_text_bytes", max_text_bytes)):
+        for name, value in (("batch_max_records", batch_max_records), ("batch_max_bytes", batch_max_bytes)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
 
         return cls(
             **vars(connection),
             model_id=model_id,
-            timeout=timeout if timeout is not None else _env_number(ARTHUR_TIMEOUT, DEFAULT_TIMEOUT, float),
             attribute_map=dict(attribute_map),
             batch_max_records=int(batch_max_records if batch_max_records is not None
                                   else _env_number(ARTHUR_BATCH_MAX_RECORDS, DEFAULT_BATCH_MAX_RECORDS, int)),
             batch_max_bytes=int(batch_max_bytes if batch_max_bytes is not None
                                 else _env_number(ARTHUR_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_BYTES, int)),
-            spool_dir=resolve_spool_dir(spool_dir),
-            spool_max_bytes=int(spool_max_bytes if spool_max_bytes is not None
-                                else _env_number(ARTHUR_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, int)),
-            max_text_bytes=int(max_text_bytes if max_text_bytes is not None
-                               else _env_number(ARTHUR_MAX_TEXT_BYTES, DEFAULT_MAX_TEXT_BYTES, int)),
-            **resolve_privacy(send_content, redact_builtins, redact_patterns),
+            **_delivery_settings(timeout, spool_dir, spool_max_bytes, max_text_bytes, send_content, redact_builtins,
+                                 redact_patterns),
         )
+
+
+def _delivery_settings(timeout: float | None, spool_dir: str | os.PathLike[str] | None, spool_max_bytes: int | None,
+                       max_text_bytes: int | None, send_content: bool | None,
+                       redact_builtins: str | Sequence[str] | None,
+                       redact_patterns: str | Mapping[str, str] | None) -> dict[str, Any]:
+    """What every destination resolves alike: timeout, spool, text cap and privacy."""
+    for name, value in (("timeout", timeout), ("spool_max_bytes", spool_max_bytes), ("max_text_bytes", max_text_bytes)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    return {
+        "timeout": timeout if timeout is not None else _env_number(ARTHUR_TIMEOUT, DEFAULT_TIMEOUT, float),
+        "spool_dir": resolve_spool_dir(spool_dir),
+        "spool_max_bytes": int(spool_max_bytes if spool_max_bytes is not None
+                               else _env_number(ARTHUR_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, int)),
+        "max_text_bytes": int(max_text_bytes if max_text_bytes is not None
+                              else _env_number(ARTHUR_MAX_TEXT_BYTES, DEFAULT_MAX_TEXT_BYTES, int)),
+        **resolve_privacy(send_content, redact_builtins, redact_patterns),
+    }
 
 
 def _parsed_env(name: str, parse: Callable[[str], Any]) -> Any:
@@ -462,10 +468,6 @@ class EngineSettings:
         spans = (engine_spans if engine_spans is not None else _env(ARTHUR_ENGINE_SPANS) or ENGINE_SPANS_AI)
         if spans.strip().lower() not in (ENGINE_SPANS_AI, ENGINE_SPANS_ALL):
             raise ConfigurationError(f"{ARTHUR_ENGINE_SPANS}={spans!r}: expected {ENGINE_SPANS_AI} or {ENGINE_SPANS_ALL}")
-        for name, value in (("timeout", timeout), ("spool_max_bytes", spool_max_bytes),
-                            ("max_text_bytes", max_text_bytes)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
         return cls(
             url=url,
             api_key=api_key,
@@ -473,13 +475,8 @@ class EngineSettings:
             spans=spans.strip().lower(),
             allow_insecure=allow_insecure,
             verify_ssl=verify_ssl if verify_ssl is not None else _env_bool(VERIFY_SSL, True),
-            timeout=timeout if timeout is not None else _env_number(ARTHUR_TIMEOUT, DEFAULT_TIMEOUT, float),
-            spool_dir=resolve_spool_dir(spool_dir),
-            spool_max_bytes=int(spool_max_bytes if spool_max_bytes is not None
-                                else _env_number(ARTHUR_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, int)),
-            max_text_bytes=int(max_text_bytes if max_text_bytes is not None
-                               else _env_number(ARTHUR_MAX_TEXT_BYTES, DEFAULT_MAX_TEXT_BYTES, int)),
-            **resolve_privacy(send_content, redact_builtins, redact_patterns),
+            **_delivery_settings(timeout, spool_dir, spool_max_bytes, max_text_bytes, send_content, redact_builtins,
+                                 redact_patterns),
         )
 
 
