@@ -453,7 +453,6 @@ def _binding(report: Report, model: ArthurModel, settings: ArthurSettings) -> No
 # -- Arthur Engine ------------------------------------------------------------------------------
 
 
-_TASK_READERS = "ORG-ADMIN, ORG-AUDITOR or TASK-ADMIN"  # the Engine's TASK_READ roles (schemas/enums.py)
 _TRACE_WRITERS = "ORG-ADMIN, TASK-ADMIN, VALIDATION-USER or CHAT-USER"  # its trace-writing roles
 
 
@@ -489,11 +488,7 @@ def check_engine(settings: EngineSettings) -> EngineCheck:
         return EngineCheck(_json_object(response) if task_id else None, True)
     if status == HTTPStatus.UNAUTHORIZED:
         raise SetupRefused(f"Arthur Engine refused the API key (401 Unauthorized{detail})")
-    if status == HTTPStatus.FORBIDDEN:
-        if task_id:
-            raise SetupRefused(f"Arthur Engine forbids reading task {task_id} with this key (403{detail}): the "
-                               "exporter checks the task at start-up and delivers nothing until it can; give the "
-                               f"key one of the roles {_TASK_READERS}")
+    if status == HTTPStatus.FORBIDDEN:  # the exporter too then delivers to the task unchecked
         return EngineCheck(None, False)
     if status == HTTPStatus.NOT_FOUND and probe in detail:  # the Engine's own "Task <id> not found."
         if task_id:
@@ -570,8 +565,10 @@ def _engine(report: Report, args: argparse.Namespace) -> EngineSettings | None:
         return settings
     report.item("reached", f"answered in {time.monotonic() - started:.2f}s; the API key is accepted")
     if not found.may_read_tasks:
+        unchecked = f"; task {settings.task_id} cannot be checked, the exporter delivers to it unchecked" \
+            if settings.task_id else ""
         report.item("role", f"the key may not read tasks (403): the trace ingest does not need to; it needs one of "
-                            f"the roles {_TRACE_WRITERS}, which a read-only check cannot confirm")
+                            f"the roles {_TRACE_WRITERS}, which a read-only check cannot confirm{unchecked}")
     if found.task is not None:
         name = found.task.get("name")
         report.item("task", f"{name!r} exists" if name else "exists")

@@ -31,8 +31,7 @@ from otel_arthur.config import (
     engine_configured,
     v3_configured,
 )
-from otel_arthur.destinations import Destination
-from otel_arthur.destinations.v3 import V3Destination
+from otel_arthur.destinations import Destination, destination_for
 from otel_arthur.mapping import classify, span_attributes
 from otel_arthur.pipeline import DEFAULT_SHUTDOWN_TIMEOUT, Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy
@@ -105,7 +104,7 @@ class ArthurSpanExporter(SpanExporter):
                 _logger.error("Arthur exporter disabled: %s%s", exc, also)
                 self._disabled = True
             else:
-                self._start(V3Destination(self._settings, redact), retry_policy)
+                self._start(destination_for(self._settings, redact), retry_policy)
         if wants_engine:
             try:
                 self._engine_settings = EngineSettings.resolve(
@@ -116,9 +115,14 @@ class ArthurSpanExporter(SpanExporter):
                 _logger.error("Arthur Engine export disabled: %s", exc)
                 self._disabled = True
             else:
-                from otel_arthur.destinations.engine import EngineDestination  # the protobuf stack, when used
-
-                self._start(EngineDestination(self._engine_settings, redact), retry_policy)
+                try:
+                    destination = destination_for(self._engine_settings, redact)  # the protobuf stack, when used
+                except ImportError as exc:
+                    _logger.error("Arthur Engine export disabled: it needs the engine extra, pip install"
+                                  " 'otel-arthur[engine]' (%s)", exc)
+                    self._disabled = True
+                else:
+                    self._start(destination, retry_policy)
 
     def _start(self, destination: Destination, retry_policy: RetryPolicy | None) -> None:
         try:

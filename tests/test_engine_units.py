@@ -219,3 +219,25 @@ def test_spans_refused_inside_a_206_are_dropped_not_delivered_and_not_sent_again
         assert (stats.delivered, stats.dead_lettered, stats.spool_depth) == (3, 0, 0)
     finally:
         pipeline.shutdown(1)
+
+
+def test_without_the_engine_extra_the_engine_is_one_error_naming_it_and_v3_runs_on(arthur_env, tmp_path, caplog,
+                                                                                  monkeypatch):
+    import otel_arthur.exporter
+
+    def no_protobuf_stack(settings, redact=None):
+        if isinstance(settings, EngineSettings):
+            raise ImportError("No module named 'opentelemetry.exporter.otlp.proto.common'")
+        return real(settings, redact)
+
+    real = otel_arthur.exporter.destination_for
+    monkeypatch.setattr(otel_arthur.exporter, "destination_for", no_protobuf_stack)
+    with caplog.at_level(logging.ERROR):
+        exporter = ArthurSpanExporter(url="https://a.example", api_key="k", model_id="m", spool_dir=str(tmp_path),
+                                      engine_url="https://engine.example", engine_api_key="engine-secret")
+    try:
+        [line] = [r.getMessage() for r in caplog.records]
+        assert "otel-arthur[engine]" in line and "engine-secret" not in line
+        assert [p.destination.name for p in exporter._pipelines] == ["v3"]
+    finally:
+        exporter.shutdown(0)

@@ -38,7 +38,7 @@ from otel_arthur.local.runner import BackgroundServer
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's bin: `opentelemetry-instrument` and `python`
 
-# The README's commands, character for character (docs-drafts/zero-code.md).
+# The README's commands, character for character (docs/zero-code.md).
 README_COMMAND = "OTEL_TRACES_EXPORTER=arthur opentelemetry-instrument python examples/chat.py"
 FAN_OUT_COMMAND = "OTEL_TRACES_EXPORTER=arthur,otlp opentelemetry-instrument python examples/chat.py"
 PLAIN_COMMAND = "python examples/chat.py"
