@@ -298,7 +298,9 @@ def sdk_spans(count: int, generation_share: float = 1.0) -> Iterator[Any]:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
 
     templates = generation_templates()
     memory = InMemorySpanExporter()

@@ -86,7 +86,9 @@ def make_exporter(config: str, phase: dict[str, Any], args: dict[str, Any]) -> A
         return ArthurSpanExporter(url=phase["arthur_url"], api_key=API_KEY, model_id=phase["model_id"],
                                   allow_insecure=True, spool_dir=phase["spool_dir"])
     if config == "otel_otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
 
         return OTLPSpanExporter(endpoint=args["sink_url"] + "/v1/traces")
 
@@ -117,7 +119,9 @@ def main() -> None:
             callbacks, processor, exporter = [], None, None
             if config == "seed":
                 from arthurai import ArthurAI
-                from langchain_community.callbacks.arthur_callback import ArthurCallbackHandler
+                from langchain_community.callbacks.arthur_callback import (
+                    ArthurCallbackHandler,
+                )
 
                 client = ArthurAI(url=phase["arthur_url"], access_key=API_KEY, allow_insecure=True)
                 callbacks = [ArthurCallbackHandler(client.get_model(phase["model_id"]))]
@@ -125,7 +129,9 @@ def main() -> None:
                 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
                 if provider is None:
-                    from opentelemetry.instrumentation.langchain import LangchainInstrumentor
+                    from opentelemetry.instrumentation.langchain import (
+                        LangchainInstrumentor,
+                    )
                     from opentelemetry.sdk.resources import Resource
                     from opentelemetry.sdk.trace import TracerProvider
 

@@ -27,11 +27,11 @@ BATCH = 512
 
 def ignored(args: dict) -> dict:
     """ns per non-LLM span through ArthurSpanExporter.export(), against the SDK making the same span."""
+    from _common import NON_LLM_ATTRIBUTES, sdk_spans
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from _common import NON_LLM_ATTRIBUTES, sdk_spans
     from otel_arthur import ArthurSpanExporter
 
     spans = list(sdk_spans(args["spans"], generation_share=0.0))
@@ -75,6 +75,7 @@ def ignored(args: dict) -> dict:
 def arthur(args: dict) -> dict:
     """Generation spans through ArthurSpanExporter (map + spool + deliver) until Arthur has every one."""
     from _common import generation_templates, sdk_spans
+
     from otel_arthur import ArthurSpanExporter
 
     spans = _fresh_copies(list(sdk_spans(len(generation_templates()))), args["spans"])
@@ -116,10 +117,9 @@ def _request_seconds(stats) -> float | None:
 def otlp(args: dict) -> dict:
     """The same spans through the SDK's OTLPSpanExporter (protobuf over HTTP) to a do-nothing sink."""
     import requests
+    from _common import generation_templates, sdk_spans
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
-
-    from _common import generation_templates, sdk_spans
 
     spans = _fresh_copies(list(sdk_spans(len(generation_templates()))), args["spans"])
     exporter = OTLPSpanExporter(endpoint=args["sink_url"] + "/v1/traces")

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 import _common as c
+import requests
 
 
 def serve_available() -> str | None:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_arthur.client import ArthurModel, ModelAttribute, SetupError
+from otel_arthur.clients.http import SetupError
+from otel_arthur.clients.v3 import ArthurModel, ModelAttribute
 from otel_arthur.fields import COMPLETION, FIELDS, PROMPT, Stage, ValueType
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.privacy import CONTENT_NOT_CAPTURED

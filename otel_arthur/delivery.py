@@ -1,14 +1,15 @@
-"""record -> Arthur: the ``Sender`` contract, and its transport end that POSTs batches split by count and bytes.
+"""The ``Sender`` contract and what every destination's transport end shares: batches split by count and
+bytes, sent one request at a time, and how long to wait for an answer.
 
 Delivery is a chain of senders, each wrapping the next, built in one place (``pipeline``)::
 
-    spool worker -> RetrySender (backoff, Retry-After, deadline) -> ArthurSender (bind, split, POST)
+    spool worker -> RetrySender (backoff, Retry-After, deadline) -> a destination's sender (split, POST)
 
-``ArthurSender`` binds lazily (the first send fetches the model, on whatever thread sends, never
-the application's) and answers with one ``RecordResult`` per record, or raises the client's
-``SetupError`` / ``PermanentError`` / ``RetryableError``.
+A destination's sender (``destinations.v3.ArthurSender``, ``destinations.engine.EngineSender``)
+answers with one ``RecordResult`` per item, or raises the client's ``SetupError`` /
+``PermanentError`` / ``RetryableError``.
 
-How long it waits for Arthur's answer grows with the request: ``ARTHUR_TIMEOUT`` plus as much again
+How long it waits for an answer grows with the request: ``ARTHUR_TIMEOUT`` plus as much again
 per ``READ_TIMEOUT_STEP_BYTES`` of body, doubled after each request that went unanswered (up to
 ``MAX_READ_TIMEOUT_DOUBLINGS`` times) until one is answered. An unanswered request may still be
 stored: an Arthur that is slow rather than down gets answered by the next attempt instead of being
@@ -17,19 +18,11 @@ sent copy after copy.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from otel_arthur import forking
-from otel_arthur.binding import Binding, bind
-from otel_arthur.client import NOT_SENT, ArthurClient, ArthurError, RecordResult, RetryableError, encode_row
-from otel_arthur.config import ArthurSettings
-from otel_arthur.mapping import InferenceRecord
-
-_logger = logging.getLogger(__name__)
+from otel_arthur.clients.http import NOT_SENT, ArthurError, RecordResult, RetryableError
 
 READ_TIMEOUT_STEP_BYTES = 4 * 1024 * 1024  # each 4 MiB of body (the default batch limit) adds one ARTHUR_TIMEOUT
 MAX_READ_TIMEOUT_DOUBLINGS = 3  # after unanswered requests the wait grows to at most 8 times the base
@@ -38,7 +31,7 @@ MAX_READ_TIMEOUT_DOUBLINGS = 3  # after unanswered requests the wait grows to at
 class Sender(Protocol):
     """One link of the delivery chain."""
 
-    def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
+    def send(self, records: Sequence[Any]) -> list[RecordResult]:
         """One result per record, in order; raises ``ArthurError`` when no record got an answer."""
         ...
 
@@ -115,60 +108,3 @@ def send_in_batches(sizes: Sequence[int], max_records: int, max_bytes: int,
             if observe_request is not None:
                 observe_request(time.monotonic() - started)
     return results
-
-
-class ArthurSender:
-    """Sends records to the configured model through the native client."""
-
-    def __init__(
-        self,
-        settings: ArthurSettings,
-        client: ArthurClient | None = None,
-        *,
-        observe_request: Callable[[float], None] | None = None,
-    ) -> None:
-        """``observe_request(seconds)`` is told how long each inferences POST took, answered or not."""
-        self._settings = settings
-        self._client = client or ArthurClient(settings)
-        self._observe_request = observe_request
-        self._binding: Binding | None = None
-        self._bind_lock = threading.Lock()
-        self.wait = AnswerWait(settings.timeout)
-        forking.register(after_in_child=self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._bind_lock = threading.Lock()  # the parent's worker may have held it, fetching the model, at the fork
-
-    @property
-    def binding(self) -> Binding:
-        """Fetch the model and bind to it, once; raises the client's errors until it succeeds."""
-        if self._binding is None:
-            with self._bind_lock:
-                if self._binding is None:
-                    model = self._client.get_model(self._settings.model_id)
-                    self._binding = bind(model, self._settings.attribute_map)
-        return self._binding
-
-    def prepare(self) -> None:
-        """Fetch the model now rather than at the first send (the pipeline's worker does, at start-up)."""
-        _ = self.binding  # the property fetches and binds, once
-
-    def set_deadline(self, deadline: float) -> None:
-        """No request lasts past ``deadline`` (``time.monotonic()``): shutdown's."""
-        self._client.set_deadline(deadline)
-
-    def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
-        binding = self.binding
-        rows = [binding.to_row(record) for record in records]
-        bodies = [encode_row(row) for row in rows]  # each row's JSON, for sizing and joining
-
-        def post(batch: range) -> list[RecordResult]:
-            body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
-            return self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body,
-                                                read_timeout=self.wait.read_timeout(len(body)))
-
-        return send_in_batches([len(body) for body in bodies], self._settings.batch_max_records,
-                               self._settings.batch_max_bytes, post, self.wait, self._observe_request)
-
-    def close(self) -> None:
-        self._client.close()

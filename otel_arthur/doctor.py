@@ -46,7 +46,8 @@ from urllib.parse import quote
 
 from otel_arthur import exit_codes
 from otel_arthur.binding import Binding, BindingError, bind
-from otel_arthur.client import ArthurModel, ModelAttribute, is_uuid, network_reason, parse_model
+from otel_arthur.clients.http import is_uuid, network_reason
+from otel_arthur.clients.v3 import ArthurModel, ModelAttribute, parse_model
 from otel_arthur.config import (
     ARTHUR_ALLOW_INSECURE,
     ARTHUR_API_KEY,
@@ -362,7 +363,8 @@ def _never_verify(session: Any) -> None:
 
 def _via_native(settings: ArthurSettings) -> _Found:
     """Connect and fetch the model with the exporter's own client."""
-    from otel_arthur.client import ArthurClient, AuthenticationError, RetryableError, SetupError
+    from otel_arthur.clients.http import RetryableError, SetupError
+    from otel_arthur.clients.v3 import ArthurClient, AuthenticationError
 
     client = ArthurClient(settings)
     try:
@@ -471,8 +473,8 @@ def check_engine(settings: EngineSettings) -> EngineCheck:
     UUID is never a task, so its 404 proves the key without reading any task. ``Unreachable``
     (connection, TLS, timeout, 429, 5xx) or ``SetupRefused`` (key, unknown task, not an Engine).
     """
-    from otel_arthur.client import RetryableError, is_uuid
-    from otel_arthur.engine_client import EngineClient
+    from otel_arthur.clients.engine import EngineClient
+    from otel_arthur.clients.http import RetryableError, is_uuid
 
     task_id = settings.task_id if settings.task_id and is_uuid(settings.task_id) else None
     probe = task_id or str(uuid.uuid4())
@@ -524,7 +526,7 @@ def _engine_source(value: object, flag: str, variable: str, sdk_variable: str) -
 
 
 def _engine(report: Report, args: argparse.Namespace) -> EngineSettings | None:
-    from otel_arthur.client import is_uuid
+    from otel_arthur.clients.http import is_uuid
 
     report.section("Arthur Engine")
     try:

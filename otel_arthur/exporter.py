@@ -33,7 +33,11 @@ from otel_arthur.config import (
 )
 from otel_arthur.destinations import Destination, destination_for
 from otel_arthur.mapping import classify, span_attributes
-from otel_arthur.pipeline import DEFAULT_SHUTDOWN_TIMEOUT, Pipeline, shutdown_side_by_side
+from otel_arthur.pipeline import (
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    Pipeline,
+    shutdown_side_by_side,
+)
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import PipelineStats
 

@@ -22,9 +22,17 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
-from otel_arthur.conventions import CONVENTIONS, GenAI, Convention, Messages
+from otel_arthur.conventions import CONVENTIONS, Convention, GenAI, Messages
 from otel_arthur.fields import COMPLETION, FIELDS, PROMPT, TRUNCATED, ValueType
-from otel_arthur.messages import Message, Scalar, clean_text, convention_messages, field_value, first, parse_json
+from otel_arthur.messages import (
+    Message,
+    Scalar,
+    clean_text,
+    convention_messages,
+    field_value,
+    first,
+    parse_json,
+)
 
 _logger = logging.getLogger(__name__)
 

@@ -34,9 +34,21 @@ from openinference.semconv.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from otel_arthur.conventions import GENAI, GenAI, LegacyOpenLLMetry, OpenInference, Traceloop
+from otel_arthur.conventions import (
+    GENAI,
+    GenAI,
+    LegacyOpenLLMetry,
+    OpenInference,
+    Traceloop,
+)
 from otel_arthur.mapping import classify
-from otel_arthur.messages import Message, clean_text, convention_messages, first, scalar_text
+from otel_arthur.messages import (
+    Message,
+    clean_text,
+    convention_messages,
+    first,
+    scalar_text,
+)
 
 __all__ = ["MAX_MESSAGES", "MAX_TOOL_CALLS", "TextHook", "openinference_attributes", "span_kind"]
 

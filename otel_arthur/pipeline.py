@@ -2,7 +2,7 @@
 
 ::
 
-    submit(records) ─▶ Spool (SQLite file) ─▶ worker: claim ─▶ RetrySender ─▶ ArthurSender ─▶ Arthur
+    submit(records) ─▶ Spool (SQLite file) ─▶ worker: claim ─▶ RetrySender ─▶ destination's sender ─▶ Arthur
                                               ◀─ settle: delivered deleted, refused dead-lettered,
                                                          the rest pending again
 
@@ -48,7 +48,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_arthur import forking
-from otel_arthur.client import ArthurError, PermanentError, RecordResult, RetryableError, SetupError
+from otel_arthur.clients.http import (
+    ArthurError,
+    PermanentError,
+    RecordResult,
+    RetryableError,
+    SetupError,
+)
 from otel_arthur.config import ArthurSettings
 from otel_arthur.delivery import Sender
 from otel_arthur.destinations import Destination

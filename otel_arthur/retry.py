@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from otel_arthur.client import RecordResult, RetryableError
+from otel_arthur.clients.http import RecordResult, RetryableError
 from otel_arthur.delivery import Sender
 from otel_arthur.mapping import InferenceRecord
 

@@ -452,9 +452,8 @@ def _configuration_error(exc: ConfigurationError) -> _Exit:
 
 def _check_arthur(args: argparse.Namespace) -> Destination:
     """The v3 destination, once Arthur accepts the set-up (the model fetched and bound); ``_Exit`` otherwise."""
-    from otel_arthur.client import RetryableError, SetupError
-    from otel_arthur.delivery import ArthurSender
-    from otel_arthur.destinations.v3 import V3Destination
+    from otel_arthur.clients.http import RetryableError, SetupError
+    from otel_arthur.destinations.v3 import ArthurSender, V3Destination
 
     try:
         settings = resolve_settings(args)

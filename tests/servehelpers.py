@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
 
 from otel_arthur.config import ArthurSettings, EngineSettings, ReceiverSettings
 from otel_arthur.destinations import destination_for

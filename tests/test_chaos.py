@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 from arthurmodel import stored
 from spanfixtures import generation_spans, reidentified
 

@@ -4,8 +4,9 @@ import pytest
 import requests
 from starlette.responses import JSONResponse
 
-from otel_arthur import client as client_module
-from otel_arthur.client import ArthurClient, AuthenticationError, RetryableError
+from otel_arthur.clients import v3 as client_module
+from otel_arthur.clients.http import RetryableError
+from otel_arthur.clients.v3 import ArthurClient, AuthenticationError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local import arthur
 from otel_arthur.local.runner import BackgroundServer

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from otel_arthur.client import ArthurClient, AuthenticationError, ModelNotFoundError
+from otel_arthur.clients.v3 import ArthurClient, AuthenticationError, ModelNotFoundError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local import arthur
 from otel_arthur.local.runner import BackgroundServer

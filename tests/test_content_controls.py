@@ -14,11 +14,17 @@ from opentelemetry.trace import SpanContext
 
 from otel_arthur import ArthurSpanExporter
 from otel_arthur.binding import bind
-from otel_arthur.client import ArthurModel, ModelAttribute, RetryableError
+from otel_arthur.clients.http import RetryableError
+from otel_arthur.clients.v3 import ArthurModel, ModelAttribute
 from otel_arthur.config import ArthurSettings
 from otel_arthur.mapping import InferenceRecord, map_span
 from otel_arthur.pipeline import Pipeline
-from otel_arthur.privacy import CONTENT_NOT_CAPTURED, CONTENT_WITHHELD, ContentPolicy, RecordFilter
+from otel_arthur.privacy import (
+    CONTENT_NOT_CAPTURED,
+    CONTENT_WITHHELD,
+    ContentPolicy,
+    RecordFilter,
+)
 from otel_arthur.retry import RetryPolicy
 
 QUICK = RetryPolicy(initial_interval=0.01, max_interval=0.05, max_elapsed=1)

@@ -8,8 +8,13 @@ from email.utils import formatdate
 import pytest
 
 from otel_arthur.binding import BindingError, bind
-from otel_arthur.client import (
-    ArthurModel, ModelAttribute, RetryableError, jwt_expiry, parse_model, parse_multistatus, parse_retry_after,
+from otel_arthur.clients.http import RetryableError, parse_retry_after
+from otel_arthur.clients.v3 import (
+    ArthurModel,
+    ModelAttribute,
+    jwt_expiry,
+    parse_model,
+    parse_multistatus,
 )
 from otel_arthur.delivery import split_batches
 from otel_arthur.fields import FIELDS
@@ -144,9 +149,9 @@ def test_unusable_model_is_a_binding_error(attributes, overrides, message):
 
 
 def test_a_split_batch_failing_half_way_reports_what_was_delivered():
-    from otel_arthur.client import NOT_SENT, RecordResult
+    from otel_arthur.clients.http import NOT_SENT, RecordResult
     from otel_arthur.config import ArthurSettings
-    from otel_arthur.delivery import ArthurSender
+    from otel_arthur.destinations.v3 import ArthurSender
 
     class HalfWay:
         calls = 0

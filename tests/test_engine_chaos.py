@@ -17,9 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import pytest
 from arthurmodel import stored
 from opentelemetry.sdk.trace import ReadableSpan
 from servehelpers import wait_for

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -13,7 +15,12 @@ from opentelemetry.trace import SpanContext
 
 from otel_arthur import ArthurSpanExporter
 from otel_arthur.config import ConfigurationError, EngineSettings, engine_configured
-from otel_arthur.destinations.engine import EngineDestination, EngineSpanCodec, build_request, engine_key
+from otel_arthur.destinations.engine import (
+    EngineDestination,
+    EngineSpanCodec,
+    build_request,
+    engine_key,
+)
 from otel_arthur.privacy import CONTENT_WITHHELD
 
 
@@ -127,7 +134,7 @@ def test_privacy_acts_on_every_content_attribute(arthur_env, tmp_path, monkeypat
 
 def test_engine_url_secrets_are_never_shown(arthur_env):
     settings = _settings(engine_url="https://user:url-secret@engine.example/base?token=query-secret")
-    from otel_arthur.engine_client import EngineClient
+    from otel_arthur.clients.engine import EngineClient
 
     for shown in (repr(settings), repr(EngineClient(settings)), engine_key(settings)):
         assert "url-secret" not in shown and "query-secret" not in shown and "engine-secret" not in shown
@@ -172,7 +179,7 @@ class _Client:
         return {"id": task_id}
 
     def send_traces(self, body: bytes, spans: int, read_timeout: float | None = None):
-        from otel_arthur.engine_client import IngestResult
+        from otel_arthur.clients.engine import IngestResult
 
         return IngestResult(spans, self.rejected, ("Invalid span data format: boom",) if self.rejected else ())
 
@@ -184,9 +191,9 @@ class _Client:
 
 
 def test_a_key_that_may_write_traces_but_not_read_tasks_does_not_block_delivery(arthur_env, tmp_path):
-    from otel_arthur.client import SetupError
+    from otel_arthur.clients.engine import EngineForbidden, EngineTaskNotFound
+    from otel_arthur.clients.http import SetupError
     from otel_arthur.destinations.engine import EngineSender
-    from otel_arthur.engine_client import EngineForbidden, EngineTaskNotFound
 
     settings = _settings(task_id="6b7c1c1e-0000-4000-8000-000000000001", spool_dir=str(tmp_path))
     EngineSender(settings, _Observer(), _Client(task_error=EngineForbidden("403"))).prepare()  # checked no further

@@ -15,9 +15,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import HumanMessage, SystemMessage, get_buffer_string, messages_from_dict
+from langchain_core.messages import (
+    HumanMessage,
+    SystemMessage,
+    get_buffer_string,
+    messages_from_dict,
+)
 from langchain_openai import ChatOpenAI
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_arthur import ArthurSpanExporter

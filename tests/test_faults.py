@@ -7,7 +7,8 @@ import requests
 from arthurmodel import create_model_over_http
 
 from otel_arthur.cli import build_parser
-from otel_arthur.client import ArthurClient, RetryableError, ThrottledError
+from otel_arthur.clients.http import RetryableError, ThrottledError
+from otel_arthur.clients.v3 import ArthurClient
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local import arthur, arthur_faults
 from otel_arthur.local.arthur_faults import Faults

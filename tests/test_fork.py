@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_arthur.client import RecordResult
+from otel_arthur.clients.http import RecordResult
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import InferenceRecord

@@ -7,9 +7,14 @@ import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode
-
-from otel_arthur.mapping import classify, map_span, partner_inference_id, render_messages
 from spanfixtures import load_spans
+
+from otel_arthur.mapping import (
+    classify,
+    map_span,
+    partner_inference_id,
+    render_messages,
+)
 
 PROMPT = ("System: You are a helpful assistant. Answer in one sentence.\n"
           "Human: What is OpenTelemetry?\n"
@@ -124,7 +129,12 @@ def test_identity_is_deterministic():
 
 
 def test_rendering_matches_get_buffer_string():
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, get_buffer_string
+    from langchain_core.messages import (
+        AIMessage,
+        HumanMessage,
+        SystemMessage,
+        get_buffer_string,
+    )
 
     history = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("bye")]
     ours = render_messages([("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "bye")])
@@ -174,7 +184,12 @@ def test_tool_results_are_part_of_the_prompt():
 
 
 def test_other_texts_are_cut_to_the_short_cap_and_flagged():
-    from otel_arthur.mapping import MAX_SHORT_TEXT_BYTES, TRUNCATION_MARKER, InferenceRecord, limit_text
+    from otel_arthur.mapping import (
+        MAX_SHORT_TEXT_BYTES,
+        TRUNCATION_MARKER,
+        InferenceRecord,
+        limit_text,
+    )
 
     fields = {"prompt": "p" * 5_000, "model": "m" * 200_000, "error": "ü" * 600, "session_id": "s" * 1024,
               "prompt_tokens": 3}

@@ -12,7 +12,11 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openinference.semconv.trace import MessageAttributes, SpanAttributes, ToolCallAttributes
+from openinference.semconv.trace import (
+    MessageAttributes,
+    SpanAttributes,
+    ToolCallAttributes,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 from spanfixtures import load_spans

@@ -9,11 +9,13 @@ import zlib
 import pytest
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+from spanfixtures import load_spans
 
 from otel_arthur import otlp
 from otel_arthur.mapping import map_span
-from spanfixtures import load_spans
 
 FIXTURES = ("openllmetry_chat", "openllmetry_chain", "openllmetry_error", "openinference_stream", "genai_semconv",
             "openllmetry_legacy")
@@ -168,7 +170,9 @@ def test_generation_span_with_bad_ids_is_reported_not_fatal():
 @pytest.mark.parametrize("media", [otlp.PROTOBUF, otlp.JSON])
 def test_responses_in_the_requests_content_type(media):
     body = otlp.encode_response(media, 2, "2 spans could not be mapped")
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceResponse,
+    )
 
     response = ExportTraceServiceResponse()
     if media == otlp.JSON:

@@ -17,12 +17,18 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
 from otel_arthur import ArthurSpanExporter
-from otel_arthur.client import PermanentError, RecordResult, RetryableError
+from otel_arthur.clients.http import PermanentError, RecordResult, RetryableError
 from otel_arthur.config import ArthurSettings
 from otel_arthur.local import arthur
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import MAX_SHORT_TEXT_BYTES, InferenceRecord
-from otel_arthur.pipeline import BIND_DELAY, THREAD_NAME, Accepted, DeadLetterReason, Pipeline
+from otel_arthur.pipeline import (
+    BIND_DELAY,
+    THREAD_NAME,
+    Accepted,
+    DeadLetterReason,
+    Pipeline,
+)
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import DropReason
 

@@ -13,13 +13,19 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
 from otel_arthur import ArthurSpanExporter
-from otel_arthur.client import RetryableError
+from otel_arthur.clients.http import RetryableError
 from otel_arthur.config import ArthurSettings, ConfigurationError
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.privacy import ContentPolicy, RecordFilter
-from otel_arthur.redaction import BUILTINS, Redactor, luhn_ok, parse_builtins, parse_patterns
+from otel_arthur.redaction import (
+    BUILTINS,
+    Redactor,
+    luhn_ok,
+    parse_builtins,
+    parse_patterns,
+)
 from otel_arthur.retry import RetryPolicy
 
 QUICK = RetryPolicy(initial_interval=0.01, max_interval=0.05, max_elapsed=1)

@@ -6,9 +6,14 @@ import random
 
 import pytest
 
-from otel_arthur.client import PermanentError, RecordResult, RetryableError, ThrottledError
-from otel_arthur.mapping import InferenceRecord
 from otel_arthur import retry as retry_module
+from otel_arthur.clients.http import (
+    PermanentError,
+    RecordResult,
+    RetryableError,
+    ThrottledError,
+)
+from otel_arthur.mapping import InferenceRecord
 from otel_arthur.retry import RetryPolicy, RetrySender
 
 OK, FLAKY, REJECTED = RecordResult(200, "success"), RecordResult(503, "busy"), RecordResult(400, "bad")

@@ -22,11 +22,20 @@ from arthurmodel import create_model_over_http
 from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind
 from prometheus_client.parser import text_string_to_metric_families
-from servehelpers import JSON, PROTOBUF, arthur_settings, otlp_json, serving, wait_for  # noqa: F401
+from servehelpers import (  # noqa: F401
+    JSON,
+    PROTOBUF,
+    arthur_settings,
+    otlp_json,
+    serving,
+    wait_for,
+)
 from spanfixtures import generation_spans, load_spans, reidentified
 
 from otel_arthur import cli, exit_codes

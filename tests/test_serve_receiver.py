@@ -27,9 +27,9 @@ from servehelpers import otlp_json
 from spanfixtures import load_spans
 
 from otel_arthur import otlp, spool
+from otel_arthur.config import ArthurSettings
 from otel_arthur.conventions import CONVENTIONS, Messages
 from otel_arthur.mapping import map_span
-from otel_arthur.config import ArthurSettings
 from otel_arthur.pipeline import Accepted, Pipeline, Refusal
 from otel_arthur.serve.receiver import DEFAULT_RETRY_AFTER, Receiver
 from otel_arthur.stats import Histogram

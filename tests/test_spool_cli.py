@@ -17,10 +17,10 @@ from opentelemetry.trace import SpanContext
 from otel_arthur import cli, exit_codes, spool_cli
 from otel_arthur.config import ArthurSettings, EngineSettings
 from otel_arthur.destinations.engine import EngineDestination
+from otel_arthur.destinations.v3 import destination
 from otel_arthur.local import engine
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import InferenceRecord
-from otel_arthur.destinations.v3 import destination
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.privacy import CONTENT_NOT_CAPTURED
 from otel_arthur.retry import RetryPolicy

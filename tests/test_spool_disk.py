@@ -9,12 +9,10 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from otel_arthur import cli, exit_codes
 from otel_arthur.config import ArthurSettings
-from otel_arthur.mapping import InferenceRecord
 from otel_arthur.destinations.v3 import destination
+from otel_arthur.mapping import InferenceRecord
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.spool import FILE_NAME, Spool, damaged_copies

@@ -17,7 +17,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
 from otel_arthur import cli
-from otel_arthur.client import ArthurClient, RetryableError
+from otel_arthur.clients.http import RetryableError
+from otel_arthur.clients.v3 import ArthurClient
 from otel_arthur.config import ArthurSettings, ConfigurationError, display_url
 from otel_arthur.exporter import ArthurSpanExporter
 from otel_arthur.retry import RetryPolicy

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_arthur.delivery import Sender, SenderObserver
 from otel_arthur.config import ArthurSettings, EngineSettings
+from otel_arthur.delivery import Sender, SenderObserver
 from otel_arthur.mapping import MappedSpans, map_span
 from otel_arthur.spool import RECORD_CODEC, Codec
 
@@ -105,7 +105,9 @@ def _engine(settings: EngineSettings) -> Destination:
 def destination_for(settings: ArthurSettings | EngineSettings, redact: Callable[[str], str] | None = None) -> Destination:
     """The destination these settings configure."""
     if isinstance(settings, EngineSettings):
-        from otel_arthur.destinations.engine import EngineDestination  # the protobuf stack, when used
+        from otel_arthur.destinations.engine import (
+            EngineDestination,  # the protobuf stack, when used
+        )
 
         return EngineDestination(settings, redact)
     from otel_arthur.destinations.v3 import V3Destination
@@ -121,7 +123,9 @@ def destination_name(key: str) -> str:
 def codec_for(key: str) -> Codec:
     """How the spool rows of ``key`` are stored, whichever process wrote them."""
     if destination_name(key) == "engine":
-        from otel_arthur.destinations.engine import EngineSpanCodec  # the protobuf stack, only when needed
+        from otel_arthur.destinations.engine import (
+            EngineSpanCodec,  # the protobuf stack, only when needed
+        )
 
         return EngineSpanCodec()
     return RECORD_CODEC

@@ -30,12 +30,12 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_arthur.client import DROPPED, RecordResult
+from otel_arthur.clients.engine import EngineClient, EngineForbidden
+from otel_arthur.clients.http import DROPPED, RecordResult
 from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings, display_url
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.destinations import ENGINE_KEY_PREFIX
-from otel_arthur.engine_client import EngineClient, EngineForbidden
 from otel_arthur.mapping import MappedSpans, cut_text, map_spans, span_attributes
 from otel_arthur.messages import clean_text
 from otel_arthur.openinference import openinference_attributes, span_kind
@@ -133,7 +133,9 @@ class EngineDestination:
             _encode_instrumentation_scope,
             _encode_resource,
         )
-        from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
+        from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import (
+            _encode_span,
+        )
 
         self._encode_attributes, self._encode_span = _encode_attributes, _encode_span
         self._encode_resource, self._encode_scope = _encode_resource, _encode_instrumentation_scope
@@ -245,7 +247,9 @@ def _copy(message: Any) -> Any:
 
 def build_request(items: Sequence[EngineSpan]) -> bytes:
     """One ``ExportTraceServiceRequest``, spans grouped under their resource and scope, in order of arrival."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
 
     request = ExportTraceServiceRequest()
     resources: dict[bytes, Any] = {}

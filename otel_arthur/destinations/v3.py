@@ -1,14 +1,23 @@
-"""Arthur's v3 inference API: one inference record per generation span, bound to a GENERATIVE_TEXT model."""
+"""Arthur's v3 inference API: one inference record per generation span, bound to a GENERATIVE_TEXT model.
+
+``ArthurSender`` binds lazily (the first send fetches the model, on whatever thread sends, never
+the application's), then POSTs the records as JSON rows in batches; Arthur answers with a strict 207.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_arthur import forking
+from otel_arthur.binding import Binding, bind
+from otel_arthur.clients.http import RecordResult
+from otel_arthur.clients.v3 import ArthurClient, encode_row
 from otel_arthur.config import ArthurSettings, display_url
-from otel_arthur.delivery import ArthurSender, Sender, SenderObserver
+from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.mapping import InferenceRecord, MappedSpans, map_span, map_spans
 from otel_arthur.privacy import RecordFilter
 from otel_arthur.spool import RECORD_CODEC
@@ -47,3 +56,60 @@ def records_from_otlp(request: Any, mapper: Callable[[ReadableSpan], Any] = map_
     from otel_arthur import otlp  # serve's decoding (the server extra)
 
     return map_spans(otlp.generation_spans(request), mapper)
+
+
+class ArthurSender:
+    """Sends records to the configured model through the native client."""
+
+    def __init__(
+        self,
+        settings: ArthurSettings,
+        client: ArthurClient | None = None,
+        *,
+        observe_request: Callable[[float], None] | None = None,
+    ) -> None:
+        """``observe_request(seconds)`` is told how long each inferences POST took, answered or not."""
+        self._settings = settings
+        self._client = client or ArthurClient(settings)
+        self._observe_request = observe_request
+        self._binding: Binding | None = None
+        self._bind_lock = threading.Lock()
+        self.wait = AnswerWait(settings.timeout)
+        forking.register(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._bind_lock = threading.Lock()  # the parent's worker may have held it, fetching the model, at the fork
+
+    @property
+    def binding(self) -> Binding:
+        """Fetch the model and bind to it, once; raises the client's errors until it succeeds."""
+        if self._binding is None:
+            with self._bind_lock:
+                if self._binding is None:
+                    model = self._client.get_model(self._settings.model_id)
+                    self._binding = bind(model, self._settings.attribute_map)
+        return self._binding
+
+    def prepare(self) -> None:
+        """Fetch the model now rather than at the first send (the pipeline's worker does, at start-up)."""
+        _ = self.binding  # the property fetches and binds, once
+
+    def set_deadline(self, deadline: float) -> None:
+        """No request lasts past ``deadline`` (``time.monotonic()``): shutdown's."""
+        self._client.set_deadline(deadline)
+
+    def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
+        binding = self.binding
+        rows = [binding.to_row(record) for record in records]
+        bodies = [encode_row(row) for row in rows]  # each row's JSON, for sizing and joining
+
+        def post(batch: range) -> list[RecordResult]:
+            body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
+            return self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body,
+                                                read_timeout=self.wait.read_timeout(len(body)))
+
+        return send_in_batches([len(body) for body in bodies], self._settings.batch_max_records,
+                               self._settings.batch_max_bytes, post, self.wait, self._observe_request)
+
+    def close(self) -> None:
+        self._client.close()

@@ -52,9 +52,19 @@ from starlette.routing import Route
 
 from otel_arthur.local import arthur_faults
 from otel_arthur.local.arthur_faults import FaultInjector, Faults, InjectFaults
-from otel_arthur.local.arthur_schema import InferenceChecker, InferenceRecord, InferenceRejected, check_model
+from otel_arthur.local.arthur_schema import (
+    InferenceChecker,
+    InferenceRecord,
+    InferenceRejected,
+    check_model,
+)
 from otel_arthur.local.arthur_store import LocalArthurStore, ModelExists
-from otel_arthur.local.stand_in import CountRequests, http_error_handler, local_stats, same
+from otel_arthur.local.stand_in import (
+    CountRequests,
+    http_error_handler,
+    local_stats,
+    same,
+)
 
 __all__ = [
     "API_PREFIX",
@@ -408,7 +418,9 @@ def running(
     HTTPS when ``certfile``/``keyfile`` are given: ``ArthurCallbackHandler.from_credentials`` cannot
     reach an ``http://`` URL.
     """
-    from otel_arthur.local.runner import BackgroundServer  # uvicorn: only when actually serving
+    from otel_arthur.local.runner import (
+        BackgroundServer,  # uvicorn: only when actually serving
+    )
 
     app = create_app(db_path, api_key=api_key, login=login, password=password, organization_id=organization_id,
                      faults=faults)

@@ -58,7 +58,9 @@ from itertools import repeat
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as ProtoStatus
 from starlette.applications import Starlette
@@ -71,7 +73,12 @@ from starlette.routing import Route
 from otel_arthur.local import arthur_faults
 from otel_arthur.local.arthur_faults import FaultInjector, Faults, InjectFaults
 from otel_arthur.local.engine_store import LocalEngineStore, SpanRow
-from otel_arthur.local.stand_in import CountRequests, http_error_handler, local_stats, same
+from otel_arthur.local.stand_in import (
+    CountRequests,
+    http_error_handler,
+    local_stats,
+    same,
+)
 from otel_arthur.otlp import any_value
 
 __all__ = [
@@ -336,7 +343,9 @@ def running(
     faults: Faults | None = None,
 ) -> Iterator[RunningLocalEngine]:
     """Serve a local Engine on a background thread (a free port by default); always stopped on exit."""
-    from otel_arthur.local.runner import BackgroundServer  # uvicorn: only when actually serving
+    from otel_arthur.local.runner import (
+        BackgroundServer,  # uvicorn: only when actually serving
+    )
 
     app = create_app(db_path, api_key=api_key, faults=faults)
     try:

@@ -8,7 +8,12 @@ import os
 import tempfile
 
 from otel_arthur.local import arthur_faults
-from otel_arthur.local.engine import DEFAULT_API_KEY, LOCAL_PREFIX, TRACES_PATH, create_app
+from otel_arthur.local.engine import (
+    DEFAULT_API_KEY,
+    LOCAL_PREFIX,
+    TRACES_PATH,
+    create_app,
+)
 from otel_arthur.local.stand_in import add_server_arguments
 
 logger = logging.getLogger(__name__)

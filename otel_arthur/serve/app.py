@@ -49,7 +49,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from otel_arthur.config import ArthurSettings, EngineSettings, ReceiverSettings, display_url
+from otel_arthur.config import (
+    ArthurSettings,
+    EngineSettings,
+    ReceiverSettings,
+    display_url,
+)
 from otel_arthur.destinations import OtlpExtraction, destination_for
 from otel_arthur.pipeline import Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy

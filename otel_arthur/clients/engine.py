@@ -26,7 +26,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from otel_arthur import forking
-from otel_arthur.client import (
+from otel_arthur.clients.http import (
     PermanentError,
     RetryableError,
     SetupError,
@@ -37,7 +37,13 @@ from otel_arthur.client import (
     pooled_session,
     request_errors,
 )
-from otel_arthur.config import ARTHUR_ENGINE_API_KEY, ARTHUR_ENGINE_URL, ARTHUR_TASK_ID, EngineSettings, display_url
+from otel_arthur.config import (
+    ARTHUR_ENGINE_API_KEY,
+    ARTHUR_ENGINE_URL,
+    ARTHUR_TASK_ID,
+    EngineSettings,
+    display_url,
+)
 
 if TYPE_CHECKING:
     import requests

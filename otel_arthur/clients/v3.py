@@ -5,12 +5,7 @@ key in ``Authorization`` or a JWT from ``POST /login``'s ``Authorization`` cooki
 5 minutes before its ``exp``; ``Arthur-Organization-ID`` from ``GET /users/me`` (or
 ``/users/me/auth_info`` on 403) unless configured; ``GET /models/{id}?id_type=…&expand=attributes``;
 ``POST /models/{id}/inferences`` answered by a strict 207. It costs one pooled ``requests.Session``
-instead of the SDK's ~5 s and ~367 MB import.
-
-Errors say what a caller should do next: ``SetupError`` (Arthur refuses the credentials,
-organization or model: nothing can be delivered until the set-up is fixed), ``PermanentError``
-(Arthur refuses these records; retrying the same request cannot help), ``RetryableError`` (try
-again later), ``ThrottledError`` (no sooner than ``retry_after``). No secret ever appears in a message.
+instead of the SDK's ~5 s and ~367 MB import. Its errors are ``clients.http``'s.
 """
 
 from __future__ import annotations
@@ -21,45 +16,38 @@ import json
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import requests
 
-from otel_arthur import __version__, forking
+from otel_arthur import forking
+from otel_arthur.clients.http import (
+    JSON,
+    PermanentError,
+    RecordResult,
+    RetryableError,
+    SetupError,
+    ThrottledError,
+    Timeouts,
+    is_retryable_status,
+    is_uuid,
+    parse_retry_after,
+    pooled_session,
+    request_errors,
+)
 from otel_arthur.config import ArthurSettings, display_url
 
 _logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v3"
 ORGANIZATION_HEADER = "Arthur-Organization-ID"
-JSON = "application/json"
-USER_AGENT = f"otel-arthur/{__version__}"
 REFRESH_BEFORE_EXPIRY = 300.0  # seconds; the SDK renews its JWT 5 minutes before exp
-_RETRYABLE_STATUS = {HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS}
+
 # Refusals of the caller, not of what it sent: bad credentials, a foreign organization, a missing model or path.
 _SETUP_STATUS = {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND}
-
-
-class ArthurError(Exception):
-    """Base of the client's errors."""
-
-
-class PermanentError(ArthurError):
-    """Arthur refused the request and will refuse it again (a 4xx); ``SetupError`` when the set-up is at fault."""
-
-
-class SetupError(PermanentError):
-    """Arthur refuses the set-up, not the records: credentials, organization, URL or model.
-
-    Every record would meet the same refusal, so delivery waits for the fix instead of discarding them.
-    """
 
 
 class AuthenticationError(SetupError):
@@ -68,24 +56,6 @@ class AuthenticationError(SetupError):
 
 class ModelNotFoundError(SetupError):
     """404 for the configured model id (as Arthur id and as partner model id)."""
-
-
-class RetryableError(ArthurError):
-    """A connection error, a timeout, 408 or 5xx: the same request may succeed later.
-
-    ``unanswered_for``: set when the request went out and no answer came (a read timeout, a
-    connection broken after sending), the seconds it waited: Arthur may have stored it all the same.
-    """
-
-    def __init__(self, message: str, retry_after: float | None = None, *,
-                 unanswered_for: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.unanswered_for = unanswered_for
-
-
-class ThrottledError(RetryableError):
-    """429: retry no sooner than ``retry_after`` seconds (from ``Retry-After``) when given."""
 
 
 @dataclass(frozen=True)
@@ -102,50 +72,6 @@ class ArthurModel:
     id: str
     partner_model_id: str
     attributes: tuple[ModelAttribute, ...]
-
-
-NOT_SENT = 0  # a RecordResult status of ours: the request for this record got no answer (see its message)
-DROPPED = -1  # another of ours: answered, not stored, and nothing to send again (the sender counted it dropped)
-
-
-@dataclass(frozen=True)
-class RecordResult:
-    """One entry of the 207's ``results``, in request order."""
-
-    status: int
-    message: str
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def retryable(self) -> bool:
-        """408, 429, 5xx or not sent: this record may be accepted if sent again."""
-        return is_retryable_status(self.status)
-
-    @property
-    def dropped(self) -> bool:
-        """Refused without a dead letter; the sender counted it as dropped (``DROPPED``)."""
-        return self.status == DROPPED
-
-
-def is_retryable_status(status: int) -> bool:
-    return status >= 500 or status in _RETRYABLE_STATUS or status == NOT_SENT
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
 
 
 def jwt_expiry(token: str) -> float | None:
@@ -190,95 +116,6 @@ def _record_result(status: Any, message: Any) -> RecordResult:
 
 
 # Fragments of requests' / urllib3's error texts -> a short reason; no URL query, header or secret is in them.
-_NETWORK_REASONS = (
-    ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
-    ("certificate verify failed", "certificate verify failed"),
-    ("WRONG_VERSION_NUMBER", "the server does not speak TLS (is the URL really https?)"),
-    ("Name or service not known", "host name not resolved"),
-    ("nodename nor servname", "host name not resolved"),
-    ("Temporary failure in name resolution", "host name not resolved"),
-    ("getaddrinfo failed", "host name not resolved"),
-    ("Connection refused", "connection refused"),
-    ("timed out", "timed out"),
-)
-
-
-def network_reason(error: BaseException) -> str:
-    """Why a request got no answer, in a few words (``connection refused``); else the exception's type."""
-    text = str(error)
-    return next((reason for needle, reason in _NETWORK_REASONS if needle in text), type(error).__name__)
-
-
-def is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
-def pooled_session(url: str, verify_ssl: bool, session: requests.Session | None = None) -> requests.Session:
-    """A ``requests.Session`` for one service at ``url``, with the environment's proxies and CA bundle read once.
-
-    What requests reads from the environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE…) is read
-    once for the service's URL: per request, scanning os.environ cost ~0.45 ms of CPU. trust_env off
-    also keeps a ~/.netrc from replacing our Authorization header.
-    """
-    import requests
-
-    session = session or requests.Session()
-    settings = session.merge_environment_settings(url, {}, None, verify_ssl, None)
-    session.trust_env = False
-    session.proxies = settings["proxies"]
-    session.verify = settings["verify"]  # a CA bundle's path when the environment names one
-    session.headers.update({"Accept": JSON, "User-Agent": USER_AGENT})
-    return session
-
-
-class Timeouts:
-    """(connect, read) seconds for one request: the configured timeout (or a longer read for a big body),
-    cut to what is left of a deadline (shutdown's), and none at all past it."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.deadline = float("inf")
-
-    def __call__(self, method: str, path: str, read_timeout: float | None = None) -> tuple[float, float]:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise RetryableError(f"{method} {path}: not sent, the shutdown deadline has passed")
-        read = self.timeout if read_timeout is None else read_timeout
-        return min(self.timeout, remaining), min(read, remaining)
-
-
-@contextmanager
-def request_errors(method: str, path: str, url: str, connect: float, read: float) -> Iterator[None]:
-    """``requests``' exceptions inside become ``RetryableError`` naming the request and why it got no answer.
-
-    One that may have reached the service (sent, then no answer or a broken connection) carries
-    ``unanswered_for``: its outcome is unknown.
-    """
-    import requests
-
-    started = time.monotonic()
-    try:
-        yield
-    except requests.ConnectTimeout:
-        raise RetryableError(f"{method} {path}: timed out after {connect:g}s") from None
-    except requests.Timeout:  # sent, and no answer in time: the service may still store it
-        raise RetryableError(f"{method} {path}: timed out after {read:g}s",
-                             unanswered_for=time.monotonic() - started) from None
-    except requests.exceptions.SSLError as exc:
-        raise RetryableError(f"{method} {path}: TLS with {display_url(url)} failed: {network_reason(exc)}") from None
-    except requests.ConnectionError as exc:
-        # No connection at all, or one broken after the request went out (outcome unknown).
-        unanswered = None if _never_connected(exc) else time.monotonic() - started
-        raise RetryableError(f"{method} {path}: cannot connect to {display_url(url)}: {network_reason(exc)}",
-                             unanswered_for=unanswered) from None
-    except requests.RequestException as exc:  # e.g. a body cut short: the request went out
-        raise RetryableError(f"{method} {path}: {type(exc).__name__}",
-                             unanswered_for=time.monotonic() - started) from None
-
 
 class ArthurClient:
     """Thread-safe client over one pooled session. Authenticates lazily, on the first request."""
@@ -460,14 +297,6 @@ def encode_rows(rows: list[dict[str, Any]]) -> bytes:
 def encode_row(row: dict[str, Any]) -> bytes:
     """One row's JSON: ``b"[" + b",".join(encode_row(r) for r in rows) + b"]"`` is ``encode_rows(rows)``."""
     return _encode_json(row).encode("utf-8")
-
-
-def _never_connected(error: BaseException) -> bool:
-    """Whether a requests ``ConnectionError`` failed before any byte of the request went out."""
-    from urllib3.exceptions import NewConnectionError  # refused, unreachable, name not resolved
-
-    reason = error.args[0] if error.args else None
-    return isinstance(getattr(reason, "reason", reason), NewConnectionError)
 
 
 def _error_detail(response: requests.Response) -> str:

@@ -1,0 +1,1 @@
+"""HTTP clients, one per destination (``v3``, ``engine``), and what they share (``http``)."""
