@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from openinference.semconv.trace import MessageContentAttributes as OpenInferenceContent
 from openinference.semconv.trace import SpanAttributes as OpenInferenceSpan
 
 
@@ -129,6 +130,16 @@ class ToolCallKeys:
     id: str = "id"
 
 
+class ContentPartKeys:
+    """Where an indexed layout that keeps a message as parts (OpenInference's ``message.contents``)
+    keeps one part, below {message}.contents.{k}."""
+
+    TYPE = OpenInferenceContent.MESSAGE_CONTENT_TYPE
+    """text / image / audio / video / document…"""
+    TEXT = OpenInferenceContent.MESSAGE_CONTENT_TEXT
+    TEXT_TYPE = "text"
+
+
 @dataclass(frozen=True)
 class Convention:
     """Where one convention keeps each piece of a generation. Keys are tried in order."""
@@ -143,6 +154,10 @@ class Convention:
     output_messages: str
     message_infix: str = ""
     tool_call_keys: ToolCallKeys = ToolCallKeys()
+    content_parts: str | None = None
+    """Indexed: a message without content may keep it as parts, {message}.{content_parts}.{k}.<ContentPartKeys>."""
+    json_content_blocks: bool = False
+    """Indexed: content that is a list of content blocks is written as their JSON (``[{"type": …}, …]``)."""
     system_instructions: str | None = None
     model: tuple[str, ...] = ()
     provider: tuple[str, ...] = ()
@@ -197,6 +212,7 @@ LEGACY_OPENLLMETRY = Convention(
     message_layout=Messages.INDEXED,
     input_messages=LegacyOpenLLMetry.PROMPT_PREFIX,
     output_messages=LegacyOpenLLMetry.COMPLETION_PREFIX,
+    json_content_blocks=True,
     model=(GenAI.RESPONSE_MODEL, GenAI.REQUEST_MODEL),
     provider=(GenAI.SYSTEM,),
     prompt_tokens=(LegacyOpenLLMetry.USAGE_PROMPT_TOKENS, GenAI.USAGE_INPUT_TOKENS),
@@ -217,6 +233,7 @@ OPENINFERENCE = Convention(
     output_messages=OpenInference.OUTPUT_MESSAGES_PREFIX,
     message_infix=".message",
     tool_call_keys=ToolCallKeys("tool_call.function.name", "tool_call.function.arguments", "tool_call.id"),
+    content_parts="contents",
     model=(OpenInference.MODEL_NAME,),
     provider=(OpenInference.PROVIDER,),
     prompt_tokens=(OpenInference.TOKEN_COUNT_PROMPT,),

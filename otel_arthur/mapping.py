@@ -13,6 +13,7 @@ unforeseen still costs only its own span.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -111,11 +112,11 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
                 fields[name] = value
                 break
 
-    inputs, outputs = convention_messages(attributes, convention, tool_calls=False)
+    inputs, outputs = convention_messages(attributes, convention)
     if inputs:
         fields[PROMPT] = clean_text(render_messages(inputs))
     if outputs:
-        fields[COMPLETION] = clean_text(outputs[0].text)
+        fields[COMPLETION] = clean_text(message_text(outputs[0]))
     if fields.get("finish_reason") is None and convention.message_layout == Messages.JSON:
         fields["finish_reason"] = _output_finish_reason(attributes.get(convention.output_messages))
     for source, wanted in convention.json_sources.items():
@@ -179,8 +180,37 @@ def map_spans(spans: Iterable[ReadableSpan | Exception],
 
 
 def render_messages(messages: Sequence[Message | tuple[str, str]]) -> str:
-    """``System: …\\nHuman: …\\nAI: …``, as LangChain's get_buffer_string renders a chat history."""
-    return "\n".join(f"{_ROLE_PREFIXES.get(role.lower(), role)}: {text}" for role, text, *_ in messages)
+    """``System: …\\nHuman: …\\nAI: …``, as LangChain's get_buffer_string renders a chat history;
+    a ``Message`` reads as ``message_text`` says."""
+    return "\n".join(
+        f"{_ROLE_PREFIXES.get(message[0].lower(), message[0])}: "
+        f"{message_text(message) if isinstance(message, Message) else message[1]}"
+        for message in messages
+    )
+
+
+def message_text(message: Message) -> str:
+    """What a record shows of a message: its text, ``[image]``-like placeholders for its other parts,
+    then one ``name(arguments)`` line per tool call."""
+    if not message.other_parts and not message.tool_calls:
+        return message.text
+    text = " ".join(piece for piece in (message.text, *(f"[{kind}]" for kind in message.other_parts)) if piece)
+    calls = [f"{call.name or '?'}({_arguments_text(call.arguments)})" for call in message.tool_calls]
+    return "\n".join([text, *calls] if text else calls)
+
+
+def _arguments_text(arguments: str | None) -> str:
+    """Arguments as one line of JSON in one form whatever the instrumentor wrote (``{"city": "Paris"}``,
+    keys in the model's order); text that is not JSON as it is."""
+    if arguments is None:
+        return ""
+    value = parse_json(arguments)
+    if value is None:  # not JSON (or JSON null): show what the model wrote
+        return arguments
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except ValueError:  # an integer too long to write again
+        return arguments
 
 
 def limit_text(record: InferenceRecord, max_bytes: int) -> InferenceRecord:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from otel_arthur.conventions import Convention, GenAI, Messages, ToolCallKeys
+from otel_arthur.conventions import ContentPartKeys, Convention, GenAI, Messages, ToolCallKeys
 
 
 class ToolCall(NamedTuple):
@@ -28,9 +28,12 @@ class ToolCall(NamedTuple):
 class Message(NamedTuple):
     role: str
     text: str
+    """Its text parts, joined, and on a tool-role message the tool's result."""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     """On a tool-role message: the call it answers."""
+    other_parts: tuple[str, ...] = ()
+    """What each part that is neither text nor a tool call holds ("image", "audio", "file"…), in order."""
 
 
 def clean_text(text: str) -> str:
@@ -118,23 +121,18 @@ def json_text(value: Any) -> str:
 
 def parts_text(parts: Any) -> str:
     """Text of a GenAI ``parts`` list (or a bare string): text parts and tool results; other parts are left out."""
-    return _read_parts(parts)[0]
+    return _read_parts(parts).text
 
 
-def convention_messages(attributes: Mapping[str, Any], convention: Convention, *,
-                        tool_calls: bool = True) -> tuple[list[Message], list[Message]]:
-    """(input messages, output messages) of a generation, the system instructions first among the inputs.
-
-    ``tool_calls=False`` spares an indexed layout the lookups that only tool calls and tool-call ids
-    need (a third of a v3 record's mapping time, for a record that has no place for them).
-    """
+def convention_messages(attributes: Mapping[str, Any],
+                        convention: Convention) -> tuple[list[Message], list[Message]]:
+    """(input messages, output messages) of a generation, the system instructions first among the inputs."""
     if convention.message_layout == Messages.JSON:
         inputs = _json_messages(attributes.get(convention.input_messages))
         outputs = _json_messages(attributes.get(convention.output_messages))
     else:
-        keys = convention.tool_call_keys if tool_calls else None
-        inputs = _indexed_messages(attributes, convention.input_messages, convention.message_infix, keys)
-        outputs = _indexed_messages(attributes, convention.output_messages, convention.message_infix, keys)
+        inputs = _indexed_messages(attributes, convention.input_messages, convention)
+        outputs = _indexed_messages(attributes, convention.output_messages, convention)
     if convention.system_instructions:
         system = parts_text(parse_json(attributes.get(convention.system_instructions)))
         if system:
@@ -142,14 +140,35 @@ def convention_messages(attributes: Mapping[str, Any], convention: Convention, *
     return inputs, outputs
 
 
-def _read_parts(parts: Any) -> tuple[str, tuple[ToolCall, ...], str | None]:
-    """(text, tool calls, answered call id) of a parts list, in one pass."""
+class _Parts(NamedTuple):
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    answered: str | None = None
+    other_parts: tuple[str, ...] = ()
+
+
+# A content block's type -> what it holds, where the type does not say it plainly (OpenAI's and
+# LangChain's block names as the legacy layout records them).
+_BLOCK_KINDS = {"image_url": "image", "input_image": "image", "input_audio": "audio", "input_file": "file"}
+
+
+def part_kind(kind: Any, modality: Any = None) -> str:
+    """What a non-text part holds: its modality (GenAI ``uri``/``blob``/``file`` parts), else its type."""
+    for name in (modality, kind):
+        if isinstance(name, str) and name:
+            return _BLOCK_KINDS.get(name, name)
+    return "part"
+
+
+def _read_parts(parts: Any) -> _Parts:
+    """Text, tool calls, answered call id and other parts of a GenAI parts list, in one pass."""
     if isinstance(parts, str):
-        return parts, (), None
+        return _Parts(parts)
     if not isinstance(parts, list):
-        return "", (), None
+        return _Parts("")
     texts: list[str] = []
     calls: list[ToolCall] = []
+    others: list[str] = []
     answered: str | None = None
     for part in parts:
         if not isinstance(part, dict):
@@ -164,7 +183,9 @@ def _read_parts(parts: Any) -> tuple[str, tuple[ToolCall, ...], str | None]:
         elif kind == GenAI.PART_TOOL_CALL_RESPONSE:
             texts.append(json_text(part.get("response", "")))
             answered = scalar_text(part.get("id"))
-    return "".join(texts), tuple(calls), answered
+        else:
+            others.append(part_kind(kind, part.get("modality")))
+    return _Parts("".join(texts), tuple(calls), answered, tuple(others))
 
 
 def _json_messages(raw: Any) -> list[Message]:
@@ -174,30 +195,61 @@ def _json_messages(raw: Any) -> list[Message]:
     read = []
     for message in messages:
         if isinstance(message, dict):
-            text, calls, answered = _read_parts(message.get("parts", message.get("content")))
-            read.append(Message(scalar_text(message.get("role")) or "unknown", text, calls, answered))
+            parts = _read_parts(message.get("parts", message.get("content")))
+            read.append(Message(scalar_text(message.get("role")) or "unknown", parts.text, parts.tool_calls,
+                                parts.answered, parts.other_parts))
     return read
 
 
-def _indexed_messages(attributes: Mapping[str, Any], prefix: str, infix: str,
-                      keys: ToolCallKeys | None) -> list[Message]:
+def _indexed_messages(attributes: Mapping[str, Any], prefix: str, convention: Convention) -> list[Message]:
     # Ends at the first index with neither role nor content (every instrumentor sets the role), so
     # the attributes themselves bound the loop.
     messages: list[Message] = []
+    keys = convention.tool_call_keys
     index = 0
     while True:
-        base = f"{prefix}.{index}{infix}"
+        base = f"{prefix}.{index}{convention.message_infix}"
         role, content = attributes.get(f"{base}.role"), attributes.get(f"{base}.content")
         if role is None and content is None:
             return messages
-        text = attribute_text(content)
-        if keys is None:
-            messages.append(Message(attribute_text(role) or "unknown", text))
+        others: tuple[str, ...] = ()
+        if content is None and convention.content_parts:
+            text, others = _indexed_content_parts(attributes, f"{base}.{convention.content_parts}")
+        elif convention.json_content_blocks and isinstance(content, str) and content.startswith("[{"):
+            text, others = _content_blocks(content)
         else:
-            messages.append(Message(attribute_text(role) or "unknown", text,
-                                    _indexed_tool_calls(attributes, f"{base}.{Messages.TOOL_CALLS}", keys),
-                                    scalar_text(attributes.get(f"{base}.{Messages.TOOL_CALL_ID}"))))
+            text = attribute_text(content)
+        messages.append(Message(attribute_text(role) or "unknown", text,
+                                _indexed_tool_calls(attributes, f"{base}.{Messages.TOOL_CALLS}", keys),
+                                scalar_text(attributes.get(f"{base}.{Messages.TOOL_CALL_ID}")), others))
         index += 1
+
+
+def _indexed_content_parts(attributes: Mapping[str, Any], prefix: str) -> tuple[str, tuple[str, ...]]:
+    """(text, other parts) of a message kept as parts, {prefix}.{k}.<ContentPartKeys>, k = 0, 1, …"""
+    texts: list[str] = []
+    others: list[str] = []
+    index = 0
+    while True:
+        base = f"{prefix}.{index}."
+        kind, text = attributes.get(base + ContentPartKeys.TYPE), attributes.get(base + ContentPartKeys.TEXT)
+        if kind is None and text is None:
+            return "".join(texts), tuple(others)
+        if kind is None or kind == ContentPartKeys.TEXT_TYPE:
+            texts.append(attribute_text(text))
+        else:
+            others.append(part_kind(scalar_text(kind)))
+        index += 1
+
+
+def _content_blocks(content: str) -> tuple[str, tuple[str, ...]]:
+    """(text, other parts) of content the instrumentor wrote as JSON of OpenAI/LangChain content blocks
+    (``[{"type": "text", "text": …}, {"type": "image_url", …}]``); any other text is itself."""
+    blocks = parse_json(content)
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in blocks):
+        return content, ()
+    texts = [json_text(b.get("text", "")) for b in blocks if b["type"] == GenAI.PART_TEXT]
+    return "".join(texts), tuple(part_kind(b["type"]) for b in blocks if b["type"] != GenAI.PART_TEXT)
 
 
 def _indexed_tool_calls(attributes: Mapping[str, Any], prefix: str, keys: ToolCallKeys) -> tuple[ToolCall, ...]:

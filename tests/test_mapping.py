@@ -171,7 +171,7 @@ def test_an_unhashable_marker_value_marks_nothing():
     assert classify({"gen_ai.operation.name": ["chat"], "llm.request.type": "chat"}).name == "openllmetry-legacy"
 
 
-def test_tool_results_are_part_of_the_prompt():
+def test_tool_calls_and_results_are_part_of_the_prompt():
     record = map_span(_span({
         "gen_ai.operation.name": "chat",
         "gen_ai.input.messages": json.dumps([
@@ -180,7 +180,90 @@ def test_tool_results_are_part_of_the_prompt():
             {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "sunny"}]},
         ]),
     }))
-    assert record.fields["prompt"] == "Human: weather?\nAI: \nTool: sunny"
+    assert record.fields["prompt"] == "Human: weather?\nAI: weather({})\nTool: sunny"
+
+
+WEATHER_PROMPT = "Human: What is the weather in Paris?"
+
+
+@pytest.mark.parametrize("fixture, finish_reason", [
+    ("openllmetry_tools", "tool_call"),  # OpenLLMetry >= 0.55 maps OpenAI's reason to the GenAI one
+    ("openllmetry_legacy_tools", "tool_calls"),
+    ("openinference_tools", "tool_calls"),
+])
+def test_a_tool_calling_turn_reads_the_same_in_every_convention(fixture, finish_reason):
+    (_, asked), (_, answered) = generations(fixture)
+    assert asked.fields["prompt"] == WEATHER_PROMPT
+    assert asked.fields["completion"] == 'get_weather({"city": "Paris"})'
+    assert asked.fields["finish_reason"] == finish_reason
+    assert (asked.fields["prompt_tokens"], asked.fields["completion_tokens"]) == (6, 2)
+    assert answered.fields["prompt"] == (f'{WEATHER_PROMPT}\nAI: get_weather({{"city": "Paris"}})\n'
+                                         "Tool: sunny and 21C in Paris")
+    assert answered.fields["completion"] == "Echo: sunny and 21C in Paris"
+    assert answered.fields["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("fixture", ["openllmetry_image", "openllmetry_legacy_image", "openinference_image"])
+def test_an_image_in_a_message_is_a_placeholder_in_every_convention(fixture):
+    [(_, record)] = generations(fixture)
+    assert record.fields["prompt"] == "Human: What is in this picture? [image]"
+    assert record.fields["completion"] == "Echo: What is in this picture?"
+
+
+def _genai_output(*parts):
+    return map_span(_span({"gen_ai.operation.name": "chat", "gen_ai.output.messages": json.dumps(
+        [{"role": "assistant", "parts": list(parts)}])})).fields["completion"]
+
+
+def test_a_completion_is_its_text_then_one_line_per_call_with_arguments_in_one_json_form():
+    completion = _genai_output(
+        {"type": "text", "content": "Checking both."},
+        {"type": "tool_call", "id": "1", "name": "weather", "arguments": '{"city":"Z\\u00fcrich","days":2}'},
+        {"type": "tool_call", "id": "2", "name": "weather", "arguments": {"city": "Rome", "days": 2}},
+        {"type": "tool_call", "id": "3", "name": "clock"},
+        {"type": "tool_call", "id": "4", "name": "search", "arguments": "not json {"},
+        {"type": "tool_call", "id": "5", "arguments": "{}"},
+    )
+    assert completion == ('Checking both.\n'
+                          'weather({"city": "Zürich", "days": 2})\n'
+                          'weather({"city": "Rome", "days": 2})\n'
+                          'clock()\n'
+                          'search(not json {)\n'
+                          '?({})')
+
+
+def test_every_part_that_is_not_text_leaves_a_placeholder():
+    completion = _genai_output(
+        {"type": "text", "content": "Here:"},
+        {"type": "uri", "modality": "image", "uri": "https://example.com/a.png"},
+        {"type": "blob", "modality": "audio", "mime_type": "audio/wav", "content": "UklGR"},
+        {"type": "file", "file_id": "f1"},
+        {"type": "reasoning", "content": "the user wants pictures"},
+        {"type": 7},
+    )
+    assert completion == "Here: [image] [audio] [file] [reasoning] [part]"
+    assert _genai_output({"type": "blob", "modality": "video", "content": "AAAA"}) == "[video]"
+
+
+def test_openinference_content_parts_and_legacy_content_blocks_leave_placeholders():
+    openinference = map_span(_span({
+        "openinference.span.kind": "LLM",
+        "llm.input_messages.0.message.role": "user",
+        "llm.input_messages.0.message.contents.0.message_content.type": "text",
+        "llm.input_messages.0.message.contents.0.message_content.text": "Transcribe",
+        "llm.input_messages.0.message.contents.1.message_content.type": "audio",
+        "llm.input_messages.0.message.contents.2.message_content.type": "text",
+        "llm.input_messages.0.message.contents.2.message_content.text": " please.",
+    }))
+    assert openinference.fields["prompt"] == "Human: Transcribe please. [audio]"
+    blocks = [{"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}},
+              {"type": "file", "file": {"file_id": "f1"}}]
+    legacy = map_span(_span({
+        "llm.request.type": "chat",
+        "gen_ai.prompt.0.role": "user", "gen_ai.prompt.0.content": json.dumps(blocks),
+        "gen_ai.prompt.1.role": "user", "gen_ai.prompt.1.content": '[{"not": "blocks"}]',
+    }))
+    assert legacy.fields["prompt"] == 'Human: [audio] [file]\nHuman: [{"not": "blocks"}]'
 
 
 def test_other_texts_are_cut_to_the_short_cap_and_flagged():

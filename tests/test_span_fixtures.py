@@ -24,6 +24,12 @@ GENERATION_MARKERS = {
     "openinference_chat": ("openinference.span.kind", "LLM"),
     "openinference_stream": ("openinference.span.kind", "LLM"),
     "genai_semconv": ("gen_ai.operation.name", "chat"),
+    "openllmetry_tools": ("gen_ai.operation.name", "chat"),
+    "openllmetry_image": ("gen_ai.operation.name", "chat"),
+    "openllmetry_legacy_tools": ("llm.request.type", "chat"),
+    "openllmetry_legacy_image": ("llm.request.type", "chat"),
+    "openinference_tools": ("openinference.span.kind", "LLM"),
+    "openinference_image": ("openinference.span.kind", "LLM"),
 }
 FORMAT_KEYS = [
     "name", "kind", "trace_id", "span_id", "parent_span_id", "start_time_unix_nano", "end_time_unix_nano",
