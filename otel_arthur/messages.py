@@ -152,7 +152,7 @@ class _Parts(NamedTuple):
 _BLOCK_KINDS = {"image_url": "image", "input_image": "image", "input_audio": "audio", "input_file": "file"}
 
 
-def part_kind(kind: Any, modality: Any = None) -> str:
+def _part_kind(kind: Any, modality: Any = None) -> str:
     """What a non-text part holds: its modality (GenAI ``uri``/``blob``/``file`` parts), else its type."""
     for name in (modality, kind):
         if isinstance(name, str) and name:
@@ -184,7 +184,7 @@ def _read_parts(parts: Any) -> _Parts:
             texts.append(json_text(part.get("response", "")))
             answered = scalar_text(part.get("id"))
         else:
-            others.append(part_kind(kind, part.get("modality")))
+            others.append(_part_kind(kind, part.get("modality")))
     return _Parts("".join(texts), tuple(calls), answered, tuple(others))
 
 
@@ -238,7 +238,7 @@ def _indexed_content_parts(attributes: Mapping[str, Any], prefix: str) -> tuple[
         if kind is None or kind == ContentPartKeys.TEXT_TYPE:
             texts.append(attribute_text(text))
         else:
-            others.append(part_kind(scalar_text(kind)))
+            others.append(_part_kind(scalar_text(kind)))
         index += 1
 
 
@@ -249,7 +249,7 @@ def _content_blocks(content: str) -> tuple[str, tuple[str, ...]]:
     if not isinstance(blocks, list) or not all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in blocks):
         return content, ()
     texts = [json_text(b.get("text", "")) for b in blocks if b["type"] == GenAI.PART_TEXT]
-    return "".join(texts), tuple(part_kind(b["type"]) for b in blocks if b["type"] != GenAI.PART_TEXT)
+    return "".join(texts), tuple(_part_kind(b["type"]) for b in blocks if b["type"] != GenAI.PART_TEXT)
 
 
 def _indexed_tool_calls(attributes: Mapping[str, Any], prefix: str, keys: ToolCallKeys) -> tuple[ToolCall, ...]:
