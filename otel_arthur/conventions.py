@@ -95,6 +95,8 @@ class OpenInference:
     OUTPUT_MESSAGES_PREFIX = "llm.output_messages"
     MODEL_NAME = "llm.model_name"
     PROVIDER = "llm.provider"
+    SYSTEM = "llm.system"
+    """The AI product (openai, anthropic…): all OpenInference's provider-SDK instrumentors set, for llm.provider."""
     INVOCATION_PARAMETERS = "llm.invocation_parameters"
     """JSON of the request parameters: model, temperature, …"""
     TOKEN_COUNT_PROMPT = "llm.token_count.prompt"
@@ -235,7 +237,7 @@ OPENINFERENCE = Convention(
     tool_call_keys=ToolCallKeys("tool_call.function.name", "tool_call.function.arguments", "tool_call.id"),
     content_parts="contents",
     model=(OpenInference.MODEL_NAME,),
-    provider=(OpenInference.PROVIDER,),
+    provider=(OpenInference.PROVIDER, OpenInference.SYSTEM),
     prompt_tokens=(OpenInference.TOKEN_COUNT_PROMPT,),
     completion_tokens=(OpenInference.TOKEN_COUNT_COMPLETION,),
     total_tokens=(OpenInference.TOKEN_COUNT_TOTAL,),

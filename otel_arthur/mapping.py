@@ -125,6 +125,8 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
             for name, keys in wanted.items():
                 if fields.get(name) is None:
                     fields[name] = field_value(first(document, keys))
+    if fields.get("total_tokens") is None:  # the GenAI semconv has no total: the official instrumentation sets none
+        fields["total_tokens"] = _total_tokens(fields.get("prompt_tokens"), fields.get("completion_tokens"))
 
     if span.end_time is not None:
         fields["duration"] = (span.end_time - span.start_time) / 1e9
@@ -248,6 +250,14 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
 
 def _iso(time_ns: int) -> str:
     return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat()
+
+
+def _total_tokens(prompt_tokens: Any, completion_tokens: Any) -> int | None:
+    """Prompt plus completion tokens when both are counts, else None (an unknown part is no 0)."""
+    counts = (prompt_tokens, completion_tokens)
+    if all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
+        return prompt_tokens + completion_tokens
+    return None
 
 
 def _output_finish_reason(raw: Any) -> Scalar | None:

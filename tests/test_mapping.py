@@ -341,3 +341,22 @@ def test_map_spans_costs_an_unmappable_span_only_itself():
     assert mapped.records == [map_span(good)] * 2
     assert mapped.unmappable == 2
     assert mapped.reason.startswith("span 'odd' cannot be mapped: ")  # the exception's type, never its text
+
+
+@pytest.mark.parametrize(("usage", "total"), [
+    ({"gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 5}, 12),  # the official instrumentation's
+    ({"gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 5, "gen_ai.usage.total_tokens": 13}, 13),
+    ({"gen_ai.usage.input_tokens": 7}, None),
+    ({"gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 5.0}, None),
+    ({"gen_ai.usage.input_tokens": True, "gen_ai.usage.output_tokens": 5}, None),
+])
+def test_total_tokens_are_the_sum_only_when_the_span_has_no_total_and_both_counts(usage, total):
+    record = map_span(_span({"gen_ai.operation.name": "chat", **usage}))
+    assert record.fields.get("total_tokens") == total
+
+
+def test_openinference_provider_sdk_spans_name_the_provider_in_llm_system():
+    record = map_span(_span({"openinference.span.kind": "LLM", "llm.system": "openai"}))
+    assert record.fields["provider"] == "openai"
+    record = map_span(_span({"openinference.span.kind": "LLM", "llm.system": "openai", "llm.provider": "azure"}))
+    assert record.fields["provider"] == "azure"

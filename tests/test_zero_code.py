@@ -7,7 +7,9 @@ local Arthur after the process has exited (delivery may finish during shutdown),
 This development environment holds more than a user's ``pip install 'otel-arthur[langchain]'``:
 OpenInference's LangChain instrumentor (also named ``langchain``) and ``opentelemetry-distro``.
 ``ONLY_OPENLLMETRY`` stands in for the first being absent; the second only adds the stock warning
-``STOCK_CONFIGURATOR_WARNING`` to stderr (see otel_arthur/distro.py).
+``STOCK_CONFIGURATOR_WARNING`` to stderr (see otel_arthur/distro.py). It also holds the provider-SDK
+instrumentors of the matrix (tests/test_instrumentors.py); examples/chat.py is a LangChain app, so
+every run here turns them off (``PROVIDER_SDK_OFF``) and sees LangChain's spans alone.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ PLAIN_COMMAND = "python examples/chat.py"
 TURNS = ("What is a span?", "And a trace?", "Thanks, bye.")
 SCRIPT = "".join(turn + "\n" for turn in TURNS) + "q\n"
 SERVICE = "zero-code-chat"
-ONLY_OPENLLMETRY = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openinference-instrumentation-langchain"}
-ONLY_OPENINFERENCE = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "opentelemetry-instrumentation-langchain"}
+PROVIDER_SDK_OFF = "openai,anthropic"  # instrumentor names: every OpenAI and Anthropic instrumentor
+ONLY_OPENLLMETRY = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": f"{PROVIDER_SDK_OFF},openinference-instrumentation-langchain"}
+ONLY_OPENINFERENCE = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": f"{PROVIDER_SDK_OFF},opentelemetry-instrumentation-langchain"}
 STOCK_CONFIGURATOR_WARNING = "Configuration of configurator not loaded"  # opentelemetry-distro is installed too
 DELIVERY_DEADLINE = 30.0  # seconds after exit for expected records to arrive
 QUIET_PERIOD = 2.0  # seconds after exit in which no record may arrive when none is expected
@@ -74,6 +77,7 @@ def app_env(openai_server: BackgroundServer) -> dict[str, str]:
 def env(tmp_path, openai_server) -> dict[str, str]:
     return app_env(openai_server) | {
         "OTEL_SERVICE_NAME": SERVICE,
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": PROVIDER_SDK_OFF,
         "ARTHUR_SPOOL_DIR": str(tmp_path / "spool"),  # durable delivery's spool
     }
 
@@ -176,7 +180,7 @@ def test_login_without_password_is_one_clear_error_and_never_a_prompt(env, local
 
 @pytest.mark.parametrize("switch", [
     {"OTEL_SDK_DISABLED": "true"},
-    {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "langchain"},  # the shared name: both instrumentors off
+    {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": f"{PROVIDER_SDK_OFF},langchain"},  # the shared name: both off
     {"OTEL_TRACES_SAMPLER": "always_off"},
 ], ids=["sdk-disabled", "langchain-disabled", "sampler-off"])
 def test_standard_switches_turn_recording_off(switch, env, local_arthur, model_id, plain_stdout):

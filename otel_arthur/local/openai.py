@@ -14,6 +14,8 @@ message is a user message gets one call to the first tool (or the one ``tool_cho
 [], {}, null). A last message from a tool gets ``"Echo: <its content>"``. Tool-call ids are
 ``call_1``, ``call_2``, … in one server's life; ``completion_tokens`` counts the words of the
 arguments' JSON, which a stream sends one word per delta; ``max_tokens`` never cuts a tool call.
+
+The same app answers Anthropic's ``POST /v1/messages`` by these rules (:mod:`otel_arthur.local.anthropic`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "error_body",
     "error_status",
     "reply_tokens",
+    "requested_max_tokens",
 ]
 
 DEFAULT_MODEL = "gpt-4o-mini-local"
@@ -229,7 +232,8 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
-def _max_tokens(body: Mapping[str, Any]) -> int | None:
+def requested_max_tokens(body: Mapping[str, Any]) -> int | None:
+    """The reply's word limit a request asks for; ValueError unless a positive integer."""
     # langchain-openai >= 0.3 sends max_completion_tokens; older clients send max_tokens.
     value = body.get("max_completion_tokens", body.get("max_tokens"))
     if value is None:
@@ -247,6 +251,8 @@ def create_app(*, model: str = DEFAULT_MODEL) -> Starlette:
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
+    from otel_arthur.local import anthropic  # it builds on this module's functions
+
     ids = itertools.count(1)  # deterministic ids within one server's life
     call_ids = itertools.count(1)
 
@@ -259,7 +265,7 @@ def create_app(*, model: str = DEFAULT_MODEL) -> Starlette:
             messages = body["messages"]
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 raise ValueError("messages must be a list of objects")
-            max_tokens = _max_tokens(body)
+            max_tokens = requested_max_tokens(body)
             tool_call = call_tool(messages, body.get("tools"), body.get("tool_choice"))
         except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
             return error(400, f"invalid request: {exc}")
@@ -292,6 +298,7 @@ def create_app(*, model: str = DEFAULT_MODEL) -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            anthropic.messages_route(),
         ]
     )
 

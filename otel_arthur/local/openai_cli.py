@@ -14,7 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 EPILOG = """\
-Answers POST /v1/chat/completions (JSON and SSE streaming) deterministically, for demos and tests.
+Answers POST /v1/chat/completions and Anthropic's POST /v1/messages (JSON and SSE streaming)
+deterministically, for demos and tests.
 
 examples:
   otel-arthur local-openai
