@@ -3,6 +3,12 @@
 One class per convention, constants named after their values (OpenInference's own style), and a
 ``Convention`` table row per convention that says where each record field is found. The mapper
 (``otel_arthur.mapping``) walks these rows; supporting another convention means adding a row.
+
+Names come from the conventions' own packages where they define them: the GenAI semantic
+conventions from ``opentelemetry-semantic-conventions`` (>= 0.60b0, the SDK's own dependency;
+about 2.5 ms to import), OpenInference's from ``openinference-semantic-conventions``. What neither
+defines (OpenLLMetry's ``traceloop.*`` and legacy names, message part types) is typed here and
+says so. ``tests/test_conventions.py`` checks every name the packages define against them.
 """
 
 from __future__ import annotations
@@ -10,46 +16,55 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from openinference.semconv.trace import MessageContentAttributes as OpenInferenceContent
+from openinference.semconv.trace import (
+    MessageContentAttributes as OpenInferenceContent,
+    OpenInferenceSpanKindValues,
+    ToolCallAttributes,
+)
 from openinference.semconv.trace import SpanAttributes as OpenInferenceSpan
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as semconv
+from opentelemetry.semconv.attributes import error_attributes
 
 
 class GenAI:
     """OpenTelemetry GenAI semantic conventions, as OpenLLMetry >= 0.55 emits them."""
 
-    OPERATION_NAME = "gen_ai.operation.name"
+    OPERATION_NAME = semconv.GEN_AI_OPERATION_NAME
     """chat / text_completion / generate_content for generations; invoke_agent, execute_task… otherwise."""
-    INPUT_MESSAGES = "gen_ai.input.messages"
+    INPUT_MESSAGES = semconv.GEN_AI_INPUT_MESSAGES
     """JSON: [{"role", "parts": [{"type": "text", "content"}]}]."""
-    OUTPUT_MESSAGES = "gen_ai.output.messages"
+    OUTPUT_MESSAGES = semconv.GEN_AI_OUTPUT_MESSAGES
     """JSON: [{"role", "parts": [...], "finish_reason"}]."""
-    SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+    SYSTEM_INSTRUCTIONS = semconv.GEN_AI_SYSTEM_INSTRUCTIONS
     """JSON: [{"type": "text", "content"}], the system prompt kept apart from the messages."""
-    REQUEST_MODEL = "gen_ai.request.model"
-    RESPONSE_MODEL = "gen_ai.response.model"
-    REQUEST_TEMPERATURE = "gen_ai.request.temperature"
-    REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
-    REQUEST_TOP_P = "gen_ai.request.top_p"
-    REQUEST_TOP_K = "gen_ai.request.top_k"
-    REQUEST_FREQUENCY_PENALTY = "gen_ai.request.frequency_penalty"
-    REQUEST_PRESENCE_PENALTY = "gen_ai.request.presence_penalty"
-    REQUEST_SEED = "gen_ai.request.seed"
-    REQUEST_STOP_SEQUENCES = "gen_ai.request.stop_sequences"
-    PROVIDER_NAME = "gen_ai.provider.name"
-    SYSTEM = "gen_ai.system"
+    REQUEST_MODEL = semconv.GEN_AI_REQUEST_MODEL
+    RESPONSE_MODEL = semconv.GEN_AI_RESPONSE_MODEL
+    REQUEST_TEMPERATURE = semconv.GEN_AI_REQUEST_TEMPERATURE
+    REQUEST_MAX_TOKENS = semconv.GEN_AI_REQUEST_MAX_TOKENS
+    REQUEST_TOP_P = semconv.GEN_AI_REQUEST_TOP_P
+    REQUEST_TOP_K = semconv.GEN_AI_REQUEST_TOP_K
+    REQUEST_FREQUENCY_PENALTY = semconv.GEN_AI_REQUEST_FREQUENCY_PENALTY
+    REQUEST_PRESENCE_PENALTY = semconv.GEN_AI_REQUEST_PRESENCE_PENALTY
+    REQUEST_SEED = semconv.GEN_AI_REQUEST_SEED
+    REQUEST_STOP_SEQUENCES = semconv.GEN_AI_REQUEST_STOP_SEQUENCES
+    PROVIDER_NAME = semconv.GEN_AI_PROVIDER_NAME
+    SYSTEM = semconv.GEN_AI_SYSTEM
     """The provider, before gen_ai.provider.name replaced it."""
-    USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
-    USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+    USAGE_INPUT_TOKENS = semconv.GEN_AI_USAGE_INPUT_TOKENS
+    USAGE_OUTPUT_TOKENS = semconv.GEN_AI_USAGE_OUTPUT_TOKENS
     USAGE_TOTAL_TOKENS = "gen_ai.usage.total_tokens"
-    """Not in the semconv; OpenLLMetry adds it."""
-    RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+    """Typed: not in the semconv; OpenLLMetry adds it."""
+    RESPONSE_FINISH_REASONS = semconv.GEN_AI_RESPONSE_FINISH_REASONS
     """A sequence, one per choice."""
-    CONVERSATION_ID = "gen_ai.conversation.id"
-    TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+    CONVERSATION_ID = semconv.GEN_AI_CONVERSATION_ID
+    TOOL_CALL_ARGUMENTS = semconv.GEN_AI_TOOL_CALL_ARGUMENTS
     """On an execute_tool span: the arguments the tool was called with (JSON)."""
-    TOOL_CALL_RESULT = "gen_ai.tool.call.result"
-    ERROR_TYPE = "error.type"
-    GENERATION_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
+    TOOL_CALL_RESULT = semconv.GEN_AI_TOOL_CALL_RESULT
+    ERROR_TYPE = error_attributes.ERROR_TYPE
+    GENERATION_OPERATIONS = frozenset(operation.value for operation in (
+        semconv.GenAiOperationNameValues.CHAT, semconv.GenAiOperationNameValues.TEXT_COMPLETION,
+        semconv.GenAiOperationNameValues.GENERATE_CONTENT))
+    # Message part types: values inside the messages' JSON, which the package does not name. Typed.
     PART_TEXT = "text"
     PART_TOOL_CALL = "tool_call"
     """A message part {"type": "tool_call", "id", "name", "arguments"}; arguments a JSON value or text."""
@@ -58,7 +73,12 @@ class GenAI:
 
 
 class Traceloop:
-    """OpenLLMetry's own attributes, beside the GenAI ones."""
+    """OpenLLMetry's own attributes, beside the GenAI ones.
+
+    Typed: only OpenLLMetry's ``opentelemetry-semantic-conventions-ai`` names them, and it is no
+    dependency of ours; each OpenLLMetry release pins its own range of it (< 0.6 today), so requiring
+    it would tie the exporter to the instrumentor version an application runs.
+    """
 
     SESSION_ID = "traceloop.association.properties.session_id"
     """Any LangChain metadata key lands under traceloop.association.properties.*."""
@@ -71,7 +91,12 @@ class Traceloop:
 
 
 class LegacyOpenLLMetry:
-    """OpenLLMetry <= 0.54: flat, indexed prompt and completion attributes."""
+    """OpenLLMetry <= 0.54: flat, indexed prompt and completion attributes.
+
+    Typed, except the two usage names the semconv had before input/output tokens: the prefixes are
+    OpenLLMetry's (the semconv's deprecated ``gen_ai.prompt`` / ``gen_ai.completion`` were one
+    attribute each, not a prefix), the rest OpenLLMetry's own.
+    """
 
     REQUEST_TYPE = "llm.request.type"
     """chat / completion for generations."""
@@ -80,34 +105,37 @@ class LegacyOpenLLMetry:
     COMPLETION_PREFIX = "gen_ai.completion"
     """gen_ai.completion.{i}.role / .content / .finish_reason, and .tool_calls.{j}.id / .name / .arguments."""
     USAGE_TOTAL_TOKENS = "llm.usage.total_tokens"
-    USAGE_PROMPT_TOKENS = "gen_ai.usage.prompt_tokens"
-    USAGE_COMPLETION_TOKENS = "gen_ai.usage.completion_tokens"
+    USAGE_PROMPT_TOKENS = semconv.GEN_AI_USAGE_PROMPT_TOKENS
+    USAGE_COMPLETION_TOKENS = semconv.GEN_AI_USAGE_COMPLETION_TOKENS
     GENERATION_REQUEST_TYPES = frozenset({"chat", "completion"})
 
 
 class OpenInference:
     """OpenInference (Arize) conventions."""
 
-    SPAN_KIND = "openinference.span.kind"
+    SPAN_KIND = OpenInferenceSpan.OPENINFERENCE_SPAN_KIND
     """LLM for generations; CHAIN, TOOL, RETRIEVER… otherwise."""
-    INPUT_MESSAGES_PREFIX = "llm.input_messages"
+    INPUT_MESSAGES_PREFIX = OpenInferenceSpan.LLM_INPUT_MESSAGES
     """llm.input_messages.{i}.message.role / .message.content / .message.tool_calls.{j}.tool_call.function.name…"""
-    OUTPUT_MESSAGES_PREFIX = "llm.output_messages"
-    MODEL_NAME = "llm.model_name"
-    PROVIDER = "llm.provider"
-    SYSTEM = "llm.system"
+    OUTPUT_MESSAGES_PREFIX = OpenInferenceSpan.LLM_OUTPUT_MESSAGES
+    MESSAGE_INFIX = ".message"
+    """Typed: the package names only the keys below a message whole (``MessageAttributes.MESSAGE_ROLE``
+    is ``message.role``); the tests check that they agree."""
+    MODEL_NAME = OpenInferenceSpan.LLM_MODEL_NAME
+    PROVIDER = OpenInferenceSpan.LLM_PROVIDER
+    SYSTEM = OpenInferenceSpan.LLM_SYSTEM
     """The AI product (openai, anthropic…): all OpenInference's provider-SDK instrumentors set, for llm.provider."""
-    INVOCATION_PARAMETERS = "llm.invocation_parameters"
+    INVOCATION_PARAMETERS = OpenInferenceSpan.LLM_INVOCATION_PARAMETERS
     """JSON of the request parameters: model, temperature, …"""
-    TOKEN_COUNT_PROMPT = "llm.token_count.prompt"
-    TOKEN_COUNT_COMPLETION = "llm.token_count.completion"
-    TOKEN_COUNT_TOTAL = "llm.token_count.total"
-    FINISH_REASON = "llm.finish_reason"
-    METADATA = "metadata"
+    TOKEN_COUNT_PROMPT = OpenInferenceSpan.LLM_TOKEN_COUNT_PROMPT
+    TOKEN_COUNT_COMPLETION = OpenInferenceSpan.LLM_TOKEN_COUNT_COMPLETION
+    TOKEN_COUNT_TOTAL = OpenInferenceSpan.LLM_TOKEN_COUNT_TOTAL
+    FINISH_REASON = OpenInferenceSpan.LLM_FINISH_REASON
+    METADATA = OpenInferenceSpan.METADATA
     """JSON of the LangChain run metadata (session_id, user_id, …)."""
-    SESSION_ID = "session.id"
-    USER_ID = "user.id"
-    GENERATION_KINDS = frozenset({"LLM"})
+    SESSION_ID = OpenInferenceSpan.SESSION_ID
+    USER_ID = OpenInferenceSpan.USER_ID
+    GENERATION_KINDS = frozenset({OpenInferenceSpanKindValues.LLM.value})
 
 
 class Messages:
@@ -233,8 +261,9 @@ OPENINFERENCE = Convention(
     message_layout=Messages.INDEXED,
     input_messages=OpenInference.INPUT_MESSAGES_PREFIX,
     output_messages=OpenInference.OUTPUT_MESSAGES_PREFIX,
-    message_infix=".message",
-    tool_call_keys=ToolCallKeys("tool_call.function.name", "tool_call.function.arguments", "tool_call.id"),
+    message_infix=OpenInference.MESSAGE_INFIX,
+    tool_call_keys=ToolCallKeys(ToolCallAttributes.TOOL_CALL_FUNCTION_NAME,
+                                ToolCallAttributes.TOOL_CALL_FUNCTION_ARGUMENTS_JSON, ToolCallAttributes.TOOL_CALL_ID),
     content_parts="contents",
     model=(OpenInference.MODEL_NAME,),
     provider=(OpenInference.PROVIDER, OpenInference.SYSTEM),
@@ -279,8 +308,8 @@ class ContentAttributes:
 
 CONTENT_ATTRIBUTES = ContentAttributes(
     inputs=(GenAI.INPUT_MESSAGES, GenAI.SYSTEM_INSTRUCTIONS, LegacyOpenLLMetry.PROMPT_PREFIX,
-            "gen_ai.tool.call.arguments", "traceloop.entity.input",
+            GenAI.TOOL_CALL_ARGUMENTS, Traceloop.ENTITY_INPUT,
             OpenInferenceSpan.LLM_INPUT_MESSAGES, OpenInferenceSpan.LLM_PROMPTS, OpenInferenceSpan.INPUT_VALUE),
-    outputs=(GenAI.OUTPUT_MESSAGES, LegacyOpenLLMetry.COMPLETION_PREFIX, "gen_ai.tool.call.result",
-             "traceloop.entity.output", OpenInferenceSpan.LLM_OUTPUT_MESSAGES, OpenInferenceSpan.OUTPUT_VALUE),
+    outputs=(GenAI.OUTPUT_MESSAGES, LegacyOpenLLMetry.COMPLETION_PREFIX, GenAI.TOOL_CALL_RESULT,
+             Traceloop.ENTITY_OUTPUT, OpenInferenceSpan.LLM_OUTPUT_MESSAGES, OpenInferenceSpan.OUTPUT_VALUE),
 )

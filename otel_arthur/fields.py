@@ -39,6 +39,7 @@ class Field(NamedTuple):
 PROMPT = "prompt"
 COMPLETION = "completion"
 TRUNCATED = "truncated"
+COST_USD = "cost_usd"
 
 FIELDS: dict[str, Field] = {
     PROMPT: Field(Stage.PIPELINE_INPUT, ValueType.UNSTRUCTURED_TEXT, "chat history as 'System: …\\nHuman: …'"),
@@ -48,6 +49,8 @@ FIELDS: dict[str, Field] = {
     "prompt_tokens": Field(Stage.NON_INPUT_DATA, ValueType.INTEGER, "input tokens reported by the provider"),
     "completion_tokens": Field(Stage.NON_INPUT_DATA, ValueType.INTEGER, "output tokens reported by the provider"),
     "total_tokens": Field(Stage.NON_INPUT_DATA, ValueType.INTEGER, "total tokens reported by the provider"),
+    COST_USD: Field(Stage.NON_INPUT_DATA, ValueType.FLOAT,
+                    "USD at genai-prices' price of the model for these token counts; absent when unpriced"),
     "duration": Field(Stage.NON_INPUT_DATA, ValueType.FLOAT, "span end - start, in seconds"),
     "finish_reason": Field(Stage.NON_INPUT_DATA, ValueType.STRING, "e.g. stop, length"),
     "temperature": Field(Stage.NON_INPUT_DATA, ValueType.FLOAT, "requested sampling temperature"),

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from otel_arthur.conventions import CONVENTIONS, Convention, GenAI, Messages
-from otel_arthur.fields import COMPLETION, FIELDS, PROMPT, TRUNCATED, ValueType
+from otel_arthur.fields import COMPLETION, COST_USD, FIELDS, PROMPT, TRUNCATED, ValueType
 from otel_arthur.messages import (
     Message,
     Scalar,
@@ -34,6 +34,7 @@ from otel_arthur.messages import (
     first,
     parse_json,
 )
+from otel_arthur.pricing import cost_usd
 
 _logger = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
                     fields[name] = field_value(first(document, keys))
     if fields.get("total_tokens") is None:  # the GenAI semconv has no total: the official instrumentation sets none
         fields["total_tokens"] = _total_tokens(fields.get("prompt_tokens"), fields.get("completion_tokens"))
+    fields[COST_USD] = cost_usd(fields.get("model"), fields.get("provider"), fields.get("prompt_tokens"),
+                                fields.get("completion_tokens"), span.start_time)
 
     if span.end_time is not None:
         fields["duration"] = (span.end_time - span.start_time) / 1e9

@@ -4,8 +4,9 @@ Arthur Engine reads traces only in OpenInference form. ``span_kind`` names the O
 kind of any AI span of any supported convention (None for the rest: the ``engine_spans=ai``
 filter); ``openinference_attributes`` returns the attributes to *add* to a GenAI-semconv or
 OpenLLMetry span so that the Engine sees its kind, model, messages, tool calls, token counts,
-request parameters, session, user and input/output. The span keeps every attribute it had (none is
-overwritten); a span already in OpenInference form gets nothing. Attribute names come from
+cost (``llm.cost.total``, when ``otel_arthur.pricing`` knows the model's price), request parameters,
+session, user and input/output. The span keeps every attribute it had (none is overwritten); a span
+already in OpenInference form gets nothing (the Engine prices those itself). Attribute names come from
 ``openinference-semantic-conventions``.
 
 Every text that can carry content (message contents, tool-call arguments, input and output
@@ -49,6 +50,7 @@ from otel_arthur.messages import (
     first,
     scalar_text,
 )
+from otel_arthur.pricing import cost_usd
 
 __all__ = ["MAX_MESSAGES", "MAX_TOOL_CALLS", "TextHook", "openinference_attributes", "span_kind"]
 
@@ -114,11 +116,13 @@ def span_kind(attributes: Mapping[str, Any]) -> str | None:
 
 
 def openinference_attributes(attributes: Mapping[str, Any], *, text: TextHook,
-                             output_text: TextHook | None = None) -> dict[str, AttributeValue]:
+                             output_text: TextHook | None = None,
+                             start_time_ns: int | None = None) -> dict[str, AttributeValue]:
     """The OpenInference attributes to add to a span; empty for a non-AI span or one already in OpenInference form.
 
     ``text`` is applied to every input text, ``output_text`` (default: ``text``) to every output
-    text, so a switch that withholds only prompts can be honoured. No key of ``attributes`` is returned.
+    text, so a switch that withholds only prompts can be honoured. ``start_time_ns``, the span's
+    start, picks the prices its cost is computed at (default: now). No key of ``attributes`` is returned.
     """
     if OpenInference.SPAN_KIND in attributes:
         return {}
@@ -129,7 +133,7 @@ def openinference_attributes(attributes: Mapping[str, Any], *, text: TextHook,
     added: dict[str, AttributeValue] = {SpanAttributes.OPENINFERENCE_SPAN_KIND: kind}
     convention = classify(attributes) if kind == _LLM else None
     if convention is not None:
-        added.update(_generation(attributes, convention.scalars))
+        added.update(_generation(attributes, convention.scalars, start_time_ns))
         inputs, outputs = convention_messages(attributes, convention)
         inputs, outputs = inputs[-MAX_MESSAGES:], outputs[:MAX_MESSAGES]
         added.update(_messages(SpanAttributes.LLM_INPUT_MESSAGES, inputs, text))
@@ -152,8 +156,9 @@ def openinference_attributes(attributes: Mapping[str, Any], *, text: TextHook,
     return {key: value for key, value in added.items() if key not in attributes}
 
 
-def _generation(attributes: Mapping[str, Any], scalars: Mapping[str, Sequence[str]]) -> dict[str, AttributeValue]:
-    """Model, provider, token counts and request parameters of a generation."""
+def _generation(attributes: Mapping[str, Any], scalars: Mapping[str, Sequence[str]],
+                start_time_ns: int | None) -> dict[str, AttributeValue]:
+    """Model, provider, token counts, cost and request parameters of a generation."""
     added: dict[str, AttributeValue] = {}
     for name, keys in (("model", (SpanAttributes.LLM_MODEL_NAME,)),
                        ("provider", (SpanAttributes.LLM_PROVIDER, SpanAttributes.LLM_SYSTEM))):
@@ -169,6 +174,10 @@ def _generation(attributes: Mapping[str, Any], scalars: Mapping[str, Sequence[st
                        (SpanAttributes.LLM_TOKEN_COUNT_TOTAL, total)):
         if count is not None:
             added[key] = count
+    cost = cost_usd(added.get(SpanAttributes.LLM_MODEL_NAME), added.get(SpanAttributes.LLM_PROVIDER), prompt,
+                    completion, start_time_ns)
+    if cost is not None:
+        added[SpanAttributes.LLM_COST_TOTAL] = cost
     parameters = {name: value for key, name in INVOCATION_PARAMETERS
                   if (value := _json_scalar(attributes.get(key))) is not None}
     if parameters:

@@ -248,3 +248,18 @@ def test_without_the_engine_extra_the_engine_is_one_error_naming_it_and_v3_runs_
         assert [p.destination.name for p in exporter._pipelines] == ["v3"]
     finally:
         exporter.shutdown(0)
+
+
+def test_a_priced_generation_reaches_the_engine_with_the_cost_of_its_v3_record(arthur_env, tmp_path):
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from otel_arthur.mapping import map_span
+
+    attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                  "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 1000,
+                  "gen_ai.usage.output_tokens": 100}
+    span = ReadableSpan(name="chat", context=SpanContext(7, 1, False), start_time=1_700_000_000_000_000_000,
+                        end_time=1_700_000_001_000_000_000, resource=Resource.create({}), attributes=attributes)
+    [item] = EngineDestination(_settings(spool_dir=str(tmp_path))).items([span]).records
+    sent = {kv.key: kv.value for kv in Span.FromString(item.span).attributes}
+    assert sent["llm.cost.total"].double_value == map_span(span).fields["cost_usd"] > 0

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ from otel_arthur.privacy import CONTENT_NOT_CAPTURED
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are terse."
+PRICED_MODEL = "gpt-4o-mini-2024-07-18"
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +194,35 @@ def test_openinference_instrumentor_in_its_own_process(openai_server, local_arth
         assert row["inference_data"]["prompt"].count("\nAI: Echo:") == 2
 
 
+@pytest.fixture(scope="module")
+def priced_openai_server():
+    """The local OpenAI endpoint answering as a dated snapshot of a model genai-prices has a price for."""
+    from otel_arthur.local.runner import BackgroundServer
+
+    with BackgroundServer(openai.create_app(model=PRICED_MODEL)) as server:
+        yield server
+
+
+def test_a_call_of_a_priced_model_carries_its_cost(instrument, priced_openai_server, openai_server, local_arthur,
+                                                   arthur_model):
+    import genai_prices
+
+    flush, spans = instrument(arthur_model)
+    for server in (priced_openai_server, openai_server):
+        llm = ChatOpenAI(base_url=server.url + "/v1", api_key="unused", model="gpt-4o-mini", max_retries=0)
+        llm.invoke([HumanMessage("What does a call cost?")])
+    assert flush()
+
+    rows, by_span = _records_for(local_arthur, arthur_model, spans.get_finished_spans())
+    [priced] = [r["inference_data"] for r in rows if r["inference_data"]["model"] == PRICED_MODEL]
+    [unpriced] = [r["inference_data"] for r in rows if r["inference_data"]["model"] == openai.DEFAULT_MODEL]
+    usage = genai_prices.Usage(input_tokens=priced["prompt_tokens"], output_tokens=priced["completion_tokens"])
+    started = datetime.fromtimestamp(by_span[priced["span_id"]].start_time / 1e9, tz=timezone.utc)
+    price = genai_prices.calc_price(usage, PRICED_MODEL, provider_id="openai", genai_request_timestamp=started)
+    assert priced["cost_usd"] == float(price.total_price) > 0
+    assert "cost_usd" not in unpriced  # a model with no price has no cost, not 0
+
+
 def test_model_lacking_optional_attributes_gets_prompt_and_completion(
         minimal_arthur_model, local_arthur, openai_server, instrument, caplog):
     caplog.set_level(logging.INFO, logger="otel_arthur")
@@ -261,7 +292,8 @@ def test_import_and_construction_stay_light():
     code = (
         "import sys, otel_arthur\n"
         "otel_arthur.ArthurSpanExporter(url='https://a.example', api_key='k', model_id='m')\n"
-        "heavy = [m for m in ('arthurai', 'pandas', 'langchain', 'langchain_core', 'numpy') if m in sys.modules]\n"
+        "heavy = [m for m in ('arthurai', 'pandas', 'langchain', 'langchain_core', 'numpy', 'genai_prices')\n"
+        "         if m in sys.modules]\n"
         "print(heavy)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,7 +1,7 @@
 """span -> record, from real spans recorded with each convention (tests/fixtures/spans)."""
 
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -360,3 +360,72 @@ def test_openinference_provider_sdk_spans_name_the_provider_in_llm_system():
     assert record.fields["provider"] == "openai"
     record = map_span(_span({"openinference.span.kind": "LLM", "llm.system": "openai", "llm.provider": "azure"}))
     assert record.fields["provider"] == "azure"
+
+
+# --- cost ------------------------------------------------------------------------------------------
+
+START = datetime.fromtimestamp(1_700_000_000, tz=timezone.utc)  # _span's start
+
+
+def library_cost(model, input_tokens, output_tokens, provider="openai"):
+    """What genai-prices itself says the call cost, at the span's start."""
+    import genai_prices
+
+    usage = genai_prices.Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return float(genai_prices.calc_price(usage, model, provider_id=provider, genai_request_timestamp=START).total_price)
+
+
+@pytest.mark.parametrize("attributes", [
+    {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o-mini",
+     "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.input_tokens": 1234,
+     "gen_ai.usage.output_tokens": 567},
+    {"llm.request.type": "chat", "gen_ai.system": "openai", "gen_ai.response.model": "gpt-4o-2024-08-06",
+     "gen_ai.usage.prompt_tokens": 1234, "gen_ai.usage.completion_tokens": 567},
+    {"openinference.span.kind": "LLM", "llm.provider": "openai", "llm.model_name": "gpt-4o-2024-08-06",
+     "llm.token_count.prompt": 1234, "llm.token_count.completion": 567},
+], ids=["genai", "legacy", "openinference"])
+def test_the_cost_is_the_price_data_s_own_calculation(attributes):
+    fields = map_span(_span(attributes)).fields
+    assert fields["cost_usd"] == library_cost("gpt-4o-2024-08-06", 1234, 567) > 0  # the response model's price
+
+
+def test_recorded_calls_carry_a_cost_only_when_their_model_is_priced():
+    [(span, record)] = generations("openllmetry_stream")  # the response model is the request's: gpt-4o-mini
+    import genai_prices
+
+    usage = genai_prices.Usage(input_tokens=29, output_tokens=8)
+    at = datetime.fromtimestamp(span.start_time / 1e9, tz=timezone.utc)
+    expected = genai_prices.calc_price(usage, "gpt-4o-mini", provider_id="openai", genai_request_timestamp=at)
+    assert record.fields["cost_usd"] == float(expected.total_price) > 0
+    for fixture in ("openllmetry_chat", "openinference_chat", "genai_semconv", "openllmetry_error"):
+        for _, record in generations(fixture):  # gpt-4o-mini-local, and a failed call with no usage
+            assert "cost_usd" not in record.fields
+
+
+def test_a_provider_the_price_data_does_not_know_is_priced_by_its_model():
+    fields = map_span(_span({"gen_ai.operation.name": "chat", "gen_ai.system": "Langchain",
+                             "gen_ai.request.model": "claude-3-5-sonnet-20241022",
+                             "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 10})).fields
+    assert fields["cost_usd"] == library_cost("claude-3-5-sonnet-20241022", 100, 10, provider="anthropic") > 0
+
+
+PRICED_CALL = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+               "gen_ai.usage.input_tokens": 29, "gen_ai.usage.output_tokens": 8}
+
+
+@pytest.mark.parametrize("changed", [
+    {"gen_ai.request.model": "gpt-4o-mini-local"},
+    {"gen_ai.request.model": "no-such-model"},
+    {"gen_ai.provider.name": "no-such-provider", "gen_ai.request.model": "no-such-model"},
+    {"gen_ai.request.model": None},
+    {"gen_ai.usage.output_tokens": None},
+    {"gen_ai.usage.input_tokens": None},
+    {"gen_ai.usage.input_tokens": None, "gen_ai.usage.output_tokens": None, "gen_ai.usage.total_tokens": 37},
+    {"gen_ai.usage.input_tokens": "29"},
+    {"gen_ai.usage.input_tokens": -1},
+], ids=["local-model", "unknown-model", "unknown-provider-and-model", "no-model", "no-output-tokens",
+        "no-input-tokens", "total-only", "text-count", "negative-count"])
+def test_no_cost_unless_the_model_and_both_counts_are_known_and_priced(changed):
+    assert map_span(_span(PRICED_CALL)).fields["cost_usd"] > 0
+    attributes = {key: value for key, value in {**PRICED_CALL, **changed}.items() if value is not None}
+    assert "cost_usd" not in map_span(_span(attributes)).fields

@@ -150,6 +150,13 @@ def test_the_model_holds_every_field_at_its_stage_and_value_type(client: ArthurA
     assert [a.name for a in model.attributes if a.stage == Stage.PIPELINE_INPUT] == ["prompt"]
 
 
+def test_the_model_holds_the_cost_as_a_float(client: ArthurAI, partner_model_id: str) -> None:
+    model = client.get_model(onboarding.create_model(client, partner_model_id, None))
+
+    [cost] = [a for a in model.attributes if a.name == "cost_usd"]
+    assert (cost.stage, cost.value_type) == (Stage.NON_INPUT_DATA, "FLOAT")
+
+
 def test_a_partner_model_id_makes_it_idempotent(
     local_arthur: arthur.RunningLocalArthur, client: ArthurAI, partner_model_id: str
 ) -> None:

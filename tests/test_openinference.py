@@ -399,3 +399,15 @@ def test_any_attributes_translate_without_raising_into_valid_values(attributes):
     for value in added.values():
         assert isinstance(value, (str, int, float)) and not isinstance(value, bool)
         str(value).encode("utf-8")
+
+
+# --- cost -----------------------------------------------------------------------------------------
+
+def test_a_priced_generation_gets_the_cost_its_v3_record_carries_unless_it_has_one():
+    [span] = [s for s in load_spans("openllmetry_stream") if map_span(s) is not None]  # gpt-4o-mini
+    added = translate(dict(span.attributes), start_time_ns=span.start_time)
+    assert added[SpanAttributes.LLM_COST_TOTAL] == map_span(span).fields["cost_usd"] > 0
+    assert SpanAttributes.LLM_COST_TOTAL not in translate({**span.attributes, SpanAttributes.LLM_COST_TOTAL: 0.5})
+    for fixture in ("openllmetry_chat", "genai_semconv", "openllmetry_legacy", "openllmetry_error"):  # unpriced
+        for attributes in (dict(s.attributes) for s in load_spans(fixture)):
+            assert SpanAttributes.LLM_COST_TOTAL not in translate(attributes)

@@ -225,7 +225,8 @@ class EngineDestination:
     def _translated(self, message: Any, attributes: Mapping[str, Any]) -> bytes:
         """The OTLP ``Span`` message, privacy applied to what it carries, with the OpenInference attributes added."""
         privacy = self.privacy
-        added = openinference_attributes(attributes, text=privacy.input_text, output_text=privacy.output_text)
+        added = openinference_attributes(attributes, text=privacy.input_text, output_text=privacy.output_text,
+                                         start_time_ns=message.start_time_unix_nano or None)
         privacy.key_values(message.attributes)
         message.attributes.extend(self._encode_attributes(added))
         for event in message.events:
