@@ -5,8 +5,9 @@ piped on stdin, against the local OpenAI and Arthur endpoints. Records are await
 local Arthur after the process has exited (delivery may finish during shutdown), within a deadline.
 
 This development environment holds more than a user's ``pip install 'otel-arthur[langchain]'``:
-OpenInference's LangChain instrumentor (also named ``langchain``) and ``opentelemetry-distro``.
-``ONLY_OPENLLMETRY`` stands in for the first being absent; the second only adds the stock warning
+OpenInference's LangChain instrumentor (also named ``langchain``), its OpenAI one (each call then
+also has the OpenAI SDK's span, left out by ``dedupe``) and ``opentelemetry-distro``.
+``ONLY_OPENLLMETRY`` stands in for the OpenInference ones being absent; the last only adds the stock warning
 ``STOCK_CONFIGURATOR_WARNING`` to stderr (see otel_arthur/distro.py).
 """
 
@@ -46,7 +47,8 @@ PLAIN_COMMAND = "python examples/chat.py"
 TURNS = ("What is a span?", "And a trace?", "Thanks, bye.")
 SCRIPT = "".join(turn + "\n" for turn in TURNS) + "q\n"
 SERVICE = "zero-code-chat"
-ONLY_OPENLLMETRY = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openinference-instrumentation-langchain"}
+ONLY_OPENLLMETRY = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS":
+                    "openinference-instrumentation-langchain,openinference-instrumentation-openai"}
 ONLY_OPENINFERENCE = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "opentelemetry-instrumentation-langchain"}
 STOCK_CONFIGURATOR_WARNING = "Configuration of configurator not loaded"  # opentelemetry-distro is installed too
 DELIVERY_DEADLINE = 30.0  # seconds after exit for expected records to arrive
@@ -140,14 +142,26 @@ def test_readme_command_records_one_inference_per_turn(keep, env, local_arthur, 
     assert rows[-1]["inference_data"]["prompt"].endswith("Human: " + TURNS[-1])
 
 
-def test_both_langchain_instrumentors_installed_record_each_call_twice_and_say_so(env, local_arthur, model_id):
-    result = run(README_COMMAND, env | arthur_env(local_arthur, model_id))
-    assert result.returncode == 0, result.stderr
-    rows = records_after_exit(local_arthur, model_id, 2 * len(TURNS))
-    assert sorted(r["inference_data"]["completion"] for r in rows) == sorted(expected_completions() * 2)
-    [warning] = app_errors(result.stderr)
-    assert "Two instrumentors named 'langchain'" in warning
-    assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=openinference-instrumentation-langchain" in warning
+@pytest.mark.parametrize("preferred, scope", [
+    ({}, "opentelemetry.instrumentation.langchain"),
+    ({"ARTHUR_PREFERRED_INSTRUMENTORS": "openinference"}, "openinference.instrumentation.langchain"),
+], ids=["default-openllmetry", "preferred-openinference"])
+def test_both_langchain_instrumentors_installed_one_is_activated_and_each_call_recorded_once(
+        preferred, scope, env, local_arthur, model_id):
+    """The arthur distro activates one ``langchain`` instrumentor (its INFO line: test_distro.py); OpenInference's
+    OpenAI instrumentor is on too, so each call also has a provider span, which ``dedupe`` leaves out."""
+    received: list[ExportTraceServiceRequest] = []
+    with BackgroundServer(otlp_sink(received)) as sink:
+        result = run(FAN_OUT_COMMAND, env | arthur_env(local_arthur, model_id) | preferred
+                     | {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url})
+        assert result.returncode == 0, result.stderr
+        rows = records_after_exit(local_arthur, model_id, len(TURNS))
+    assert sorted(r["inference_data"]["completion"] for r in rows) == sorted(expected_completions())
+    assert app_errors(result.stderr) == []  # no warning: nothing is doubled
+    scopes = {scope_spans.scope.name for message in received for resource_spans in message.resource_spans
+              for scope_spans in resource_spans.scope_spans}
+    assert scope in scopes and not scopes & ({"opentelemetry.instrumentation.langchain",
+                                              "openinference.instrumentation.langchain"} - {scope})
 
 
 def test_broken_arthur_url_leaves_the_app_unchanged(env, model_id, plain_stdout):
@@ -176,7 +190,8 @@ def test_login_without_password_is_one_clear_error_and_never_a_prompt(env, local
 
 @pytest.mark.parametrize("switch", [
     {"OTEL_SDK_DISABLED": "true"},
-    {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "langchain"},  # the shared name: both instrumentors off
+    # the shared name: both LangChain instrumentors off (and OpenInference's OpenAI one, installed here too)
+    {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "langchain,openai"},
     {"OTEL_TRACES_SAMPLER": "always_off"},
 ], ids=["sdk-disabled", "langchain-disabled", "sampler-off"])
 def test_standard_switches_turn_recording_off(switch, env, local_arthur, model_id, plain_stdout):
