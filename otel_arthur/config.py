@@ -35,6 +35,8 @@ ARTHUR_BATCH_MAX_BYTES = "ARTHUR_BATCH_MAX_BYTES"
 ARTHUR_SPOOL_DIR = "ARTHUR_SPOOL_DIR"
 ARTHUR_SPOOL_MAX_BYTES = "ARTHUR_SPOOL_MAX_BYTES"
 ARTHUR_MAX_TEXT_BYTES = "ARTHUR_MAX_TEXT_BYTES"
+# Zero-code (otel_arthur.distro): which instrumentor is activated when several register one name.
+ARTHUR_PREFERRED_INSTRUMENTORS = "ARTHUR_PREFERRED_INSTRUMENTORS"
 # Privacy (otel_arthur.privacy, otel_arthur.redaction). A bad value here is a ConfigurationError, not
 # a logged default: a typo must not send what it was meant to withhold.
 ARTHUR_SEND_CONTENT = "ARTHUR_SEND_CONTENT"

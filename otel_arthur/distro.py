@@ -23,13 +23,15 @@ What the ``arthur`` pair fixes, each measured with ``opentelemetry-distro`` 0.66
   ``otlp`` to the OTLP exporter that is installed. ``ArthurConfigurator`` drops an exporter name
   that is not installed with one warning, so Arthur still gets the spans.
 - OpenLLMetry and OpenInference both register the instrumentor name ``langchain``, and
-  ``opentelemetry-instrument`` loads *every* entry point, so with both installed neither wins:
-  LangChain is patched twice, each LLM call makes two generation spans and two Arthur records.
-  ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` matches entry-point names, so ``langchain`` turns off
-  both; under ``ArthurDistro`` it also takes distribution names, so
-  ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=openinference-instrumentation-langchain`` keeps only
-  OpenLLMetry (or name ``opentelemetry-instrumentation-langchain`` to keep OpenInference). When two
-  instrumentors of one name are both loaded, one warning says so.
+  ``opentelemetry-instrument`` loads *every* entry point, so with both installed LangChain would be
+  patched twice and each LLM call would reach Arthur twice. ``ArthurDistro`` activates one
+  instrumentor per name: the first of ``ARTHUR_PREFERRED_INSTRUMENTORS`` (families ``openllmetry``,
+  ``openinference``, or distribution names, comma-separated), then OpenLLMetry, then OpenInference,
+  then the others by distribution name; one INFO line says which. OpenLLMetry first because it is
+  what the ``langchain`` extra installs, so adding OpenInference (for Phoenix, say) leaves the
+  records the docs describe as they were. A distribution named in
+  ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` is never activated (the stock loader only matches
+  entry-point names there), nor is one whose dependencies conflict.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -47,6 +50,7 @@ from opentelemetry.environment_variables import (
     OTEL_METRICS_EXPORTER,
     OTEL_TRACES_EXPORTER,
 )
+from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
 from opentelemetry.instrumentation.distro import BaseDistro
 from opentelemetry.instrumentation.environment_variables import (
     OTEL_PYTHON_DISABLED_INSTRUMENTATIONS,
@@ -58,6 +62,8 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
 )
+
+from otel_arthur.config import ARTHUR_PREFERRED_INSTRUMENTORS
 
 __all__ = ["ArthurConfigurator", "ArthurDistro"]
 
@@ -71,6 +77,10 @@ _GRPC, _HTTP = "grpc", "http/protobuf"
 # with no protocol set it means grpc.
 _OTLP_BY_PROTOCOL = {_GRPC: "otlp_proto_grpc", _HTTP: "otlp_proto_http"}
 _SDK_DEFAULT_PROTOCOL = _GRPC
+_INSTRUMENTORS = "opentelemetry_instrumentor"
+OPENLLMETRY, OPENINFERENCE = "openllmetry", "openinference"
+_DEFAULT_PREFERENCE = (OPENLLMETRY, OPENINFERENCE)
+_OPENLLMETRY_DEPENDENCY = "opentelemetry-semantic-conventions-ai"  # every OpenLLMetry instrumentor needs it
 _PACKAGE_BY_EXPORTER = {
     "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
     "otlp_proto_http": "opentelemetry-exporter-otlp-proto-http",
@@ -149,11 +159,48 @@ def _distribution_of(entry_point: EntryPoint) -> str | None:
     return _normalize(dist.name) if dist is not None else None
 
 
+def _identity(entry_point: EntryPoint) -> str:
+    """The distribution that registered it, else its ``module:attribute``."""
+    return _distribution_of(entry_point) or entry_point.value
+
+
+def _family(entry_point: EntryPoint) -> str | None:
+    """``openinference``, ``openllmetry`` or None, from the distribution's name and dependencies."""
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return None
+    if _normalize(dist.name).startswith(OPENINFERENCE + "-"):
+        return OPENINFERENCE
+    requires = getattr(dist, "requires", None) or ()
+    return OPENLLMETRY if any(_normalize(r).startswith(_OPENLLMETRY_DEPENDENCY) for r in requires) else None
+
+
+def _preference() -> list[str]:
+    """``ARTHUR_PREFERRED_INSTRUMENTORS`` (families or distribution names), then the default order."""
+    named = [_normalize(item.strip()) for item in os.environ.get(ARTHUR_PREFERRED_INSTRUMENTORS, "").split(",")
+             if item.strip()]
+    return named + [family for family in _DEFAULT_PREFERENCE if family not in named]
+
+
+def _rank(entry_point: EntryPoint, preference: Sequence[str]) -> tuple[int, str]:
+    identity, family = _identity(entry_point), _family(entry_point)
+    rank = next((i for i, wanted in enumerate(preference) if wanted in (identity, family)), len(preference))
+    return rank, identity
+
+
+def _loadable_instrumentors(name: str) -> list[EntryPoint]:
+    """The instrumentors ``opentelemetry-instrument`` will offer under ``name`` (it skips conflicting ones)."""
+    return [ep for ep in entry_points(group=_INSTRUMENTORS, name=name)
+            if ep.dist is None or get_dist_dependency_conflicts(ep.dist) is None]
+
+
 class ArthurDistro(BaseDistro):
     """Defaults for Arthur (traces to ``arthur``, nothing else exported) and instrumentor choice."""
 
-    def __init__(self) -> None:
-        self._loaded: dict[str, list[str]] = {}  # instrumentor name -> distributions that instrumented
+    def __init__(self, instrumentors: Callable[[str], list[EntryPoint]] = _loadable_instrumentors) -> None:
+        """``instrumentors(name)``: the entry points registered under an instrumentor name (tests pass fakes)."""
+        self._instrumentors = instrumentors
+        self._chosen: dict[str, EntryPoint] = {}  # instrumentor name -> the one activated
 
     def _configure(self, **kwargs: Any) -> None:
         for name, value in _DEFAULT_EXPORTERS.items():
@@ -170,15 +217,27 @@ class ArthurDistro(BaseDistro):
             _logger.debug("Instrumentation %s from %s disabled by %s", entry_point.name, distribution,
                           OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)
             return
+        chosen = self._chosen.get(entry_point.name) or self._choose(entry_point)
+        if _identity(chosen) != _identity(entry_point):
+            _logger.debug("Instrumentation %s from %s not activated: %s is", entry_point.name,
+                          _identity(entry_point), _identity(chosen))
+            return
         super().load_instrumentor(entry_point, **kwargs)
-        loaded = self._loaded.setdefault(entry_point.name, [])
-        loaded.append(distribution or entry_point.value)
-        if len(loaded) == 2:  # once per name: the second is what doubles every record
-            _logger.warning(
-                "Two instrumentors named %r are active (%s): each call is traced twice and reaches Arthur twice. "
-                "Keep one by naming the other's distribution, e.g. %s=%s",
-                entry_point.name, ", ".join(loaded), OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, loaded[0],
-            )
+
+    def _choose(self, entry_point: EntryPoint) -> EntryPoint:
+        """The one instrumentor of this name to activate, decided when the loader offers the first."""
+        disabled = _disabled_distributions()
+        offered = [ep for ep in self._instrumentors(entry_point.name) if _distribution_of(ep) not in disabled]
+        if _identity(entry_point) not in {_identity(ep) for ep in offered}:
+            offered.append(entry_point)
+        preference = _preference()
+        offered.sort(key=lambda ep: _rank(ep, preference))
+        chosen = self._chosen[entry_point.name] = offered[0]
+        if len(offered) > 1:
+            _logger.info("Instrumentors named %r: activating %s, not %s (set %s to choose)", entry_point.name,
+                         _identity(chosen), ", ".join(_identity(ep) for ep in offered[1:]),
+                         ARTHUR_PREFERRED_INSTRUMENTORS)
+        return chosen
 
 
 class ArthurConfigurator(_OTelSDKConfigurator):

@@ -58,12 +58,23 @@ _ROLE_PREFIXES = {
 
 
 @dataclass(frozen=True, slots=True)
+class SpanOrigin:
+    """Where a record's span sits, for ``dedupe`` to tell one call traced twice; never spooled."""
+
+    scope: str  # the instrumentation scope's name: which instrumentor made the span
+    parent_span_id: int | None
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class InferenceRecord:
     """One generation, ready to bind to a model: identity, time, and named field values."""
 
     partner_inference_id: str
     inference_timestamp: str
     fields: dict[str, Any]
+    origin: SpanOrigin | None = field(default=None, compare=False, repr=False)
 
 
 def classify(attributes: Mapping[str, Any]) -> Convention | None:
@@ -144,7 +155,15 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
         partner_inference_id=partner_inference_id(span.context.trace_id, span.context.span_id),
         inference_timestamp=_iso(span.start_time),
         fields={k: v for k, v in fields.items() if v is not None},
+        origin=_origin(span),
     )
+
+
+def _origin(span: ReadableSpan) -> SpanOrigin:
+    scope = span.instrumentation_scope
+    return SpanOrigin(scope=scope.name if scope is not None else "",
+                      parent_span_id=span.parent.span_id if span.parent is not None else None,
+                      start_ns=span.start_time or 0, end_ns=span.end_time or span.start_time or 0)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_arthur.config import DEFAULT_MAX_SPANS_PER_REQUEST
@@ -332,10 +333,13 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
                     continue
                 if resource is None:
                     resource = _resource(attribute_dict(resource_spans.resource.attributes))
+                trace_id = int.from_bytes(span.trace_id, "big")
                 yield ReadableSpan(
                     name=span.name,
-                    context=SpanContext(int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big"),
+                    context=SpanContext(trace_id, int.from_bytes(span.span_id, "big"),
                                         is_remote=True, trace_flags=TraceFlags(span.flags & 0xFF)),
+                    parent=_parent(trace_id, span.parent_span_id),
+                    instrumentation_scope=InstrumentationScope(scope_spans.scope.name, scope_spans.scope.version),
                     kind=_SPAN_KINDS.get(span.kind, SpanKind.INTERNAL),
                     attributes=attributes,
                     resource=resource,
@@ -343,6 +347,13 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpa
                     start_time=span.start_time_unix_nano,
                     end_time=span.end_time_unix_nano or None,
                 )
+
+
+def _parent(trace_id: int, parent_span_id: bytes) -> SpanContext | None:
+    """The parent as ``dedupe`` reads it; a malformed id counts as none (the span is still recorded)."""
+    if len(parent_span_id) != 8 or not any(parent_span_id):
+        return None
+    return SpanContext(trace_id, int.from_bytes(parent_span_id, "big"), is_remote=True)
 
 
 def _resource(attributes: dict[str, Any]) -> Resource:

@@ -43,7 +43,8 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,7 @@ from otel_arthur.clients.http import (
     SetupError,
 )
 from otel_arthur.config import ArthurSettings
+from otel_arthur.dedupe import Choice
 from otel_arthur.delivery import Sender
 from otel_arthur.destinations import Destination
 from otel_arthur.destinations.v3 import V3Destination
@@ -279,9 +281,17 @@ class Pipeline:
         """
         if not records:
             return True
+        with self._one_per_call(records) as choice:
+            return self._submit(choice)
+
+    def _submit(self, choice: Choice) -> bool:
+        records = choice.records
         if self._closed:
             self._counters.drop(DropReason.SHUTDOWN, len(records))
             return False
+        if not records:  # every one a second span of a call already spooled
+            choice.taken()
+            return True
         try:
             appended, _ = self._append(records)
         except SpoolClosed:
@@ -291,6 +301,7 @@ class Pipeline:
             self._counters.drop(DropReason.SPOOL_ERROR, len(records))
             self._spool_write_failed(exc, "dropped")
             return False
+        choice.taken()
         self._spool_written()
         self._start_worker()
         self._counters.add("spooled", appended.stored)
@@ -314,10 +325,17 @@ class Pipeline:
         """
         if not records:
             return Accepted()
+        with self._one_per_call(records) as choice:
+            return self._accept(choice)
+
+    def _accept(self, choice: Choice) -> Refusal | Accepted:
         if self._closed:
             return Refusal.SHUTTING_DOWN
+        if not choice.records:  # every one a second span of a call already spooled
+            choice.taken()
+            return Accepted()
         try:
-            appended, unmappable = self._append(records, refuse_when_full=True)
+            appended, unmappable = self._append(choice.records, refuse_when_full=True)
         except SpoolFull:
             if not self._refusing_full:
                 _logger.warning("The spool %s reached its bound of %d bytes: new records are refused (503) until"
@@ -329,6 +347,7 @@ class Pipeline:
         except (sqlite3.Error, OSError) as exc:
             self._spool_write_failed(exc, "refused")
             return Refusal.SPOOL_ERROR
+        choice.taken()
         self._spool_written()
         self._start_worker()
         if self._refusing_full:
@@ -339,6 +358,19 @@ class Pipeline:
             self._counters.drop(DropReason.SPOOL_FULL, appended.dropped)
         self._wake.set()
         return Accepted(oversized=appended.dropped, unmappable=unmappable)
+
+    @contextmanager
+    def _one_per_call(self, records: Sequence[Any]) -> Iterator[Choice]:
+        """The records minus second spans of one call (``dedupe``; v3 only: the Engine keeps every span),
+        counted once stored."""
+        calls = getattr(self._destination, "calls", None)
+        if calls is None:
+            yield Choice(list(records), 0)
+            return
+        with calls.choosing(records) as choice:
+            yield choice
+        if choice.stored and choice.duplicates:
+            self._counters.add("deduplicated", choice.duplicates)
 
     def _append(self, records: Sequence[Any], *, refuse_when_full: bool = False) -> tuple[Appended, int]:
         """Spool what is prepared for ``records``, whichever front door they came through.

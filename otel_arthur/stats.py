@@ -99,6 +99,7 @@ class PipelineStats:
 
     received_spans: int = 0
     generation_spans: int = 0
+    deduplicated: int = 0  # generation spans left out as the second span of a call already recorded (dedupe)
     spooled: int = 0
     delivered: int = 0
     retried: int = 0  # records sent again after a failure, counted per attempt
@@ -121,6 +122,7 @@ class PipelineStats:
         labels = dict(labels or {})
         for name, value in (("spans_received_total", self.received_spans),
                             ("generation_spans_total", self.generation_spans),
+                            ("generation_spans_deduplicated_total", self.deduplicated),
                             ("records_spooled_total", self.spooled),
                             ("records_delivered_total", self.delivered),
                             ("records_retried_total", self.retried),
@@ -149,7 +151,7 @@ class Counters:
 
     def _start(self) -> None:
         self._lock = threading.Lock()  # a fresh one in a forked child: the parent's may have been held at the fork
-        self._counts = dict.fromkeys(("received_spans", "generation_spans", "spooled", "delivered", "retried",
+        self._counts = dict.fromkeys(("received_spans", "generation_spans", "deduplicated", "spooled", "delivered", "retried",
                                       "resent_unknown_outcome", "dead_lettered"), 0)
         self._dropped: dict[str, int] = {}
         self._latency = Histogram()

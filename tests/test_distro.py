@@ -97,15 +97,16 @@ def test_unsupported_otlp_protocol_drops_otlp_not_the_whole_set_up(otel_env, cap
 
 
 class _FakeInstrumentor:
-    instrumented: list[dict] = []
-
-    def instrument(self, **kwargs):
-        self.instrumented.append(kwargs)
+    instrumented: list[dict] = []  # each instrument() call: which distribution, with what arguments
 
 
 def _entry_point(name: str, distribution: str) -> SimpleNamespace:
-    return SimpleNamespace(name=name, value=f"{distribution}:Instrumentor", dist=SimpleNamespace(name=distribution),
-                           load=lambda: _FakeInstrumentor)
+    requires = ["opentelemetry-semantic-conventions-ai<0.6.0,>=0.5.1"] if distribution.startswith("opentelemetry") \
+        else []  # what marks OpenLLMetry's instrumentors
+    loaded = type(distribution, (_FakeInstrumentor,), {"instrument": lambda self, **kwargs: self.instrumented.append(
+        {"from": distribution, **kwargs})})
+    return SimpleNamespace(name=name, value=f"{distribution}:Instrumentor",
+                           dist=SimpleNamespace(name=distribution, requires=requires), load=lambda: loaded)
 
 
 @pytest.fixture
@@ -114,16 +115,53 @@ def fake_instrumentors():
     return _FakeInstrumentor.instrumented
 
 
-def test_two_instrumentors_of_one_name_both_load_with_one_warning(otel_env, fake_instrumentors, caplog):
-    chosen = ArthurDistro()
-    with caplog.at_level(logging.WARNING, logger="otel_arthur.distro"):
-        chosen.load_instrumentor(_entry_point("langchain", "openinference-instrumentation-langchain"),
-                                 skip_dep_check=True)
-        chosen.load_instrumentor(_entry_point("langchain", "opentelemetry_instrumentation_langchain"))
-        chosen.load_instrumentor(_entry_point("openai", "opentelemetry-instrumentation-openai"))
-    assert fake_instrumentors == [{"skip_dep_check": True}, {}, {}]  # arguments passed through
-    [warning] = [r.getMessage() for r in caplog.records]
-    assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=openinference-instrumentation-langchain" in warning
+OPENINFERENCE_LANGCHAIN = _entry_point("langchain", "openinference-instrumentation-langchain")
+OPENLLMETRY_LANGCHAIN = _entry_point("langchain", "opentelemetry_instrumentation_langchain")
+FAKES = {"langchain": [OPENINFERENCE_LANGCHAIN, OPENLLMETRY_LANGCHAIN],
+         "openai": [_entry_point("openai", "opentelemetry-instrumentation-openai")]}
+
+
+def load_all(chosen: ArthurDistro) -> None:
+    """As ``opentelemetry-instrument`` does: every entry point in turn, OpenInference's first here."""
+    chosen.load_instrumentor(OPENINFERENCE_LANGCHAIN, skip_dep_check=True)
+    chosen.load_instrumentor(OPENLLMETRY_LANGCHAIN)
+    chosen.load_instrumentor(FAKES["openai"][0])
+
+
+def test_two_instrumentors_of_one_name_one_is_activated_openllmetry_first_with_one_info_line(
+        otel_env, fake_instrumentors, caplog):
+    with caplog.at_level(logging.INFO, logger="otel_arthur.distro"):
+        load_all(ArthurDistro(instrumentors=FAKES.__getitem__))
+    assert fake_instrumentors == [{"from": "opentelemetry_instrumentation_langchain"},  # arguments passed through
+                                  {"from": "opentelemetry-instrumentation-openai"}]
+    [line] = caplog.records
+    assert line.levelno == logging.INFO
+    assert line.getMessage() == ("Instrumentors named 'langchain': activating opentelemetry-instrumentation-langchain,"
+                                 " not openinference-instrumentation-langchain (set ARTHUR_PREFERRED_INSTRUMENTORS"
+                                 " to choose)")
+
+
+@pytest.mark.parametrize("preferred", ["openinference", " OpenInference_Instrumentation.LangChain ,openllmetry"])
+def test_the_preference_can_be_named_by_family_or_distribution(otel_env, fake_instrumentors, preferred):
+    otel_env.setenv("ARTHUR_PREFERRED_INSTRUMENTORS", preferred)
+    load_all(ArthurDistro(instrumentors=FAKES.__getitem__))
+    assert fake_instrumentors == [{"from": "openinference-instrumentation-langchain", "skip_dep_check": True},
+                                  {"from": "opentelemetry-instrumentation-openai"}]
+
+
+def test_a_disabled_distribution_is_never_the_one_chosen(otel_env, fake_instrumentors, caplog):
+    otel_env.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "opentelemetry-instrumentation-langchain")
+    with caplog.at_level(logging.INFO, logger="otel_arthur.distro"):
+        load_all(ArthurDistro(instrumentors=FAKES.__getitem__))
+    assert [call["from"] for call in fake_instrumentors] == ["openinference-instrumentation-langchain",
+                                                             "opentelemetry-instrumentation-openai"]
+    assert not caplog.records  # nothing to choose between
+
+
+def test_the_installed_instrumentors_are_found_with_their_families():
+    langchain = {distro._identity(ep): distro._family(ep) for ep in distro._loadable_instrumentors("langchain")}
+    assert langchain == {"opentelemetry-instrumentation-langchain": "openllmetry",
+                         "openinference-instrumentation-langchain": "openinference"}
 
 
 def test_a_distribution_name_disables_just_that_instrumentor(otel_env, fake_instrumentors, caplog):

@@ -223,6 +223,38 @@ def test_a_call_of_a_priced_model_carries_its_cost(instrument, priced_openai_ser
     assert "cost_usd" not in unpriced  # a model with no price has no cost, not 0
 
 
+@pytest.mark.parametrize("batch_size", ["1", "512"], ids=["a-span-per-export", "batched"])
+def test_langchain_and_openai_instrumentors_both_on_make_one_record_per_call(
+        batch_size, openai_server, local_arthur, sdk_client, request):
+    """OpenInference's LangChain and OpenAI instrumentors in one process: two generation spans per
+    call (``dedupe``'s docstring: siblings, or roots of two traces), one record, whichever span
+    each export batch brought first."""
+    from otel_arthur.onboarding import create_model
+
+    model_id = create_model(sdk_client, f"e2e-two-instrumentors-{batch_size}", request.node.name)
+    env = os.environ | {
+        "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": local_arthur.api_key,
+        "ARTHUR_MODEL_ID": model_id, "ARTHUR_ALLOW_INSECURE": "true",
+        "OPENAI_BASE_URL": openai_server.url + "/v1", "OPENAI_API_KEY": "unused",
+        "OTEL_SERVICE_NAME": "two-instrumentors", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": batch_size,
+    }
+    result = subprocess.run([sys.executable, str(ROOT / "tests/apps/openinference_two_instrumentors.py")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = json.loads(result.stdout)  # the app shut its provider down: every record was delivered
+    assert len(calls) == 8
+    for call in calls:  # what makes this a test of deduplication: each call traced twice
+        assert sorted(s["scope"] for s in call["spans"]) == ["openinference.instrumentation.langchain",
+                                                            "openinference.instrumentation.openai"]
+        assert len({s["trace_id"] for s in call["spans"]}) == (1 if call["under_app_span"] else 2)
+    rows = local_arthur.inferences(model_id)
+    assert len(rows) == len(calls)
+    for call in calls:
+        span_ids = {s["span_id"] for s in call["spans"]}
+        [row] = [r for r in rows if r["inference_data"]["span_id"] in span_ids]
+        assert row["inference_data"]["completion"] == call["reply"]
+
+
 def test_model_lacking_optional_attributes_gets_prompt_and_completion(
         minimal_arthur_model, local_arthur, openai_server, instrument, caplog):
     caplog.set_level(logging.INFO, logger="otel_arthur")

@@ -8,8 +8,9 @@ This development environment holds more than a user's ``pip install 'otel-arthur
 OpenInference's LangChain instrumentor (also named ``langchain``) and ``opentelemetry-distro``.
 ``ONLY_OPENLLMETRY`` stands in for the first being absent; the second only adds the stock warning
 ``STOCK_CONFIGURATOR_WARNING`` to stderr (see otel_arthur/distro.py). It also holds the provider-SDK
-instrumentors of the matrix (tests/test_instrumentors.py); examples/chat.py is a LangChain app, so
-every run here turns them off (``PROVIDER_SDK_OFF``) and sees LangChain's spans alone.
+instrumentors of the matrix (tests/test_instrumentors.py) and OpenInference's OpenAI one (each call then
+also has the OpenAI SDK's span, left out by ``dedupe``); examples/chat.py is a LangChain app, so every
+run here turns them off (``PROVIDER_SDK_OFF``) and sees LangChain's spans alone.
 """
 
 from __future__ import annotations
@@ -144,14 +145,26 @@ def test_readme_command_records_one_inference_per_turn(keep, env, local_arthur, 
     assert rows[-1]["inference_data"]["prompt"].endswith("Human: " + TURNS[-1])
 
 
-def test_both_langchain_instrumentors_installed_record_each_call_twice_and_say_so(env, local_arthur, model_id):
-    result = run(README_COMMAND, env | arthur_env(local_arthur, model_id))
-    assert result.returncode == 0, result.stderr
-    rows = records_after_exit(local_arthur, model_id, 2 * len(TURNS))
-    assert sorted(r["inference_data"]["completion"] for r in rows) == sorted(expected_completions() * 2)
-    [warning] = app_errors(result.stderr)
-    assert "Two instrumentors named 'langchain'" in warning
-    assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=openinference-instrumentation-langchain" in warning
+@pytest.mark.parametrize("preferred, scope", [
+    ({}, "opentelemetry.instrumentation.langchain"),
+    ({"ARTHUR_PREFERRED_INSTRUMENTORS": "openinference"}, "openinference.instrumentation.langchain"),
+], ids=["default-openllmetry", "preferred-openinference"])
+def test_both_langchain_instrumentors_installed_one_is_activated_and_each_call_recorded_once(
+        preferred, scope, env, local_arthur, model_id):
+    """The arthur distro activates one ``langchain`` instrumentor (its INFO line: test_distro.py); OpenInference's
+    OpenAI instrumentor is on too, so each call also has a provider span, which ``dedupe`` leaves out."""
+    received: list[ExportTraceServiceRequest] = []
+    with BackgroundServer(otlp_sink(received)) as sink:
+        result = run(FAN_OUT_COMMAND, env | arthur_env(local_arthur, model_id) | preferred
+                     | {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url})
+        assert result.returncode == 0, result.stderr
+        rows = records_after_exit(local_arthur, model_id, len(TURNS))
+    assert sorted(r["inference_data"]["completion"] for r in rows) == sorted(expected_completions())
+    assert app_errors(result.stderr) == []  # no warning: nothing is doubled
+    scopes = {scope_spans.scope.name for message in received for resource_spans in message.resource_spans
+              for scope_spans in resource_spans.scope_spans}
+    assert scope in scopes and not scopes & ({"opentelemetry.instrumentation.langchain",
+                                              "openinference.instrumentation.langchain"} - {scope})
 
 
 def test_broken_arthur_url_leaves_the_app_unchanged(env, model_id, plain_stdout):

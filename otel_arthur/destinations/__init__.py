@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur.config import ArthurSettings, EngineSettings
+from otel_arthur.dedupe import CallMemory
 from otel_arthur.delivery import Sender, SenderObserver
 from otel_arthur.mapping import MappedSpans, map_span
 from otel_arthur.spool import RECORD_CODEC, Codec
@@ -43,6 +44,8 @@ class Destination(Protocol):
     """The spool rows' ``destination`` column: where (URL without user info) and what (model, task)."""
     codec: Codec
     settings: DeliverySettings
+    calls: CallMemory | None
+    """Leaves out the second span of one LLM call (``otel_arthur.dedupe``); None keeps every item."""
 
     def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:
         """What this destination stores for these spans (``mapping.map_spans``: one bad span costs only itself)."""

@@ -126,6 +126,7 @@ class EngineDestination:
     name = "engine"
     title = "Arthur Engine"
     codec = EngineSpanCodec()
+    calls = None  # a trace store: every span, the provider SDK's beside the framework's
 
     def __init__(self, settings: EngineSettings, redact: Callable[[str], str] | None = None) -> None:
         from opentelemetry.exporter.otlp.proto.common._internal import (  # the protobuf stack, once used

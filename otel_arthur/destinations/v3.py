@@ -17,6 +17,7 @@ from otel_arthur.binding import Binding, bind
 from otel_arthur.clients.http import RecordResult
 from otel_arthur.clients.v3 import ArthurClient, encode_row
 from otel_arthur.config import ArthurSettings, display_url
+from otel_arthur.dedupe import CallMemory
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.mapping import InferenceRecord, MappedSpans, map_span, map_spans
 from otel_arthur.privacy import RecordFilter
@@ -37,6 +38,8 @@ class V3Destination:
         self.settings = settings
         self.key = destination(settings)
         self._filter = RecordFilter.from_settings(settings, redact)
+        # One record per call: lives where records are spooled (serve's main process, not its decoders).
+        self.calls = CallMemory()
 
     def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:
         return map_spans(spans, map_span)

@@ -15,6 +15,7 @@ Families (``_total`` counters, gauges, one histogram)::
     otel_arthur_receiver_http_responses_total{code}
     otel_arthur_receiver_connections_closed_total{reason}
     otel_arthur_spans_received_total{destination}, otel_arthur_generation_spans_total{destination}
+    otel_arthur_generation_spans_deduplicated_total{destination}
     otel_arthur_records_{spooled,delivered,retried,resent_unknown_outcome,dead_lettered}_total{destination},
     otel_arthur_records_dropped_total{destination,reason}
     otel_arthur_spool_{depth_records,size_bytes,dead_letters}, otel_arthur_oldest_undelivered_age_seconds
@@ -51,6 +52,8 @@ _HELP = {
                                                " or max_connections.",
     "otel_arthur_spans_received": "Spans handed to the pipeline.",
     "otel_arthur_generation_spans": "Generation spans mapped to records.",
+    "otel_arthur_generation_spans_deduplicated": "Generation spans not recorded: the second span of a call"
+                                                 " already recorded (v3 only).",
     "otel_arthur_records_spooled": "Records written to the spool.",
     "otel_arthur_records_delivered": "Records Arthur acknowledged (Arthur Engine: spans it answered for).",
     "otel_arthur_records_retried": "Records sent again after a failure, per attempt.",

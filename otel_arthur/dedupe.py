@@ -1,0 +1,192 @@
+"""One v3 record per LLM call when two instrumentors trace it (a framework's span and its provider SDK's).
+
+What the spans of one call look like (measured: OpenInference's LangChain 0.1.80 or OpenLLMetry's
+LangChain 0.62.4, each beside OpenInference's OpenAI 0.1.66): the provider's span is *not* a child
+of the framework's. LangChain runs its callbacks in a copied context, so the provider's span is a
+sibling under the application's span or, with none, the root of a trace of its own. Its time lies
+inside the framework span's, and both hold the same messages and the same answer. So:
+
+**Rule.** A generation span is not recorded when a record already made in this process has the same
+call: same service, prompt and completion (a completion is needed: without content nothing is
+merged), made by another instrumentor (instrumentation scope), its parent, child or sibling (or
+both roots of their traces), one span's time inside the other's; each record stands for at most one
+such span. Whichever span arrives first is recorded, so the order of arrival (the in-app exporter
+usually gets the provider's span first, ``serve`` may get either) changes which span is kept, never
+how many records there are.
+
+**No call is lost.** A span is left out only for a record that was already spooled with the same
+prompt and completion, and each record covers one span of another instrumentor: with every call
+seen by the same instrumentors, records >= calls (records + covered = spans, covered <= records).
+What is forgotten (past ``WINDOW`` or ``MAX_REMEMBERED``, or in another process) or decided at the
+same moment on another thread is recorded twice: a duplicate, never a loss. The one case that merges
+two calls: identical prompt and completion, one traced only by a framework and the other only by a
+provider SDK, one inside the other in time, under the same parent; the record then holds exactly
+what both said.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from otel_arthur.fields import COMPLETION, PROMPT
+from otel_arthur.mapping import InferenceRecord, SpanOrigin
+
+__all__ = ["MAX_REMEMBERED", "WINDOW", "CallMemory", "Choice"]
+
+WINDOW = 300.0  # seconds a record can cover a later span: past the Collector's retries of one request
+MAX_REMEMBERED = 16_384  # spans remembered at most (~400 bytes each): beyond, the oldest are forgotten
+
+
+@dataclass(slots=True)
+class _Seen:
+    """A generation span decided on: recorded (and whether it already covers a span), or covered."""
+
+    trace_id: str
+    span_id: str
+    origin: SpanOrigin
+    call: bytes | None  # digest of service, prompt and completion; None when there is no completion
+    recorded: bool
+    at: float
+    covers: str | None = None  # the partner_inference_id of the span this record stands for
+
+
+@dataclass
+class Choice:
+    """A batch decided on: ``records`` to store, ``duplicates`` left out; ``taken()`` once stored."""
+
+    records: list[InferenceRecord]
+    duplicates: int
+    _decided: list[_Seen] = field(default_factory=list, repr=False)
+    _covering: list[tuple[_Seen, str]] = field(default_factory=list, repr=False)  # (record, span it stands for)
+    stored: bool = False
+
+    def taken(self) -> None:
+        self.stored = True
+
+
+def _call_digest(record: InferenceRecord) -> bytes | None:
+    completion = record.fields.get(COMPLETION)
+    if not isinstance(completion, str) or not completion:
+        return None
+    key = [record.fields.get("service_name"), record.fields.get(PROMPT), completion]
+    return hashlib.blake2b(json.dumps(key).encode("utf-8", "replace"), digest_size=16).digest()
+
+
+def _related(a: _Seen, b: _Seen) -> bool:
+    """Parent and child, siblings, or both roots (the provider's span in a trace of its own)."""
+    a_parent, b_parent = a.origin.parent_span_id, b.origin.parent_span_id
+    if a_parent is None and b_parent is None:
+        return True
+    if a.trace_id != b.trace_id:
+        return False
+    return a_parent == b_parent or _hex(a_parent) == b.span_id or _hex(b_parent) == a.span_id
+
+
+def _nested(a: SpanOrigin, b: SpanOrigin) -> bool:
+    return (b.start_ns <= a.start_ns and a.end_ns <= b.end_ns) or (a.start_ns <= b.start_ns and b.end_ns <= a.end_ns)
+
+
+def _hex(span_id: int | None) -> str | None:
+    return None if span_id is None else f"{span_id:016x}"
+
+
+class CallMemory:
+    """The recent generation spans of this process, to leave out a second span of one call; thread-safe."""
+
+    def __init__(self, window: float = WINDOW, max_remembered: int = MAX_REMEMBERED,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._window = window
+        self._max = max_remembered
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._spans: OrderedDict[str, _Seen] = OrderedDict()  # by partner_inference_id, oldest first
+        self._calls: dict[bytes, list[_Seen]] = {}  # recorded spans by call digest
+
+    @contextmanager
+    def choosing(self, records: Sequence[InferenceRecord]) -> Iterator[Choice]:
+        """Decide, store (the caller, inside the block) and remember as one step, so no two threads
+        let one record stand for two spans. Nothing is remembered unless ``Choice.taken()`` was called."""
+        with self._lock:
+            choice = self._choose(records)
+            yield choice
+            if choice.stored:
+                self._remember(choice._decided, choice._covering)
+
+    def _choose(self, records: Sequence[InferenceRecord]) -> Choice:
+        now = self._clock()
+        self._forget(now)
+        kept: list[InferenceRecord] = []
+        decided: list[_Seen] = []
+        covering: list[tuple[_Seen, str]] = []
+        batch: dict[bytes, list[_Seen]] = {}  # recorded earlier in this batch: they cover later spans too
+        for record in records:
+            seen = self._spans.get(record.partner_inference_id)
+            if seen is not None:  # sent again (a retried request): the same decision as before
+                if seen.recorded:
+                    kept.append(record)
+                continue
+            span = self._seen(record, now)
+            if span is None:
+                kept.append(record)
+                continue
+            busy = {id(record) for record, _ in covering}
+            candidates = self._calls.get(span.call, []) + batch.get(span.call, []) if span.call is not None else []
+            cover = self._cover(span, [c for c in candidates if id(c) not in busy])
+            if cover is not None:
+                covering.append((cover, record.partner_inference_id))
+                span.recorded = False
+            else:
+                kept.append(record)
+                if span.call is not None:
+                    batch.setdefault(span.call, []).append(span)
+            decided.append(span)
+        return Choice(kept, len(records) - len(kept), decided, covering)
+
+    @staticmethod
+    def _seen(record: InferenceRecord, now: float) -> _Seen | None:
+        trace_id, span_id = record.fields.get("trace_id"), record.fields.get("span_id")
+        if record.origin is None or not isinstance(trace_id, str) or not isinstance(span_id, str):
+            return None  # not from map_span (a spooled record read back): nothing to compare
+        return _Seen(trace_id, span_id, record.origin, _call_digest(record), True, now)
+
+    @staticmethod
+    def _cover(span: _Seen, candidates: list[_Seen]) -> _Seen | None:
+        for candidate in candidates:
+            if (candidate.covers is None and candidate.origin.scope != span.origin.scope
+                    and _related(span, candidate) and _nested(span.origin, candidate.origin)):
+                return candidate
+        return None
+
+    def _remember(self, decided: list[_Seen], covering: list[tuple[_Seen, str]]) -> None:
+        for record, covered in covering:
+            record.covers = covered
+        for span in decided:
+            identity = f"{span.trace_id}-{span.span_id}"
+            self._spans[identity] = span
+            if span.recorded and span.call is not None:
+                self._calls.setdefault(span.call, []).append(span)
+        while len(self._spans) > self._max:
+            self._drop_oldest()
+
+    def _forget(self, now: float) -> None:
+        while self._spans and now - next(iter(self._spans.values())).at > self._window:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, span = self._spans.popitem(last=False)
+        if span.recorded and span.call is not None:
+            same = self._calls[span.call]
+            same.remove(span)
+            if not same:
+                del self._calls[span.call]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._spans)
