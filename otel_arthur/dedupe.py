@@ -35,13 +35,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from otel_arthur import forking
 from otel_arthur.fields import COMPLETION, PROMPT
 from otel_arthur.mapping import InferenceRecord, SpanOrigin
 
-__all__ = ["MAX_REMEMBERED", "WINDOW", "CallMemory", "Choice"]
+__all__ = ["MAX_REMEMBERED", "ONE_SOURCE_REMEMBERED", "WINDOW", "CallMemory", "Choice"]
 
 WINDOW = 300.0  # seconds a record can cover a later span: past the Collector's retries of one request
-MAX_REMEMBERED = 16_384  # spans remembered at most (~400 bytes each): beyond, the oldest are forgotten
+MAX_REMEMBERED = 16_384  # spans remembered at most (~500 bytes each): beyond, the oldest are forgotten
+ONE_SOURCE_REMEMBERED = 256
+"""Spans remembered while one instrumentation scope alone has made generation spans: none can cover
+another then, so only enough to pair the first calls of a second instrumentor when it appears (the
+two spans of a call arrive within an export batch or two); an app traced once holds no more."""
+MAX_SCOPES = 64  # instrumentation scopes counted; two are what matters
 
 
 @dataclass(slots=True)
@@ -108,6 +114,12 @@ class CallMemory:
         self._lock = threading.Lock()
         self._spans: OrderedDict[str, _Seen] = OrderedDict()  # by partner_inference_id, oldest first
         self._calls: dict[bytes, list[_Seen]] = {}  # recorded spans by call digest
+        self._scopes: set[object] = set()  # instrumentation scopes seen making generation spans
+        forking.register(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """A fresh lock: a parent's thread may have held it, choosing, at the fork (the memory stays: same calls)."""
+        self._lock = threading.Lock()
 
     @contextmanager
     def choosing(self, records: Sequence[InferenceRecord]) -> Iterator[Choice]:
@@ -172,7 +184,10 @@ class CallMemory:
             self._spans[identity] = span
             if span.recorded and span.call is not None:
                 self._calls.setdefault(span.call, []).append(span)
-        while len(self._spans) > self._max:
+            if len(self._scopes) < MAX_SCOPES:
+                self._scopes.add(span.origin.scope)
+        limit = self._max if len(self._scopes) > 1 else min(self._max, ONE_SOURCE_REMEMBERED)
+        while len(self._spans) > limit:
             self._drop_oldest()
 
     def _forget(self, now: float) -> None:

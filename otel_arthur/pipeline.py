@@ -248,6 +248,7 @@ class Pipeline:
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._close_lock = threading.Lock()
+        self._unmappable_lock = threading.Lock()
         self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
         self._thread = None  # started at the first submit or flush: a child that never exports costs nothing
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext
 
 from otel_arthur.config import ArthurSettings
-from otel_arthur.dedupe import CallMemory
+from otel_arthur.dedupe import ONE_SOURCE_REMEMBERED, CallMemory
 from otel_arthur.mapping import map_span
 from otel_arthur.pipeline import Pipeline
 from otel_arthur.serve.receiver import Receiver
@@ -178,3 +178,17 @@ def test_across_serve_requests_in_either_order(tmp_path):
         assert (stats.generation_spans, stats.spooled, stats.deduplicated) == (4, 2, 2)
     finally:
         pipeline.shutdown(timeout=0)
+
+
+def test_an_app_traced_by_one_instrumentor_holds_few_spans_and_a_second_one_is_still_paired():
+    memory = CallMemory()
+    for start in range(0, 1_000 * 200, 200):  # one instrumentor: no span can cover another
+        stored(memory, [generation(FRAMEWORK, start, start + 100, question=f"q{start}")])
+    assert len(memory) == ONE_SOURCE_REMEMBERED
+    # A second instrumentor appears: its first span still pairs with the recent one of the same call…
+    framework, provider = one_call(10**9)
+    assert stored(memory, [framework]) == [span_id(framework)] and stored(memory, [provider]) == []
+    # …and from now on every span is remembered, up to the general bound.
+    for start in range(2 * 10**9, 2 * 10**9 + 1_000 * 200, 200):
+        stored(memory, [generation(FRAMEWORK, start, start + 100, question=f"q{start}")])
+    assert len(memory) > ONE_SOURCE_REMEMBERED
