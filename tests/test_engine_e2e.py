@@ -41,6 +41,21 @@ def local_engine(tmp_path_factory):
         yield server
 
 
+@pytest.fixture
+def engine_tracing(add_processors, local_engine, arthur_env):
+    """``engine_tracing()``: this test's spans to the local Engine, and captured: (exporter, processor, captured)."""
+
+    def start():
+        exporter = ArthurSpanExporter(engine_url=local_engine.url, engine_api_key=local_engine.api_key,
+                                      allow_insecure=True)
+        captured = InMemorySpanExporter()
+        processor = BatchSpanProcessor(exporter)
+        add_processors(processor, SimpleSpanProcessor(captured))
+        return exporter, processor, captured
+
+    return start
+
+
 def _messages(attributes: dict, prefix: str) -> list[tuple[str, str]]:
     messages, index = [], 0
     while f"{prefix}.{index}.message.role" in attributes:
@@ -52,12 +67,8 @@ def _messages(attributes: dict, prefix: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "streaming"])
 def test_openllmetry_chat_reaches_the_engine_in_openinference_form(
-        streaming, openllmetry_provider, add_processors, openai_server, local_engine, arthur_env):
-    exporter = ArthurSpanExporter(engine_url=local_engine.url, engine_api_key=local_engine.api_key,
-                                  allow_insecure=True)
-    captured = InMemorySpanExporter()
-    processor = BatchSpanProcessor(exporter)
-    add_processors(processor, SimpleSpanProcessor(captured))
+        streaming, openllmetry_provider, engine_tracing, openai_server, local_engine):
+    exporter, processor, captured = engine_tracing()
     llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", model="gpt-4o-mini",
                      temperature=0.1, max_retries=0, streaming=streaming, stream_usage=True)
     chain = ChatPromptTemplate.from_messages([MessagesPlaceholder("history")]) | llm  # a workflow: CHAIN spans
@@ -117,7 +128,7 @@ def test_openinference_spans_pass_through_once(openai_server, local_engine, tmp_
 
 
 def test_a_tool_calling_turn_carries_the_call_and_its_result(
-        openllmetry_provider, add_processors, openai_server, local_engine, arthur_env):
+        openllmetry_provider, engine_tracing, openai_server, local_engine):
     from langchain_core.tools import tool
 
     @tool
@@ -125,11 +136,7 @@ def test_a_tool_calling_turn_carries_the_call_and_its_result(
         """The weather in a city."""
         return f"sunny and 21C in {city}"
 
-    exporter = ArthurSpanExporter(engine_url=local_engine.url, engine_api_key=local_engine.api_key,
-                                  allow_insecure=True)
-    captured = InMemorySpanExporter()
-    processor = BatchSpanProcessor(exporter)
-    add_processors(processor, SimpleSpanProcessor(captured))
+    exporter, processor, captured = engine_tracing()
     llm = ChatOpenAI(base_url=openai_server.url + "/v1", api_key="unused", model="gpt-4o-mini",
                      max_retries=0).bind_tools([get_weather])
     messages = [HumanMessage("What is the weather in Paris?")]
