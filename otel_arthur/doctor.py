@@ -218,6 +218,14 @@ def _credentials(args: argparse.Namespace, settings: ArthurSettings) -> str:
             f"({_source(args.password, '--password', ARTHUR_PASSWORD)})")
 
 
+def _url_item(report: Report, args: argparse.Namespace, url: str, source: str) -> None:
+    """The URL as shown (no secrets), where it came from, and what permits plain http."""
+    insecure = ""
+    if url.startswith("http://"):
+        insecure = f"; plain http permitted {_source(args.allow_insecure, '--allow-insecure', ARTHUR_ALLOW_INSECURE)}"
+    report.item("URL", f"{display_url(url)} ({source}{insecure})")
+
+
 def _configuration(report: Report, args: argparse.Namespace) -> ArthurSettings | None:
     report.section("Configuration")
     try:
@@ -225,10 +233,7 @@ def _configuration(report: Report, args: argparse.Namespace) -> ArthurSettings |
     except ConfigurationError as exc:
         report.problem(exit_codes.CONFIGURATION, as_flags(str(exc)))
         return None
-    insecure = ""
-    if settings.url.startswith("http://"):
-        insecure = f"; plain http permitted {_source(args.allow_insecure, '--allow-insecure', ARTHUR_ALLOW_INSECURE)}"
-    report.item("URL", f"{display_url(settings.url)} ({_source(args.url, '--url', ARTHUR_ENDPOINT_URL)}{insecure})")
+    _url_item(report, args, settings.url, _source(args.url, "--url", ARTHUR_ENDPOINT_URL))
     report.item("model", f"{settings.model_id} ({_source(args.model_id, '--model-id', ARTHUR_MODEL_ID)})")
     report.item("credentials", _credentials(args, settings))
     if not settings.verify_ssl:
@@ -534,11 +539,8 @@ def _engine(report: Report, args: argparse.Namespace) -> EngineSettings | None:
     except ConfigurationError as exc:
         report.problem(exit_codes.CONFIGURATION, as_flags(str(exc)))
         return None
-    insecure = ""
-    if settings.url.startswith("http://"):
-        insecure = f"; plain http permitted {_source(args.allow_insecure, '--allow-insecure', ARTHUR_ALLOW_INSECURE)}"
-    url_source = _engine_source(args.engine_url, "--engine-url", ARTHUR_ENGINE_URL, ARTHUR_BASE_URL)
-    report.item("URL", f"{display_url(settings.url)} ({url_source}{insecure})")
+    _url_item(report, args, settings.url, _engine_source(args.engine_url, "--engine-url", ARTHUR_ENGINE_URL,
+                                                         ARTHUR_BASE_URL))
     report.item("credentials", "API key (" + _engine_source(args.engine_api_key, "--engine-api-key",
                                                             ARTHUR_ENGINE_API_KEY, ARTHUR_API_KEY) + ")")
     if settings.task_id:

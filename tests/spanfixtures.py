@@ -22,6 +22,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from otel_arthur.conventions import Convention, Messages
+
 SPANS_DIR = Path(__file__).parent / "fixtures" / "spans"
 
 
@@ -123,3 +125,17 @@ def write_json(name: str, spans: Sequence[ReadableSpan]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dump_spans(spans), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def convention_attribute_keys(convention: Convention) -> set[str]:
+    """Every attribute ``convention`` reads (indexed messages: the first two)."""
+    keys = {convention.marker, *convention.json_sources, *(k for ks in convention.scalars.values() for k in ks)}
+    if convention.system_instructions:
+        keys.add(convention.system_instructions)
+    if convention.message_layout == Messages.JSON:
+        keys.update((convention.input_messages, convention.output_messages))
+    else:
+        for prefix in (convention.input_messages, convention.output_messages):
+            for index in range(2):
+                keys.update(f"{prefix}.{index}{convention.message_infix}.{part}" for part in ("role", "content"))
+    return keys

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import SpanContext
+from spanfixtures import convention_attribute_keys
 
 from otel_arthur import ArthurSpanExporter
 from otel_arthur.conventions import CONVENTIONS, GENAI, Convention, Messages
@@ -40,16 +41,7 @@ def good_attributes(convention: Convention, text: str) -> dict[str, str]:
 
 def attribute_keys(convention: Convention) -> list[str]:
     """Every attribute ``convention`` reads."""
-    keys = {convention.marker, *convention.json_sources, *(k for ks in convention.scalars.values() for k in ks)}
-    if convention.system_instructions:
-        keys.add(convention.system_instructions)
-    if convention.message_layout == Messages.JSON:
-        keys.update((convention.input_messages, convention.output_messages))
-    else:
-        for prefix in (convention.input_messages, convention.output_messages):
-            for index in range(2):
-                keys.update(f"{prefix}.{index}{convention.message_infix}.{part}" for part in ("role", "content"))
-    return sorted(keys)
+    return sorted(convention_attribute_keys(convention))
 
 
 def ended_span(attributes: dict) -> ReadableSpan:

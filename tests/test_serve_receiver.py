@@ -24,11 +24,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from servehelpers import otlp_json
-from spanfixtures import load_spans
+from spanfixtures import convention_attribute_keys, load_spans
 
 from otel_arthur import otlp, spool
 from otel_arthur.config import ArthurSettings
-from otel_arthur.conventions import CONVENTIONS, Messages
+from otel_arthur.conventions import CONVENTIONS
 from otel_arthur.mapping import map_span
 from otel_arthur.pipeline import Accepted, Pipeline, Refusal
 from otel_arthur.serve.receiver import DEFAULT_RETRY_AFTER, Receiver
@@ -333,20 +333,7 @@ def test_responses_are_counted_by_status():
 # -- the fuzz ------------------------------------------------------------------------------------
 
 def _attribute_keys() -> list[str]:
-    keys = set()
-    for convention in CONVENTIONS:
-        keys.add(convention.marker)
-        keys.update(k for ks in convention.scalars.values() for k in ks)
-        keys.update(convention.json_sources)
-        if convention.system_instructions:
-            keys.add(convention.system_instructions)
-        if convention.message_layout == Messages.JSON:
-            keys.update((convention.input_messages, convention.output_messages))
-        else:
-            for prefix in (convention.input_messages, convention.output_messages):
-                for i in range(2):
-                    keys.update(f"{prefix}.{i}{convention.message_infix}.{part}" for part in ("role", "content"))
-    return sorted(keys)
+    return sorted(set().union(*(convention_attribute_keys(c) for c in CONVENTIONS)))
 
 
 MARKERS = [(c.marker, v) for c in CONVENTIONS for v in sorted(c.generation_values)]
