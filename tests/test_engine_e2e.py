@@ -9,12 +9,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import requests
+from appruns import run_app
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_openai import ChatOpenAI
@@ -30,7 +28,6 @@ from otel_arthur.config import EngineSettings
 from otel_arthur.destinations.engine import EngineDestination
 from otel_arthur.local import engine, openai
 
-ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are terse."
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
@@ -109,10 +106,7 @@ def test_openinference_spans_pass_through_once(openai_server, local_engine, tmp_
     env.update(ARTHUR_ENGINE_URL=local_engine.url, ARTHUR_ENGINE_API_KEY=local_engine.api_key,
                ARTHUR_ALLOW_INSECURE="true", OPENAI_BASE_URL=openai_server.url + "/v1", OPENAI_API_KEY="unused",
                OTEL_SERVICE_NAME="oi-chat", XDG_STATE_HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, str(ROOT / "tests/apps/openinference_chat.py")], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    calls = json.loads(result.stdout)
+    calls = run_app("openinference_chat.py", env)
     for call in calls:
         [ids] = call["spans"]
         [span] = [s for s in local_engine.spans(trace_id=ids["trace_id"]) if s["span_id"] == ids["span_id"]]

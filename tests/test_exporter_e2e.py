@@ -6,16 +6,14 @@ content and usage can be asserted exactly.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import subprocess
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
+from appruns import run_app, to_local_arthur
 from langchain_core.messages import (
     HumanMessage,
     SystemMessage,
@@ -35,7 +33,6 @@ from otel_arthur.local import openai
 from otel_arthur.mapping import render_messages
 from otel_arthur.privacy import CONTENT_NOT_CAPTURED
 
-ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are terse."
 PRICED_MODEL = "gpt-4o-mini-2024-07-18"
 
@@ -150,16 +147,8 @@ def test_openinference_instrumentor_in_its_own_process(openai_server, local_arth
     reports each call as it saw it on the wire (messages sent, reply, the server's usage) with the
     ids of the LLM span recorded for it; Arthur must hold exactly one matching record per call.
     """
-    env = os.environ | {
-        "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": local_arthur.api_key,
-        "ARTHUR_MODEL_ID": arthur_model, "ARTHUR_ALLOW_INSECURE": "true",
-        "OPENAI_BASE_URL": openai_server.url + "/v1", "OPENAI_API_KEY": "unused",
-        "OTEL_SERVICE_NAME": "openinference-app",
-    }
-    result = subprocess.run([sys.executable, str(ROOT / "tests/apps/openinference_chat.py")], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    calls = json.loads(result.stdout)  # the app shut its provider down: every record was delivered
+    calls = run_app("openinference_chat.py",
+                    to_local_arthur(local_arthur, arthur_model, openai_server, "openinference-app"))
     assert [c["streaming"] for c in calls] == [False] * 3 + [True] * 3
     assert all(len(c["spans"]) == 1 for c in calls)  # one LLM span per call
     by_span = {c["spans"][0]["span_id"]: c for c in calls}
@@ -232,16 +221,8 @@ def test_langchain_and_openai_instrumentors_both_on_make_one_record_per_call(
     from otel_arthur.onboarding import create_model
 
     model_id = create_model(sdk_client, f"e2e-two-instrumentors-{batch_size}", request.node.name)
-    env = os.environ | {
-        "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": local_arthur.api_key,
-        "ARTHUR_MODEL_ID": model_id, "ARTHUR_ALLOW_INSECURE": "true",
-        "OPENAI_BASE_URL": openai_server.url + "/v1", "OPENAI_API_KEY": "unused",
-        "OTEL_SERVICE_NAME": "two-instrumentors", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": batch_size,
-    }
-    result = subprocess.run([sys.executable, str(ROOT / "tests/apps/openinference_two_instrumentors.py")], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    calls = json.loads(result.stdout)  # the app shut its provider down: every record was delivered
+    env = to_local_arthur(local_arthur, model_id, openai_server, "two-instrumentors")
+    calls = run_app("openinference_two_instrumentors.py", env | {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": batch_size})
     assert len(calls) == 8
     for call in calls:  # what makes this a test of deduplication: each call traced twice
         assert sorted(s["scope"] for s in call["spans"]) == ["openinference.instrumentation.langchain",

@@ -9,21 +9,16 @@ exactly against both.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from appruns import run_app, to_local_arthur
 
 from otel_arthur.local import anthropic, openai
 from otel_arthur.mapping import render_messages
 from otel_arthur.privacy import CONTENT_NOT_CAPTURED
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "tests/apps/provider_chat.py"
+APP = "provider_chat.py"
 SYSTEM = "You are terse."  # as the app says it
 MAX_TOKENS = 50
 # The official instrumentation puts content on spans only under the latest GenAI conventions.
@@ -33,19 +28,11 @@ GENAI_CONTENT_ON_SPANS = {"OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experi
 
 def _run_app(instrumentor: str, openai_server: Any, local_arthur: Any, model_id: str,
              extra_env: dict[str, str]) -> list[dict[str, Any]]:
-    env = {name: value for name, value in os.environ.items()
+    env = {name: value for name, value in to_local_arthur(local_arthur, model_id, openai_server,
+                                                          f"{instrumentor}-app").items()
            if not name.startswith(("OTEL_SEMCONV", "OTEL_INSTRUMENTATION_GENAI", "TRACELOOP_", "OPENINFERENCE_"))}
-    env |= {
-        "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": local_arthur.api_key,
-        "ARTHUR_MODEL_ID": model_id, "ARTHUR_ALLOW_INSECURE": "true",
-        "OPENAI_BASE_URL": openai_server.url + "/v1", "OPENAI_API_KEY": "unused",
-        "ANTHROPIC_BASE_URL": openai_server.url, "ANTHROPIC_API_KEY": "unused",
-        "OTEL_SERVICE_NAME": f"{instrumentor}-app", **extra_env,
-    }
-    result = subprocess.run([sys.executable, str(APP), instrumentor], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    calls = json.loads(result.stdout)  # the app shut its provider down: every record was delivered
+    env |= {"ANTHROPIC_BASE_URL": openai_server.url, "ANTHROPIC_API_KEY": "unused", **extra_env}
+    calls = run_app(APP, env, instrumentor)
     assert [c["streaming"] for c in calls] == [False] * 3 + [True] * 3
     assert all(len(c["spans"]) == 1 for c in calls)  # one span per call
     return calls

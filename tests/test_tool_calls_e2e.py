@@ -7,13 +7,8 @@ LangGraph agent does. The local OpenAI endpoint answers deterministically, so ea
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from appruns import run_app, to_local_arthur
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
@@ -22,7 +17,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_arthur import ArthurSpanExporter
 
-ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is the weather in Paris?"
 CALL = 'get_weather({"city": "Paris"})'
 # The two records of the turn: what Arthur must hold, field by field (usage: the server's word counts).
@@ -87,7 +81,9 @@ def test_a_bind_tools_turn_through_openllmetry_gives_exact_records(to_arthur, lo
 
 
 def test_a_langgraph_agent_through_openllmetry_gives_exact_records(to_arthur, local_arthur, openai_server):
-    from langchain.agents import create_agent  # LangGraph's agent (create_react_agent's successor)
+    from langchain.agents import (
+        create_agent,  # LangGraph's agent (create_react_agent's successor)
+    )
 
     model_id, flush, captured = to_arthur
     state = create_agent(_llm(openai_server), tools=[get_weather]).invoke({"messages": [HumanMessage(QUESTION)]})
@@ -104,16 +100,8 @@ def test_a_langgraph_agent_through_openllmetry_gives_exact_records(to_arthur, lo
 def test_openinference_bind_tools_turn_and_agent_in_their_own_process(local_arthur, new_model, openai_server):
     """The same two, instrumented by OpenInference (never in one process with OpenLLMetry)."""
     model_id = new_model()
-    env = os.environ | {
-        "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": local_arthur.api_key,
-        "ARTHUR_MODEL_ID": model_id, "ARTHUR_ALLOW_INSECURE": "true",
-        "OPENAI_BASE_URL": openai_server.url + "/v1", "OPENAI_API_KEY": "unused",
-        "OTEL_SERVICE_NAME": "openinference-tools",
-    }
-    result = subprocess.run([sys.executable, str(ROOT / "tests/apps/openinference_tools.py")], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    scenarios = json.loads(result.stdout)  # the app shut its provider down: every record was delivered
+    scenarios = run_app("openinference_tools.py",
+                        to_local_arthur(local_arthur, model_id, openai_server, "openinference-tools"))
     by_span = {r["span_id"]: r for r in _records(local_arthur, model_id)}
     for name in ("bind_tools", "agent"):
         scenario = scenarios[name]
