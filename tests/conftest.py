@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from arthurmodel import create_model_over_http
 
-from otel_arthur.local import arthur
+from otel_arthur.local import arthur, engine
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +58,14 @@ def arthur_with_model(tmp_path: Path) -> Iterator[tuple[arthur.RestartableLocalA
         yield server, model_id
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[engine.RunningLocalEngine]:
+    """A local Arthur Engine over a fresh SQLite file, on a free 127.0.0.1 port; always stopped. One per
+    test module, shared by its tests: give each test its own service or task."""
+    with engine.running(tmp_path_factory.mktemp("local-engine") / "engine.sqlite3") as server:
+        yield server
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import requests
 
 from otel_arthur import cli, exit_codes
 from otel_arthur.fields import FIELDS
-from otel_arthur.local import arthur, engine
+from otel_arthur.local import arthur
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.spool import Refused, Spool
 
@@ -212,12 +212,6 @@ def test_privacy_settings_are_checked_even_when_the_rest_of_the_configuration_is
 
 
 # -- Arthur Engine ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_engine(tmp_path_factory):
-    with engine.running(tmp_path_factory.mktemp("local-engine") / "engine.sqlite3") as server:
-        yield server
 
 
 @pytest.fixture

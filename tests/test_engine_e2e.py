@@ -26,16 +26,10 @@ from spanfixtures import load_spans, reidentified
 from otel_arthur import ArthurSpanExporter
 from otel_arthur.config import EngineSettings
 from otel_arthur.destinations.engine import EngineDestination
-from otel_arthur.local import engine, openai
+from otel_arthur.local import openai
 
 SYSTEM = "You are terse."
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
-
-
-@pytest.fixture(scope="module")
-def local_engine(tmp_path_factory):
-    with engine.running(tmp_path_factory.mktemp("local-engine") / "engine.sqlite3") as server:
-        yield server
 
 
 @pytest.fixture

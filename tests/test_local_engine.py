@@ -28,13 +28,6 @@ from otel_arthur.local.engine_store import UNMAPPED_TASK_ID
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
 
-@pytest.fixture(scope="module")
-def local_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[engine.RunningLocalEngine]:
-    """One stand-in per module on a free 127.0.0.1 port, always stopped: give each test its own service or task."""
-    with engine.running(tmp_path_factory.mktemp("local-engine") / "engine.sqlite3") as server:
-        yield server
-
-
 @pytest.fixture
 def faulty_engine() -> Iterator[engine.RunningLocalEngine]:
     """A stand-in of its own, for tests that switch faults on."""

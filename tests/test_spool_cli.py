@@ -18,7 +18,6 @@ from otel_arthur import cli, exit_codes, spool_cli
 from otel_arthur.config import ArthurSettings, EngineSettings
 from otel_arthur.destinations.engine import EngineDestination
 from otel_arthur.destinations.v3 import destination
-from otel_arthur.local import engine
 from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.pipeline import Pipeline
@@ -292,12 +291,6 @@ def test_an_unreadable_spool_is_one_line_and_its_exit_code(capsys, spool_dir):
 
 
 # --- Arthur Engine rows -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_engine(tmp_path_factory):
-    with engine.running(tmp_path_factory.mktemp("local-engine") / "engine.sqlite3") as server:
-        yield server
 
 
 def llm_spans(count: int) -> list[ReadableSpan]:
