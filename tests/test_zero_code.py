@@ -153,12 +153,7 @@ def test_both_langchain_instrumentors_installed_one_is_activated_and_each_call_r
         preferred, scope, env, local_arthur, model_id):
     """The arthur distro activates one ``langchain`` instrumentor (its INFO line: test_distro.py); OpenInference's
     OpenAI instrumentor is on too, so each call also has a provider span, which ``dedupe`` leaves out."""
-    received: list[ExportTraceServiceRequest] = []
-    with BackgroundServer(otlp_sink(received)) as sink:
-        result = run(FAN_OUT_COMMAND, env | arthur_env(local_arthur, model_id) | preferred
-                     | {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url})
-        assert result.returncode == 0, result.stderr
-        rows = records_after_exit(local_arthur, model_id, len(TURNS))
+    result, rows, received = fan_out(env | preferred, local_arthur, model_id)
     assert sorted(r["inference_data"]["completion"] for r in rows) == sorted(expected_completions())
     assert app_errors(result.stderr) == []  # no warning: nothing is doubled
     scopes = {scope_spans.scope.name for message in received for resource_spans in message.resource_spans
@@ -218,13 +213,19 @@ def otlp_sink(received: list[ExportTraceServiceRequest]) -> Starlette:
     return Starlette(routes=[Route("/v1/traces", traces, methods=["POST"])])
 
 
-def test_fan_out_to_arthur_and_an_otlp_backend(env, local_arthur, model_id):
+def fan_out(env: dict[str, str], local_arthur, model_id: str):
+    """The chat to Arthur and an OTLP sink at once: (the run, Arthur's records, what the sink received)."""
     received: list[ExportTraceServiceRequest] = []
     with BackgroundServer(otlp_sink(received)) as sink:
-        result = run(FAN_OUT_COMMAND, env | arthur_env(local_arthur, model_id) | ONLY_OPENLLMETRY
-                     | {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url})
+        result = run(FAN_OUT_COMMAND,
+                     env | arthur_env(local_arthur, model_id) | {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url})
         assert result.returncode == 0, result.stderr
         rows = records_after_exit(local_arthur, model_id, len(TURNS))
+    return result, rows, received
+
+
+def test_fan_out_to_arthur_and_an_otlp_backend(env, local_arthur, model_id):
+    result, rows, received = fan_out(env | ONLY_OPENLLMETRY, local_arthur, model_id)
     spans = [span for message in received for resource_spans in message.resource_spans
              for scope_spans in resource_spans.scope_spans for span in scope_spans.spans]
     llm_span_ids = {span.span_id.hex() for span in spans if span.name == "ChatOpenAI.chat"}
