@@ -135,13 +135,12 @@ class RecordFilter:
         """
         if not (self.content.send_completion if output else self.content.send_prompt):
             return _withhold
-        redactor, max_bytes = self.redactor, self._max_text_bytes
+        return self.scrub
 
-        def hook(text: str) -> str:
-            text = clean_text(text)
-            return cut_text(text if redactor is None else redactor(text), max_bytes)
-
-        return hook
+    def scrub(self, text: str) -> str:
+        """One text as it may leave: lone surrogates replaced, redacted, cut to ``max_text_bytes``."""
+        text = clean_text(text)
+        return cut_text(text if self.redactor is None else self.redactor(text), self._max_text_bytes)
 
 
 def _withhold(text: str) -> None:

@@ -36,8 +36,7 @@ from otel_arthur.config import ENGINE_SPANS_AI, EngineSettings, display_url
 from otel_arthur.conventions import CONTENT_ATTRIBUTES
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.destinations import ENGINE_KEY_PREFIX
-from otel_arthur.mapping import MappedSpans, cut_text, map_spans, span_attributes
-from otel_arthur.messages import clean_text
+from otel_arthur.mapping import MappedSpans, map_spans, span_attributes
 from otel_arthur.openinference import openinference_attributes, span_kind
 from otel_arthur.privacy import CONTENT_WITHHELD, RecordFilter
 from otel_arthur.stats import DropReason
@@ -99,12 +98,7 @@ class SpanPrivacy:
                                                            ("output", content.send_completion)) if not sent)
         self.input_text = self.filter.text_hook(output=False)
         self.output_text = self.filter.text_hook(output=True)
-        self._redactor, self._max_bytes = self.filter.redactor, settings.max_text_bytes
-
-    def text(self, value: str) -> str:
-        if self._redactor is not None:
-            value = self._redactor(value)
-        return cut_text(clean_text(value), self._max_bytes)
+        self.text = self.filter.scrub  # every other string: redacted and cut as records' texts are
 
     def key_values(self, key_values: Any, *, events: bool = False) -> None:
         """Filter OTLP ``KeyValue``s in place: a span's attributes, or (``events``) an event's, whose
