@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     import requests
 
@@ -287,16 +289,13 @@ class ArthurClient:
             self._session_made.close()
 
 
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # json.dumps() builds one per call
-
-
 def encode_rows(rows: list[dict[str, Any]]) -> bytes:
-    return _encode_json(rows).encode("utf-8")
+    return orjson.dumps(rows)
 
 
 def encode_row(row: dict[str, Any]) -> bytes:
     """One row's JSON: ``b"[" + b",".join(encode_row(r) for r in rows) + b"]"`` is ``encode_rows(rows)``."""
-    return _encode_json(row).encode("utf-8")
+    return orjson.dumps(row)
 
 
 def _error_detail(response: requests.Response) -> str:
