@@ -52,6 +52,7 @@ and the destination (URL without user info, model id): never a credential.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -210,10 +211,21 @@ class Purged:
     bytes: int
 
 
+# What orjson would write differently from the stdlib (dataclasses, datetimes, subclasses of str…) it refuses instead.
+_ORJSON_PLAIN = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+_stdlib_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode(record: InferenceRecord) -> str:
-    # orjson: a tenth of the stdlib encoder's time on a 2 KB record (the dict asdict() would build, without its deep copy).
-    return orjson.dumps({"partner_inference_id": record.partner_inference_id,
-                         "inference_timestamp": record.inference_timestamp, "fields": record.fields}).decode()
+    # The dict asdict() would build, without its recursive deep copy (which cost more than the rest of export()).
+    data = {"partner_inference_id": record.partner_inference_id,
+            "inference_timestamp": record.inference_timestamp, "fields": record.fields}
+    try:
+        return orjson.dumps(data, option=_ORJSON_PLAIN).decode()  # a tenth of the stdlib's time on a 2 KB record
+    except orjson.JSONEncodeError:
+        # A value orjson refuses: the stdlib stores it or raises as it always did (a lone surrogate only fails
+        # as UTF-8, the text's own error).
+        return _stdlib_encode(data)
 
 
 def decode(body: str | bytes) -> InferenceRecord:
