@@ -35,6 +35,7 @@ ARTHUR_BATCH_MAX_BYTES = "ARTHUR_BATCH_MAX_BYTES"
 ARTHUR_SPOOL_DIR = "ARTHUR_SPOOL_DIR"
 ARTHUR_SPOOL_MAX_BYTES = "ARTHUR_SPOOL_MAX_BYTES"
 ARTHUR_MAX_TEXT_BYTES = "ARTHUR_MAX_TEXT_BYTES"
+ARTHUR_DELIVERY_LINGER = "ARTHUR_DELIVERY_LINGER"
 # Zero-code (otel_arthur.distro): which instrumentor is activated when several register one name.
 ARTHUR_PREFERRED_INSTRUMENTORS = "ARTHUR_PREFERRED_INSTRUMENTORS"
 # Privacy (otel_arthur.privacy, otel_arthur.redaction). A bad value here is a ConfigurationError, not
@@ -50,6 +51,7 @@ DEFAULT_BATCH_MAX_RECORDS = 500
 DEFAULT_BATCH_MAX_BYTES = 4 * 1024 * 1024  # JSON body size of one inferences POST
 DEFAULT_SPOOL_MAX_BYTES = 512 * 1024 * 1024  # records and dead letters on disk, per spool directory
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt or completion
+DEFAULT_DELIVERY_LINGER = 1.0  # seconds delivery waits for a batch's worth of records before sending fewer
 SPOOL_SUBDIRECTORY = "otel-arthur"
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
@@ -245,6 +247,7 @@ class ArthurSettings:
     spool_dir: str = field(default_factory=default_spool_dir)
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    delivery_linger: float = DEFAULT_DELIVERY_LINGER
     send_content: bool | None = None  # None: the instrumentors' own content switches decide (otel_arthur.privacy)
     redact_builtins: tuple[str, ...] = ()
     redact_patterns: tuple[tuple[str, str], ...] = ()
@@ -335,6 +338,7 @@ def _delivery_settings(timeout: float | None, spool_dir: str | os.PathLike[str] 
                                else _env_number(ARTHUR_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, int)),
         "max_text_bytes": int(max_text_bytes if max_text_bytes is not None
                               else _env_number(ARTHUR_MAX_TEXT_BYTES, DEFAULT_MAX_TEXT_BYTES, int)),
+        "delivery_linger": _env_number(ARTHUR_DELIVERY_LINGER, DEFAULT_DELIVERY_LINGER, float, zero_allowed=True),
         **resolve_privacy(send_content, redact_builtins, redact_patterns),
     }
 
@@ -425,6 +429,7 @@ class EngineSettings:
     spool_dir: str = field(default_factory=default_spool_dir)
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    delivery_linger: float = DEFAULT_DELIVERY_LINGER
     send_content: bool | None = None
     redact_builtins: tuple[str, ...] = ()
     redact_patterns: tuple[tuple[str, str], ...] = ()

@@ -431,3 +431,23 @@ def test_secrets_are_never_logged_repr_d_or_spooled(credentials, secret, local_a
     assert re.search(r"urllib3.*(GET|POST) /api/v3/", caplog.text)  # DEBUG really was on for urllib3
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("otel_arthur")]
     assert len(errors) == (1 if refused else 0)
+
+
+def test_delivery_lingers_until_a_batchs_worth_waits_and_sends_it_as_one_request(settings, pipelines):
+    delivered = Scripted(lambda batch: [RecordResult(200, "success")] * len(batch))
+    pipeline = pipelines(replace(settings(model_id="unused", batch_max_records=4), delivery_linger=60.0),
+                         transport=delivered)
+    assert wait_for(lambda: pipeline.readiness().model_fetched, timeout=BIND_DELAY + 10)
+    first, second = records(2), records(2)
+    assert pipeline.submit(first) and pipeline.submit(second)  # two exports, each too few to send alone
+    assert wait_for(lambda: pipeline.stats().delivered == 4)
+    assert delivered.sent == [[r.partner_inference_id for r in first + second]]
+
+
+def test_a_flush_does_not_wait_for_the_linger(settings, pipelines):
+    delivered = Scripted(lambda batch: [RecordResult(200, "success")] * len(batch))
+    pipeline = pipelines(replace(settings(model_id="unused"), delivery_linger=600.0), transport=delivered)
+    assert wait_for(lambda: pipeline.readiness().model_fetched, timeout=BIND_DELAY + 10)
+    assert pipeline.submit(records(1))
+    assert pipeline.force_flush(timeout=30) is True
+    assert pipeline.stats().delivered == 1

@@ -33,6 +33,7 @@ class DeliverySettings(Protocol):
     spool_dir: str
     spool_max_bytes: int
     batch_max_records: int
+    delivery_linger: float
 
 
 class Destination(Protocol):
