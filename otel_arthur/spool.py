@@ -12,7 +12,8 @@ Layout::
                   seq is arrival order; body is the InferenceRecord as JSON, size its UTF-8 bytes;
                   owner NULL = pending, else in flight, claimed by that Spool
     dead_letters  seq │ destination │ partner_inference_id │ body │ size │ reason │ message │ dead_at
-    totals        name ('records' | 'dead_letters') │ rows │ bytes, kept by triggers: the bound costs no scan
+    totals        name ('records' | 'dead_letters') │ rows │ bytes, kept by each transaction that adds or removes
+                  rows (once per transaction, not per row): the bound costs no scan
 
 Protocol, at least once like the Collector's persistent queue:
 
@@ -112,17 +113,18 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL);
 INSERT OR IGNORE INTO totals VALUES ('records', 0, 0), ('dead_letters', 0, 0);
 """
-_TRIGGERS = "".join(
+# Spools written before the totals were kept by the transactions had per-row triggers keep them: at open,
+# drop them and count the totals afresh (once: the triggers' presence is the old format).
+_MIGRATE = "".join(
     f"""
-CREATE TRIGGER IF NOT EXISTS {table}_added AFTER INSERT ON {table} BEGIN
-    UPDATE totals SET rows = rows + 1, bytes = bytes + NEW.size WHERE name = '{table}';
-END;
-CREATE TRIGGER IF NOT EXISTS {table}_removed AFTER DELETE ON {table} BEGIN
-    UPDATE totals SET rows = rows - 1, bytes = bytes - OLD.size WHERE name = '{table}';
-END;
+UPDATE totals SET rows = (SELECT COUNT(*) FROM {table}), bytes = (SELECT COALESCE(SUM(size), 0) FROM {table})
+    WHERE name = '{table}' AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = '{table}_added');
+DROP TRIGGER IF EXISTS {table}_added;
+DROP TRIGGER IF EXISTS {table}_removed;
 """
     for table in ("records", "dead_letters")
 )
+_IN_CHUNK = 900  # seqs per "seq IN (…)": under SQLite's 999 host parameters of old builds
 
 
 class SpoolClosed(RuntimeError):
@@ -316,7 +318,7 @@ class Spool:
             _bound_wal(db, self.max_bytes)
             # executescript runs statement by statement: one IMMEDIATE transaction around it, so two
             # processes creating the file at once do not interleave.
-            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _TRIGGERS + "COMMIT;")
+            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _MIGRATE + "COMMIT;")
         except BaseException:
             db.close()
             raise
@@ -455,7 +457,7 @@ class Spool:
         still do not fit, the transaction is rolled back and ``SpoolFull`` raised.
         """
         now = time.time()
-        rows, too_big = [], 0
+        rows, too_big, total = [], 0, 0
         encode, identity = self.codec.encode, self.codec.identity
         for record in records:
             body = encode(record)
@@ -463,6 +465,7 @@ class Spool:
             if size > self.max_bytes:
                 too_big += 1
                 continue
+            total += size
             rows.append((self.destination, identity(record), body, size, now))
         with self._transaction() as db:
             db.executemany(
@@ -470,6 +473,7 @@ class Spool:
                 " VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
+            _add_totals(db, "records", len(rows), total)
             dropped = self._make_room(db, refuse_when_full)
         return Appended(len(rows), dropped + too_big)
 
@@ -491,7 +495,9 @@ class Spool:
                 "SELECT seq, body FROM records WHERE destination = ? AND owner IS NULL ORDER BY seq LIMIT ?",
                 (self.destination, limit),
             ).fetchall()
-            db.executemany("UPDATE records SET owner = ? WHERE seq = ?", [(self.owner, seq) for seq, _ in rows])
+            if rows:  # in this transaction the pending rows between the first and last claimed are exactly those
+                db.execute("UPDATE records SET owner = ? WHERE destination = ? AND owner IS NULL AND seq BETWEEN ? AND ?",
+                           (self.owner, self.destination, rows[0][0], rows[-1][0]))
         decode = self.codec.decode
         return [Claimed(seq, decode(body)) for seq, body in rows]
 
@@ -499,6 +505,7 @@ class Spool:
     def settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = ()) -> None:
         """Delete the acknowledged, dead-letter the refused, return the released to pending: one transaction."""
         now = time.time()
+        refused_seqs = {r.seq for r in refused}
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO dead_letters (seq, destination, partner_inference_id, body, size, reason, message,"
@@ -506,13 +513,18 @@ class Spool:
                 " WHERE seq = ? AND owner = ?",
                 [(r.reason, r.message, now, r.seq, self.owner) for r in refused],
             )
-            db.executemany(
-                "DELETE FROM records WHERE seq = ? AND owner = ?",
-                [(seq, self.owner) for seq in [*acked, *(r.seq for r in refused)]],
-            )
-            db.executemany(
-                "UPDATE records SET owner = NULL WHERE seq = ? AND owner = ?", [(seq, self.owner) for seq in released]
-            )
+            removed = dead = removed_bytes = dead_bytes = 0
+            for chunk in _chunks([*acked, *refused_seqs]):
+                for seq, size in db.execute(f"DELETE FROM records WHERE owner = ? AND seq IN ({_marks(chunk)})"
+                                            " RETURNING seq, size", (self.owner, *chunk)):
+                    removed, removed_bytes = removed + 1, removed_bytes + size
+                    if seq in refused_seqs:  # moved: the insert above took the same rows (ours, by seq)
+                        dead, dead_bytes = dead + 1, dead_bytes + size
+            _add_totals(db, "records", -removed, -removed_bytes)
+            _add_totals(db, "dead_letters", dead, dead_bytes)
+            for chunk in _chunks(released):
+                db.execute(f"UPDATE records SET owner = NULL WHERE owner = ? AND seq IN ({_marks(chunk)})",
+                           (self.owner, *chunk))
 
     @_retried
     def pending(self, upto: int | None = None) -> int:
@@ -591,6 +603,10 @@ class Spool:
         """
         where, parameters = self._matching(everywhere, reason, seqs, destinations)
         with self._transaction() as db:
+            rows, size = db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM dead_letters WHERE {where}",
+                                    parameters).fetchone()
+            _add_totals(db, "records", rows, size)
+            _add_totals(db, "dead_letters", -rows, -size)
             db.execute(
                 "INSERT INTO records (destination, partner_inference_id, body, size, enqueued_at)"
                 f" SELECT destination, partner_inference_id, body, size, ? FROM dead_letters WHERE {where}"
@@ -617,6 +633,7 @@ class Spool:
                                           parameters).fetchone()
                 if not dry_run:
                     db.execute(f"DELETE FROM {table} WHERE {where}", parameters)
+                    _add_totals(db, table, -count, -total)
                 rows, size = rows + count, size + total
         return Purged(rows, size)
 
@@ -716,7 +733,23 @@ def _delete_oldest(db: sqlite3.Connection, table: str, condition: str, excess: i
     if last is None:
         return 0, 0
     deleted = db.execute(f"DELETE FROM {table} WHERE seq <= ? AND {condition}", (last,)).rowcount
+    _add_totals(db, table, -deleted, -freed)
     return freed, deleted
+
+
+def _add_totals(db: sqlite3.Connection, table: str, rows: int, size: int) -> None:
+    """Keep ``totals`` in step with rows added to (or, negative, removed from) ``table`` in this transaction."""
+    if rows:
+        db.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ? WHERE name = ?", (rows, size, table))
+
+
+def _chunks(seqs: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(seqs), _IN_CHUNK):
+        yield seqs[start:start + _IN_CHUNK]
+
+
+def _marks(chunk: Sequence[int]) -> str:
+    return ", ".join("?" * len(chunk))
 
 
 def _use_wal(db: sqlite3.Connection) -> None:
@@ -810,7 +843,7 @@ def _empty(path: str, last_seq: int) -> None:
     whose header SQLite cannot read is replaced instead: nobody can have been using it.
     """
     empty = sqlite3.connect(":memory:")
-    empty.executescript(_SCHEMA + _TRIGGERS)
+    empty.executescript(_SCHEMA)
     empty.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?)", (last_seq,))
     empty.commit()
     target = sqlite3.connect(path, timeout=BUSY_TIMEOUT)

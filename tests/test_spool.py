@@ -206,3 +206,67 @@ def test_can_write_probes_the_directory_and_leaves_nothing_behind(tmp_path):
         assert not spool.can_write()
     finally:
         spool.close()
+
+
+# The file as spools were written before the totals were kept by transactions: per-row triggers kept them.
+_SPOOL_WITH_TRIGGERS = """
+CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL,
+    partner_inference_id TEXT NOT NULL, body TEXT NOT NULL, size INTEGER NOT NULL, enqueued_at REAL NOT NULL, owner TEXT);
+CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY, destination TEXT NOT NULL, partner_inference_id TEXT NOT NULL,
+    body TEXT NOT NULL, size INTEGER NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL, dead_at REAL NOT NULL);
+CREATE TABLE totals (name TEXT PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT INTO totals VALUES ('records', 0, 0), ('dead_letters', 0, 0);
+""" + "".join(f"""
+CREATE TRIGGER {table}_added AFTER INSERT ON {table} BEGIN
+    UPDATE totals SET rows = rows + 1, bytes = bytes + NEW.size WHERE name = '{table}'; END;
+CREATE TRIGGER {table}_removed AFTER DELETE ON {table} BEGIN
+    UPDATE totals SET rows = rows - 1, bytes = bytes - OLD.size WHERE name = '{table}'; END;
+""" for table in ("records", "dead_letters"))
+
+
+def test_a_spool_of_the_trigger_format_opens_with_its_records_and_keeps_its_totals_right(tmp_path):
+    from otel_arthur.spool import encode
+
+    old = sqlite3.connect(tmp_path / FILE_NAME)
+    old.executescript(_SPOOL_WITH_TRIGGERS)
+    bodies = [encode(r) for r in records(3)]
+    old.executemany("INSERT INTO records (destination, partner_inference_id, body, size, enqueued_at)"
+                    " VALUES (?, ?, ?, ?, 0)", [(DESTINATION, f"id-{i}", b, len(b)) for i, b in enumerate(bodies)])
+    old.execute("INSERT INTO dead_letters VALUES (100, ?, 'dead', ?, ?, 'record_rejected', '400', 0)",
+                (DESTINATION, bodies[0], len(bodies[0])))
+    old.commit()
+    old.close()
+    size = len(bodies[0])  # all three bodies are alike in length
+    spool = Spool(tmp_path, DESTINATION, max_bytes=1_000_000)
+    try:
+        assert (spool.gauges().depth, spool.gauges().bytes, spool.gauges().dead_letters) == (3, 4 * size, 1)
+        a, b, c = spool.claim(10)
+        assert [a.record, b.record, c.record] == records(3)
+        spool.settle(acked=[a.seq], refused=[Refused(b.seq, "record_rejected", "400")])
+        spool.append(records(1, start=3))
+        # With the triggers left in place every change would count twice.
+        gauges = spool.gauges()
+        assert (gauges.depth, gauges.dead_letters) == (2, 2)
+        assert gauges.bytes == sum(row[0] for row in sqlite3.connect(tmp_path / FILE_NAME).execute(
+            "SELECT size FROM records UNION ALL SELECT size FROM dead_letters"))
+    finally:
+        spool.close()
+
+
+def test_totals_follow_every_change_of_the_file(tmp_path):
+    spool = Spool(tmp_path, DESTINATION, max_bytes=3_000)
+    try:
+        spool.append(records(20))  # over the bound: the oldest dropped
+        claimed = spool.claim(5)
+        spool.settle(acked=[claimed[0].seq], refused=[Refused(claimed[1].seq, "record_rejected", "400")],
+                     released=[c.seq for c in claimed[2:]])
+        assert spool.requeue_dead_letters() == 1
+        [again] = [c for c in spool.claim(50) if c.record.partner_inference_id == claimed[1].record.partner_inference_id]
+        spool.settle(refused=[Refused(again.seq, "record_rejected", "400")])
+        spool.purge(dead_letters=True)
+        with sqlite3.connect(tmp_path / FILE_NAME) as db:
+            counted = db.execute("SELECT COUNT(*), SUM(size) FROM records").fetchone()
+            assert db.execute("SELECT rows, bytes FROM totals WHERE name = 'records'").fetchone() == counted
+            assert db.execute("SELECT rows, bytes FROM totals WHERE name = 'dead_letters'").fetchone() == (0, 0)
+    finally:
+        spool.close()
