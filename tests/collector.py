@@ -75,7 +75,8 @@ class CollectorConfig:
         return self.otlp_http + "/v1/traces"
 
 
-def prepare_config(source: Path, workdir: Path, serve_url: str, other_backend_url: str | None = None) -> CollectorConfig:
+def prepare_config(source: Path, workdir: Path, serve_url: str,
+                   other_backend_url: str | None = None) -> CollectorConfig:
     """``source`` with its receivers on free ports, its ``file_storage`` under ``workdir``, its exporter to
     ``serve`` (the one aimed at serve's default port) at ``serve_url`` and any other ``otlphttp`` exporter at
     ``other_backend_url``; the Collector's own metrics off (their fixed port would clash between runs)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import collector
 import requests
 from arthurmodel import create_model_over_http
 from collector import (
@@ -217,3 +218,13 @@ def test_partial_success_is_logged_by_the_collector_and_the_rest_delivered(colle
     assert len(local_arthur.inferences(model_id)) == len(rows)
     figures["partial_success"] = {"records_sent": len(QUESTIONS) + 1, "records_arrived": len(rows),
                                   "rejected_by_serve": 1, "retries_logged": 0}
+
+
+def test_without_go_the_collector_tests_skip_loudly_unless_required(monkeypatch):
+    monkeypatch.setattr(collector, "go_command", lambda: None)
+    monkeypatch.delenv(collector.REQUIRE_COLLECTOR, raising=False)
+    with pytest.warns(pytest.PytestWarning, match="NO GO TOOLCHAIN"), pytest.raises(pytest.skip.Exception):
+        collector.build_collector()
+    monkeypatch.setenv(collector.REQUIRE_COLLECTOR, "1")
+    with pytest.raises(pytest.fail.Exception, match="NO GO TOOLCHAIN"):
+        collector.build_collector()
