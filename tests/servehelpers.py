@@ -54,15 +54,16 @@ class Served:
 @contextmanager
 def serving(settings: ArthurSettings | EngineSettings | Sequence[ArthurSettings | EngineSettings],
             receiver: ReceiverSettings | None = None, retry_policy: RetryPolicy = QUICK) -> Iterator[Served]:
-    """``serve`` in this process on a free 127.0.0.1 port, to one destination or several; stopped, and its
-    pipelines shut down, whatever happens."""
+    """``serve`` in this process on 127.0.0.1 at ``receiver.port`` (0: a free one), to one destination or
+    several; stopped, and its pipelines shut down, whatever happens."""
     each = settings if isinstance(settings, Sequence) else [settings]
     pipelines = [Pipeline(to=destination_for(s), retry_policy=retry_policy) for s in each]
+    receiver = receiver or ReceiverSettings(port=0, shutdown_timeout=5)
     lifecycle = None
     try:
-        app = create_app(pipelines, receiver or ReceiverSettings(port=0, shutdown_timeout=5))
+        app = create_app(pipelines, receiver)
         lifecycle = app.state.lifecycle
-        with BackgroundServer(app) as server:
+        with BackgroundServer(app, port=receiver.port) as server:
             yield Served(server.url, pipelines, app.state.receiver)
     finally:
         if lifecycle is not None:
