@@ -1,17 +1,57 @@
 """Kafka as the durable bus between Collectors and ``serve`` replicas, with a real Apache Kafka broker.
 
-The broker (KRaft, one node) runs from Maven Central's jars on the machine's JDK (tests/kafkabroker.py).
-Behaviour is asserted, never timing; the figures are printed at the end of the module's run.
+app (OpenTelemetry SDK, OTLPSpanExporter) → Collector (collector-kafka-producer.yaml) → topic of 3
+partitions → one Collector per replica (collector-kafka-consumer.yaml, one consumer group) → its own
+``otel-arthur serve`` (own spool) → one local Arthur. Replicas are killed with SIGKILL mid-run and
+restarted on their spool and port: every record arrives; copies (at least once) are counted.
+
+The broker (KRaft, one node) runs from Maven Central's jars on the machine's JDK (tests/kafkabroker.py);
+the Collector is the one collector-config/build-collector builds. Behaviour is asserted, never timing;
+the figures are printed at the end of the module's run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
-from kafkabroker import KafkaBroker, kafka_classpath, require_tools, running_broker
+import requests
+import yaml
+from arthurmodel import create_model_over_http
+from kafkabroker import (
+    KafkaBroker,
+    free_port,
+    kafka_classpath,
+    require_tools,
+    running_broker,
+    stop_process_group,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+from servehelpers import wait_for
+from spanfixtures import generation_spans, reidentified
 
+from otel_arthur.local import arthur
+from otel_arthur.mapping import map_span
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PRODUCER_CONFIG = ROOT / "collector-config" / "collector-kafka-producer.yaml"
+CONSUMER_CONFIG = ROOT / "collector-config" / "collector-kafka-consumer.yaml"
+BUILD_COLLECTOR = ROOT / "collector-config" / "build-collector"
 PARTITIONS = 3
+REPLICAS = 3
+TRACES, SPANS_PER_TRACE = 300, 3
+_FOREIGN = ("OTEL_", "ARTHUR_", "OPENAI_", "TRACELOOP_", "OPENINFERENCE_", "VERIFY_SSL")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +65,212 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory, figures) -> Iterator[
         yield broker
 
 
+@pytest.fixture(scope="module")
+def collector_binary() -> Path:
+    """The Collector that collector-config/build-collector builds (cached by it); its path is its last line."""
+    if not BUILD_COLLECTOR.exists():
+        pytest.skip("SKIPPED LOUDLY: collector-config/build-collector is not in this tree")
+    require_tools("go")
+    result = subprocess.run([str(BUILD_COLLECTOR)], capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        pytest.fail(f"build-collector exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
 def test_the_broker_holds_a_topic_of_three_partitions(kafka_broker):
     kafka_broker.create_topic("broker-check", PARTITIONS)
     assert kafka_broker.partitions("broker-check") == PARTITIONS
     assert kafka_broker.end_offsets("broker-check") == {0: 0, 1: 0, 2: 0}  # nothing produced yet
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+class Restartable:
+    """A command in its own process group, its output appended to a log; killable with SIGKILL, restartable."""
+
+    def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.argv, self.log, self.env = list(argv), log, env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Restartable:
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self
+
+    def kill9(self) -> None:
+        assert self.process is not None and self.process.poll() is None, f"not running: {self.log.read_text()}"
+        os.killpg(self.process.pid, 9)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_group(self.process, grace_seconds=10)
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+
+class Replica:
+    """One ``serve`` (fixed port, own spool) and the consumer Collector in front of it."""
+
+    def __init__(self, index: int, workdir: Path, serve_env: dict[str, str], collector: Path,
+                 consumer_config: dict[str, Any]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir()
+        self.serve = Restartable([str(BIN / "otel-arthur"), "serve", "--port", str(self.port),
+                                  "--spool-dir", str(workdir / "spool"), "--shutdown-timeout", "5"],
+                                 workdir / "serve.log", serve_env)
+        config = workdir / "consumer.yaml"
+        consumer_config["exporters"]["otlphttp/arthur"]["endpoint"] = self.url
+        config.write_text(yaml.safe_dump(consumer_config))
+        self.consumer = Restartable([str(collector), "--config", str(config)], workdir / "consumer.log",
+                                    collector_env())
+        self.name = f"replica {index}"
+
+    def start_serve(self) -> None:
+        self.serve.start()
+        wait_for(lambda: self._serve_answers(), timeout=60)
+
+    def _serve_answers(self) -> bool:
+        if self.serve.exited() is not None:
+            pytest.fail(f"{self.name}'s serve exited: {self.serve.log.read_text()[-4000:]}")
+        try:
+            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def spans_received(self) -> int:
+        """Spans this serve process took in since it started (its /metrics)."""
+        page = requests.get(self.url + "/metrics", timeout=5).text
+        found = re.search(r"^otel_arthur_receiver_spans_received_total (\S+)$", page, re.MULTILINE)
+        return int(float(found[1])) if found else 0
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.serve.stop()
+
+
+def collector_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+
+
+def quiet_telemetry(config: dict[str, Any]) -> dict[str, Any]:
+    """No internal metrics endpoint (each Collector would take :8888)."""
+    config.setdefault("service", {}).setdefault("telemetry", {})["metrics"] = {"level": "none"}
+    return config
+
+
+def producer_config(broker: KafkaBroker, topic: str, storage: Path) -> tuple[dict[str, Any], int]:
+    """collector-kafka-producer.yaml with its addresses pointed here; and its OTLP/HTTP port."""
+    config = yaml.safe_load(PRODUCER_CONFIG.read_text())
+    http_port = free_port()
+    config["receivers"]["otlp"]["protocols"] = {"grpc": {"endpoint": f"127.0.0.1:{free_port()}"},
+                                                "http": {"endpoint": f"127.0.0.1:{http_port}"}}
+    config["extensions"]["file_storage"]["directory"] = str(storage)
+    config["exporters"]["kafka"]["brokers"] = [broker.bootstrap]
+    config["exporters"]["kafka"]["traces"]["topic"] = topic
+    return quiet_telemetry(config), http_port
+
+
+def consumer_config(broker: KafkaBroker, topic: str, group: str) -> dict[str, Any]:
+    """collector-kafka-consumer.yaml reading this broker's topic in ``group`` (its serve is set per replica)."""
+    config = yaml.safe_load(CONSUMER_CONFIG.read_text())
+    kafka = config["receivers"]["kafka"]
+    kafka["brokers"], kafka["traces"]["topics"], kafka["group_id"] = [broker.bootstrap], [topic], group
+    return quiet_telemetry(config)
+
+
+def wait_for_port(port: int, process: Restartable, timeout: float = 60) -> None:
+    def answers() -> bool:
+        if process.exited() is not None:
+            pytest.fail(f"exited {process.exited()}: {process.log.read_text()[-4000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(answers, timeout=timeout)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collector_binary, local_arthur, tmp_path,
+                                                            figures):
+    topic, group = "otel-arthur-spans", "otel-arthur-serve"
+    kafka_broker.create_topic(topic, PARTITIONS)
+    model_id = create_model_over_http(local_arthur)
+    serve_env = collector_env() | {
+        "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": arthur.DEFAULT_API_KEY,
+        "ARTHUR_MODEL_ID": model_id, "ARTHUR_ALLOW_INSECURE": "true"}
+    rng = random.Random(13)
+    templates = generation_spans()
+    spans = [reidentified(templates[(t * SPANS_PER_TRACE + s) % len(templates)], trace_id, rng.getrandbits(64))
+             for t, trace_id in enumerate(rng.getrandbits(128) for _ in range(TRACES)) for s in range(SPANS_PER_TRACE)]
+    expected = {map_span(span).partner_inference_id for span in spans}
+    assert len(expected) == TRACES * SPANS_PER_TRACE
+
+    config, otlp_port = producer_config(kafka_broker, topic, tmp_path / "producer-storage")
+    (tmp_path / "producer.yaml").write_text(yaml.safe_dump(config))
+    producer = Restartable([str(collector_binary), "--config", str(tmp_path / "producer.yaml")],
+                           tmp_path / "producer.log", collector_env())
+    replicas = [Replica(i, tmp_path / f"replica-{i}", serve_env, collector_binary,
+                        consumer_config(kafka_broker, topic, group)) for i in range(REPLICAS)]
+    app = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{otlp_port}/v1/traces")
+
+    def delivered() -> set[str]:
+        return {row["partner_inference_id"] for row in local_arthur.inferences(model_id)}
+
+    def send(part: int) -> None:  # a third of the traces, as a BatchSpanProcessor would export them
+        share = spans[part * len(spans) // 3:(part + 1) * len(spans) // 3]
+        for first in range(0, len(share), 30):
+            assert app.export(share[first:first + 30]) is SpanExportResult.SUCCESS
+
+    started = time.monotonic()
+    try:
+        producer.start()
+        wait_for_port(otlp_port, producer)
+        for replica in replicas:
+            replica.start_serve()
+            replica.consumer.start()
+        send(0)
+        wait_for(lambda: len(delivered()) >= len(spans) // 10, timeout=120)
+
+        # Replica 0 loses its serve: its Collector keeps its partitions and retries, offsets unmarked.
+        replicas[0].serve.kill9()
+        send(1)
+        # Replica 1 loses both: its partitions go to the others once its session times out.
+        at_second_kill = len(delivered())
+        replicas[1].consumer.kill9()
+        replicas[1].serve.kill9()
+        replicas[0].start_serve()  # on its spool and port: what was spooled before the kill goes on
+        send(2)
+        replicas[1].start_serve()
+        replicas[1].consumer.start()
+
+        arrived = wait_for(lambda: (lambda ids: ids if ids >= expected else None)(delivered()), timeout=300,
+                           interval=0.5)
+        seconds = time.monotonic() - started
+        received_after_restart = [replicas[0].spans_received(), replicas[1].spans_received()]
+        time.sleep(1.0)  # copies still on the way land before counting
+        rows = [row["partner_inference_id"] for row in local_arthur.inferences(model_id)]
+        messages = sum(kafka_broker.end_offsets(topic).values())
+    finally:
+        app.shutdown()
+        for replica in replicas:
+            replica.stop()
+        producer.stop()
+
+    lost = expected - arrived
+    assert not lost
+    assert set(rows) == expected  # nothing else arrived either
+    assert at_second_kill < len(spans)  # the kills fell mid-run
+    assert received_after_restart[0] > 0  # the messages held for the killed serve went through it, restarted
+    assert messages >= TRACES  # a message per trace and batch (partition_traces_by_id)
+    figures["3 replicas, serve 0 and replica 1 (serve + Collector) killed -9"] = {
+        "records_produced": len(spans), "kafka_messages": messages, "delivered": len(set(rows)),
+        "duplicated": len(rows) - len(set(rows)), "lost": len(lost),
+        "serve0_spans_after_restart": received_after_restart[0],
+        "serve1_spans_after_restart": received_after_restart[1], "seconds": round(seconds, 1)}
