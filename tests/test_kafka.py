@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -100,7 +101,7 @@ class Restartable:
 
     def kill9(self) -> None:
         assert self.process is not None and self.process.poll() is None, f"not running: {self.log.read_text()}"
-        os.killpg(self.process.pid, 9)
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
     def stop(self) -> None:
