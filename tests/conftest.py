@@ -146,3 +146,12 @@ def figures(request):
         reporter.section(f"{request.module.__name__} figures", sep="-")
         for name, values in collected.items():
             reporter.write_line(f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))
+
+
+@pytest.fixture(scope="session")
+def collector_binary() -> Path:
+    """The real OpenTelemetry Collector, built once per run by collector-config/build-collector (reused
+    while its inputs are unchanged); skips loudly without Go, fails instead with OTEL_ARTHUR_REQUIRE_COLLECTOR=1."""
+    from collector import build_collector
+
+    return build_collector()

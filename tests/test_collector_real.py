@@ -1,0 +1,217 @@
+"""The real OpenTelemetry Collector (built by collector-config/build-collector) between a LangChain app and
+``serve``: every config of collector-config/ run for real, its persistent queue across an outage of
+``serve``, and how the Collector's ``otlphttp`` exporter treats ``serve``'s 503, 413 and partial success.
+
+The app (tests/apps/otlp_chat.py: OpenLLMetry, ``ChatOpenAI`` against the local OpenAI endpoint) exports
+OTLP/HTTP to the Collector; ``serve`` runs in this process on a free port; records are read back from the
+local Arthur and compared field by field with what the in-app mapping makes of the app's own spans.
+The Kafka configs (collector-kafka-*.yaml) need a broker and are run by the Kafka tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from arthurmodel import create_model_over_http
+from collector import (
+    CONFIG_DIR,
+    DROP_LINE,
+    PARTIAL_SUCCESS_LINE,
+    RETRY_LINE,
+    CollectorConfig,
+    free_port,
+    prepare_config,
+    retry_intervals,
+    running_collector,
+)
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from servehelpers import PROTOBUF, Served, arthur_settings, serving, wait_for
+from spanfixtures import load_span
+from test_serve_e2e import APP, QUESTIONS, clean_env, expected_turns
+from test_zero_code import otlp_sink
+
+from otel_arthur.config import ReceiverSettings
+from otel_arthur.local.runner import BackgroundServer
+from otel_arthur.mapping import map_span
+
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("collector-kafka-"))
+TOKEN = "collector-token"
+TO_ARTHUR = CONFIG_DIR / "collector-to-arthur.yaml"
+OUTAGE_SECONDS = 10
+
+
+def receiver(**overrides: Any) -> ReceiverSettings:
+    return ReceiverSettings(**{"port": 0, "auth_token": TOKEN, "shutdown_timeout": 5} | overrides)
+
+
+def collector_env() -> dict[str, str]:
+    return clean_env(OTEL_ARTHUR_RECEIVER_TOKEN=TOKEN)
+
+
+def run_chat(config: CollectorConfig, openai_server) -> list[Any]:
+    """The chat app, exporting to the Collector; the spans it made (it exits once they are exported)."""
+    result = subprocess.run(
+        [sys.executable, str(APP), *QUESTIONS], capture_output=True, text=True, timeout=120,
+        env=clean_env(OPENAI_BASE_URL=openai_server.url + "/v1", OPENAI_API_KEY="unused",
+                      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=config.traces, OTEL_EXPORTER_OTLP_COMPRESSION="gzip"))
+    assert result.returncode == 0, result.stderr
+    return [load_span(s) for s in json.loads(result.stdout)]
+
+
+def assert_exact_records(local_arthur, model_id: str, spans: list[Any]) -> list[dict[str, Any]]:
+    """Arthur holds one record per LLM call, each field what the in-app mapping makes of the app's span."""
+    records = {r.partner_inference_id: r for r in map(map_span, spans) if r is not None}
+    assert len(records) == len(QUESTIONS)
+    wait_for(lambda: len(local_arthur.inferences(model_id)) >= len(records), timeout=90)
+    time.sleep(0.3)  # nothing more may arrive
+    rows = sorted(local_arthur.inferences(model_id), key=lambda r: r["inference_timestamp"])
+    assert sorted(r["partner_inference_id"] for r in rows) == sorted(records)  # each once
+    for row, (prompt, completion) in zip(rows, expected_turns()):
+        assert row["inference_data"] == records[row["partner_inference_id"]].fields
+        assert row["inference_data"]["prompt"] == prompt
+        assert row["inference_data"]["completion"] == completion.content
+    return rows
+
+
+def counters(served: Served) -> dict[str, float]:
+    """serve's receiver counters by Prometheus name: ``spans_received_total``, ``http_responses_total{code="503"}``."""
+    return {s.name + "".join(f'{{{k}="{v}"}}' for k, v in s.labels.items()): s.value
+            for s in served.receiver.counters.samples()}
+
+
+@contextmanager
+def other_backend() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
+    """An OTLP/HTTP sink standing for the fan-out config's tracing backend: its URL and what it received."""
+    received: list[ExportTraceServiceRequest] = []
+    with BackgroundServer(otlp_sink(received)) as sink:
+        yield sink.url, received
+
+
+def span_ids(requests: list[ExportTraceServiceRequest]) -> list[str]:
+    return [span.span_id.hex() for message in requests for resource_spans in message.resource_spans
+            for scope_spans in resource_spans.scope_spans for span in scope_spans.spans]
+
+
+@pytest.mark.parametrize("source", CONFIGS, ids=lambda p: p.name)
+def test_every_config_app_to_collector_to_serve_to_arthur(source: Path, collector_binary, openai_server,
+                                                           local_arthur, tmp_path, figures):
+    model_id = create_model_over_http(local_arthur)
+    with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool"), receiver()) as served, \
+            other_backend() as (backend_url, backend_received):
+        config = prepare_config(source, tmp_path / "collector", served.url, backend_url)
+        with running_collector(collector_binary, config, tmp_path / "collector.log", collector_env()) as log:
+            spans = run_chat(config, openai_server)
+            rows = assert_exact_records(local_arthur, model_id, spans)
+            if "otlphttp/tracing" in config.path.read_text():
+                wait_for(lambda: len(span_ids(backend_received)) >= len(spans))
+        seen = counters(served)
+    assert not log.lines(DROP_LINE) and not log.lines(RETRY_LINE), log.text()
+    generations = len(QUESTIONS)
+    if source.name == "collector-llm-only.yaml":  # the filter processor let through only the LLM calls
+        assert seen["otel_arthur_receiver_spans_received_total"] == generations
+        assert seen["otel_arthur_receiver_spans_ignored_total"] == 0
+    else:
+        assert seen["otel_arthur_receiver_spans_received_total"] == len(spans)
+        assert seen["otel_arthur_receiver_spans_ignored_total"] == len(spans) - generations
+    if "otlphttp/tracing" in config.path.read_text():  # the second backend got every span, once
+        assert sorted(span_ids(backend_received)) == sorted(format(s.context.span_id, "016x") for s in spans)
+    figures[source.name] = {
+        "spans_made": len(spans), "spans_at_serve": int(seen["otel_arthur_receiver_spans_received_total"]),
+        "records": len(rows), "spans_at_second_backend": len(span_ids(backend_received))}
+
+
+def test_persistent_queue_holds_through_serve_down_for_10_s_and_a_collector_restart(
+        collector_binary, openai_server, local_arthur, tmp_path, figures):
+    model_id = create_model_over_http(local_arthur)
+    port = free_port()  # nothing listens there until serve starts
+    config = prepare_config(TO_ARTHUR, tmp_path / "collector", f"http://127.0.0.1:{port}")
+    log_path = tmp_path / "collector.log"
+    down_since = time.monotonic()
+    with running_collector(collector_binary, config, log_path, collector_env()) as log:
+        spans = run_chat(config, openai_server)
+        wait_for(lambda: log.lines(RETRY_LINE))  # the batch is in the queue, failing
+    # The Collector stopped with the batch in its file_storage queue; a new one must find it there.
+    with running_collector(collector_binary, config, log_path, collector_env()) as log:
+        time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_since)))  # the outage lasts 10 s
+        with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool"), receiver(port=port)) as served:
+            rows = assert_exact_records(local_arthur, model_id, spans)
+            seen = counters(served)
+    assert not log.lines(DROP_LINE), log.text()
+    assert seen["otel_arthur_receiver_spans_received_total"] == len(spans)  # the batch, once
+    figures["serve down 10 s, Collector restarted"] = {
+        "spans_made": len(spans), "records_sent": len(QUESTIONS), "records_arrived": len(rows),
+        "retries_logged": len(log.lines(RETRY_LINE)), "seconds_down": OUTAGE_SECONDS}
+
+
+def test_503_with_retry_after_is_retried_after_that_interval_and_everything_arrives(
+        collector_binary, openai_server, local_arthur, tmp_path, figures):
+    model_id = create_model_over_http(local_arthur)
+    port = free_port()
+    config = prepare_config(TO_ARTHUR, tmp_path / "collector", f"http://127.0.0.1:{port}")
+    spool = tmp_path / "spool"
+    with running_collector(collector_binary, config, tmp_path / "collector.log", collector_env()) as log:
+        with serving(arthur_settings(local_arthur.url, model_id, spool), receiver(port=port)) as refusing:
+            refusing.receiver.stop_accepting()  # as when shutting down: 503 + Retry-After to every request
+            spans = run_chat(config, openai_server)
+            wait_for(lambda: len(log.lines(RETRY_LINE)) >= 2)
+            refused = counters(refusing)
+        with serving(arthur_settings(local_arthur.url, model_id, spool), receiver(port=port)) as served:
+            rows = assert_exact_records(local_arthur, model_id, spans)
+    intervals = retry_intervals(log)
+    assert all("503" in line for line in log.lines(RETRY_LINE))
+    assert set(intervals) == {"5s"}  # serve's Retry-After: 5, taken as is instead of the backoff
+    assert refused['otel_arthur_receiver_http_responses_total{code="503"}'] >= 2
+    assert not log.lines(DROP_LINE)
+    figures["503 + Retry-After"] = {"records_sent": len(QUESTIONS), "records_arrived": len(rows),
+                                    "retries_logged": len(intervals), "interval": intervals[0]}
+
+
+@pytest.mark.parametrize("limit", [{"max_body_bytes": 256}, {"max_spans_per_request": 1}], ids=lambda d: next(iter(d)))
+def test_413_is_dropped_by_the_collector_not_retried_and_logged(limit, collector_binary, openai_server,
+                                                                 local_arthur, tmp_path, figures):
+    model_id = create_model_over_http(local_arthur)
+    with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool"), receiver(**limit)) as served:
+        config = prepare_config(TO_ARTHUR, tmp_path / "collector", served.url)
+        with running_collector(collector_binary, config, tmp_path / "collector.log", collector_env()) as log:
+            spans = run_chat(config, openai_server)
+            drops = wait_for(lambda: log.lines(DROP_LINE))
+        seen = counters(served)
+    assert all("413" in line for line in drops) and not log.lines(RETRY_LINE)
+    assert seen['otel_arthur_receiver_http_responses_total{code="413"}'] == len(drops)
+    assert local_arthur.inferences(model_id) == []  # the app's one batch, dropped whole
+    figures[f"413 ({next(iter(limit))})"] = {"spans_made": len(spans), "requests_dropped": len(drops),
+                                            "retries_logged": 0, "records_arrived": 0}
+
+
+def test_partial_success_is_logged_by_the_collector_and_the_rest_delivered(collector_binary, openai_server,
+                                                                         local_arthur, tmp_path, figures):
+    model_id = create_model_over_http(local_arthur)
+    with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool"), receiver()) as served:
+        config = prepare_config(TO_ARTHUR, tmp_path / "collector", served.url)
+        with running_collector(collector_binary, config, tmp_path / "collector.log", collector_env()) as log:
+            # The app's spans, then the same LLM call again with no start time: serve cannot record it.
+            spans = run_chat(config, openai_server)
+            rows = assert_exact_records(local_arthur, model_id, spans)
+            request = encode_spans([next(s for s in spans if map_span(s) is not None)])
+            broken = request.resource_spans[0].scope_spans[0].spans[0]
+            broken.span_id, broken.start_time_unix_nano = b"\x09" * 8, 0
+            assert requests.post(config.traces, data=request.SerializeToString(), headers=PROTOBUF,
+                                 timeout=10).status_code == 200
+            [partial] = wait_for(lambda: log.lines(PARTIAL_SUCCESS_LINE))
+        seen = counters(served)
+    assert '"dropped_spans": 1' in partial
+    assert not log.lines(RETRY_LINE) and not log.lines(DROP_LINE)  # a partial success is not retried
+    assert seen["otel_arthur_receiver_spans_rejected_total"] == 1
+    assert len(local_arthur.inferences(model_id)) == len(rows)
+    figures["partial_success"] = {"records_sent": len(QUESTIONS) + 1, "records_arrived": len(rows),
+                                  "rejected_by_serve": 1, "retries_logged": 0}
