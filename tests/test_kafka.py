@@ -16,7 +16,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +27,8 @@ import pytest
 import requests
 import yaml
 from arthurmodel import create_model_over_http
-from kafkabroker import (
-    KafkaBroker,
-    free_port,
-    kafka_classpath,
-    require_tools,
-    running_broker,
-    stop_process_group,
-)
+from collector import READY_LINE, CollectorConfig, running_collector
+from kafkabroker import KafkaBroker, free_port, kafka_classpath, require_tools, running_broker, stop_process_group
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 from servehelpers import wait_for
@@ -48,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PRODUCER_CONFIG = ROOT / "collector-config" / "collector-kafka-producer.yaml"
 CONSUMER_CONFIG = ROOT / "collector-config" / "collector-kafka-consumer.yaml"
-BUILD_COLLECTOR = ROOT / "collector-config" / "build-collector"
 PARTITIONS = 3
 REPLICAS = 3
 TRACES, SPANS_PER_TRACE = 300, 3
@@ -66,18 +58,6 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory, figures) -> Iterator[
         yield broker
 
 
-@pytest.fixture(scope="module")
-def collector_binary() -> Path:
-    """The Collector that collector-config/build-collector builds (cached by it); its path is its last line."""
-    if not BUILD_COLLECTOR.exists():
-        pytest.skip("SKIPPED LOUDLY: collector-config/build-collector is not in this tree")
-    require_tools("go")
-    result = subprocess.run([str(BUILD_COLLECTOR)], capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        pytest.fail(f"build-collector exited {result.returncode}:\n{result.stderr[-4000:]}")
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
 def test_the_broker_holds_a_topic_of_three_partitions(kafka_broker):
     kafka_broker.create_topic("broker-check", PARTITIONS)
     assert kafka_broker.partitions("broker-check") == PARTITIONS
@@ -92,8 +72,10 @@ class Restartable:
     def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.argv, self.log, self.env = list(argv), log, env
         self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     def start(self) -> Restartable:
+        self.starts += 1
         with self.log.open("a") as log:
             self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -134,6 +116,15 @@ class Replica:
         self.serve.start()
         wait_for(lambda: self._serve_answers(), timeout=60)
 
+    def start_consumer(self) -> None:
+        self.consumer.start()
+        wait_for(lambda: self._consumer_ready(), timeout=60)
+
+    def _consumer_ready(self) -> bool:
+        if self.consumer.exited() is not None:
+            pytest.fail(f"{self.name}'s Collector exited: {self.consumer.log.read_text()[-4000:]}")
+        return self.consumer.log.read_text().count(READY_LINE) == self.consumer.starts
+
     def _serve_answers(self) -> bool:
         if self.serve.exited() is not None:
             pytest.fail(f"{self.name}'s serve exited: {self.serve.log.read_text()[-4000:]}")
@@ -163,16 +154,18 @@ def quiet_telemetry(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def producer_config(broker: KafkaBroker, topic: str, storage: Path) -> tuple[dict[str, Any], int]:
-    """collector-kafka-producer.yaml with its addresses pointed here; and its OTLP/HTTP port."""
+def producer_config(broker: KafkaBroker, topic: str, workdir: Path) -> CollectorConfig:
+    """collector-kafka-producer.yaml with its addresses and storage pointed here, written to ``workdir``."""
     config = yaml.safe_load(PRODUCER_CONFIG.read_text())
-    http_port = free_port()
+    http = f"127.0.0.1:{free_port()}"
     config["receivers"]["otlp"]["protocols"] = {"grpc": {"endpoint": f"127.0.0.1:{free_port()}"},
-                                                "http": {"endpoint": f"127.0.0.1:{http_port}"}}
-    config["extensions"]["file_storage"]["directory"] = str(storage)
+                                                "http": {"endpoint": http}}
+    config["extensions"]["file_storage"]["directory"] = str(workdir / "storage")
     config["exporters"]["kafka"]["brokers"] = [broker.bootstrap]
     config["exporters"]["kafka"]["traces"]["topic"] = topic
-    return quiet_telemetry(config), http_port
+    path = workdir / PRODUCER_CONFIG.name
+    path.write_text(yaml.safe_dump(quiet_telemetry(config)))
+    return CollectorConfig(path, "http://" + http)
 
 
 def consumer_config(broker: KafkaBroker, topic: str, group: str) -> dict[str, Any]:
@@ -181,19 +174,6 @@ def consumer_config(broker: KafkaBroker, topic: str, group: str) -> dict[str, An
     kafka = config["receivers"]["kafka"]
     kafka["brokers"], kafka["traces"]["topics"], kafka["group_id"] = [broker.bootstrap], [topic], group
     return quiet_telemetry(config)
-
-
-def wait_for_port(port: int, process: Restartable, timeout: float = 60) -> None:
-    def answers() -> bool:
-        if process.exited() is not None:
-            pytest.fail(f"exited {process.exited()}: {process.log.read_text()[-4000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    wait_for(answers, timeout=timeout)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -212,14 +192,11 @@ def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collec
              for t, trace_id in enumerate(rng.getrandbits(128) for _ in range(TRACES)) for s in range(SPANS_PER_TRACE)]
     expected = {map_span(span).partner_inference_id for span in spans}
     assert len(expected) == TRACES * SPANS_PER_TRACE
-
-    config, otlp_port = producer_config(kafka_broker, topic, tmp_path / "producer-storage")
-    (tmp_path / "producer.yaml").write_text(yaml.safe_dump(config))
-    producer = Restartable([str(collector_binary), "--config", str(tmp_path / "producer.yaml")],
-                           tmp_path / "producer.log", collector_env())
+    (tmp_path / "producer").mkdir()
+    producer = producer_config(kafka_broker, topic, tmp_path / "producer")
     replicas = [Replica(i, tmp_path / f"replica-{i}", serve_env, collector_binary,
                         consumer_config(kafka_broker, topic, group)) for i in range(REPLICAS)]
-    app = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{otlp_port}/v1/traces")
+    app = OTLPSpanExporter(endpoint=producer.traces)
 
     def delivered() -> set[str]:
         return {row["partner_inference_id"] for row in local_arthur.inferences(model_id)}
@@ -231,46 +208,45 @@ def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collec
 
     started = time.monotonic()
     try:
-        producer.start()
-        wait_for_port(otlp_port, producer)
-        for replica in replicas:
-            replica.start_serve()
-            replica.consumer.start()
-        send(0)
-        wait_for(lambda: len(delivered()) >= len(spans) // 10, timeout=120)
+        with running_collector(collector_binary, producer, tmp_path / "producer.log", collector_env()):
+            for replica in replicas:
+                replica.start_serve()
+                replica.start_consumer()
+            send(0)
+            wait_for(lambda: len(delivered()) >= len(spans) // 10, timeout=120)
 
-        # Replica 0 loses its serve: its Collector keeps its partitions and retries, offsets unmarked.
-        replicas[0].serve.kill9()
-        send(1)
-        # Replica 1 loses both: its partitions go to the others once its session times out.
-        at_second_kill = len(delivered())
-        replicas[1].consumer.kill9()
-        replicas[1].serve.kill9()
-        replicas[0].start_serve()  # on its spool and port: what was spooled before the kill goes on
-        send(2)
-        replicas[1].start_serve()
-        replicas[1].consumer.start()
+            # Replica 0 loses its serve: its Collector keeps its partition and retries, the offset unmarked.
+            replicas[0].serve.kill9()
+            send(1)
+            # Replica 1 loses both: its partition goes to another consumer once its session times out.
+            at_second_kill = len(delivered())
+            replicas[1].consumer.kill9()
+            replicas[1].serve.kill9()
+            replicas[0].start_serve()  # on its spool and port: what it spooled before the kill goes on too
+            send(2)
+            replicas[1].start_serve()
+            replicas[1].start_consumer()
 
-        arrived = wait_for(lambda: (lambda ids: ids if ids >= expected else None)(delivered()), timeout=300,
-                           interval=0.5)
-        seconds = time.monotonic() - started
-        received_after_restart = [replicas[0].spans_received(), replicas[1].spans_received()]
-        time.sleep(1.0)  # copies still on the way land before counting
-        rows = [row["partner_inference_id"] for row in local_arthur.inferences(model_id)]
-        messages = sum(kafka_broker.end_offsets(topic).values())
+            arrived = wait_for(lambda: (lambda ids: ids if ids >= expected else None)(delivered()), timeout=300,
+                               interval=0.5)
+            seconds = time.monotonic() - started
+            received_after_restart = [replicas[0].spans_received(), replicas[1].spans_received()]
+            time.sleep(1.0)  # copies still on the way land before counting
+            rows = [row["partner_inference_id"] for row in local_arthur.inferences(model_id)]
+            messages = sum(kafka_broker.end_offsets(topic).values())
     finally:
         app.shutdown()
         for replica in replicas:
             replica.stop()
-        producer.stop()
 
     lost = expected - arrived
     assert not lost
     assert set(rows) == expected  # nothing else arrived either
     assert at_second_kill < len(spans)  # the kills fell mid-run
     assert received_after_restart[0] > 0  # the messages held for the killed serve went through it, restarted
-    assert messages >= TRACES  # a message per trace and batch (partition_traces_by_id)
-    figures["3 replicas, serve 0 and replica 1 (serve + Collector) killed -9"] = {
+    # One message per trace and resource in each batch, keyed by trace id (partition_traces_by_id).
+    assert messages >= TRACES
+    figures["3 replicas; serve 0, then replica 1 (serve + Collector) killed -9 and restarted"] = {
         "records_produced": len(spans), "kafka_messages": messages, "delivered": len(set(rows)),
         "duplicated": len(rows) - len(set(rows)), "lost": len(lost),
         "serve0_spans_after_restart": received_after_restart[0],
