@@ -126,6 +126,17 @@ class KafkaBroker:
         return {int(partition): int(offset)
                 for _, partition, offset in (line.rsplit(":", 2) for line in listed.split())}
 
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """The offset ``group`` committed for each partition of ``topic`` (0 where it committed none)."""
+        described = self.tool("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--describe",
+                              "--group", group)
+        committed = {}
+        for line in described.splitlines():
+            columns = line.split()  # GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG …
+            if len(columns) > 3 and columns[0] == group and columns[1] == topic:
+                committed[int(columns[2])] = 0 if columns[3] == "-" else int(columns[3])
+        return committed
+
 
 @contextmanager
 def running_broker(workdir: Path, classpath: str) -> Iterator[KafkaBroker]:

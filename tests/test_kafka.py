@@ -27,9 +27,10 @@ import pytest
 import requests
 import yaml
 from arthurmodel import create_model_over_http
-from collector import READY_LINE, CollectorConfig, running_collector
+from collector import READY_LINE, RETRY_LINE, CollectorConfig, running_collector
 from kafkabroker import KafkaBroker, free_port, kafka_classpath, require_tools, running_broker, stop_process_group
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from servehelpers import wait_for
 from spanfixtures import generation_spans, reidentified
@@ -97,7 +98,7 @@ class Restartable:
 class Replica:
     """One ``serve`` (fixed port, own spool) and the consumer Collector in front of it."""
 
-    def __init__(self, index: int, workdir: Path, serve_env: dict[str, str], collector: Path,
+    def __init__(self, name: str, workdir: Path, serve_env: dict[str, str], collector: Path,
                  consumer_config: dict[str, Any]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -110,7 +111,7 @@ class Replica:
         config.write_text(yaml.safe_dump(consumer_config))
         self.consumer = Restartable([str(collector), "--config", str(config)], workdir / "consumer.log",
                                     collector_env())
-        self.name = f"replica {index}"
+        self.name = name
 
     def start_serve(self) -> None:
         self.serve.start()
@@ -178,28 +179,93 @@ def consumer_config(broker: KafkaBroker, topic: str, group: str) -> dict[str, An
 
 # -- the run ---------------------------------------------------------------------------------------
 
+def serve_env(local_arthur: arthur.RunningLocalArthur, model_id: str) -> dict[str, str]:
+    return collector_env() | {"ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": arthur.DEFAULT_API_KEY,
+                              "ARTHUR_MODEL_ID": model_id, "ARTHUR_ALLOW_INSECURE": "true"}
+
+
+def traces_of_generation_spans(traces: int, spans_per_trace: int, seed: int) -> list[ReadableSpan]:
+    """Recorded generation spans under new ids, ``spans_per_trace`` to a trace (each from its own recording)."""
+    rng = random.Random(seed)
+    templates = generation_spans()
+    return [reidentified(templates[(t * spans_per_trace + s) % len(templates)], trace_id, rng.getrandbits(64))
+            for t, trace_id in enumerate(rng.getrandbits(128) for _ in range(traces)) for s in range(spans_per_trace)]
+
+
+def record_ids(spans: Sequence[ReadableSpan]) -> set[str]:
+    return {map_span(span).partner_inference_id for span in spans}
+
+
+def delivered(local_arthur: arthur.RunningLocalArthur, model_id: str) -> set[str]:
+    return {row["partner_inference_id"] for row in local_arthur.inferences(model_id)}
+
+
+def test_offsets_are_committed_only_after_serve_answered(kafka_broker, collector_binary, local_arthur, tmp_path,
+                                                         figures):
+    """With ``serve`` away, the consumer Collector retries and commits nothing; killed -9 then and replaced once
+    ``serve`` is up, it loses nothing. The same Collector with otlphttp's in-memory sending_queue commits every
+    message ``serve`` never got, so a kill -9 then loses them all: why the config has no queue."""
+    topic = "marking"
+    kafka_broker.create_topic(topic, PARTITIONS)
+    model_id = create_model_over_http(local_arthur)
+    spans = traces_of_generation_spans(60, 1, seed=7)  # one span a trace: one Kafka message a span
+    (tmp_path / "producer").mkdir()
+    producer = producer_config(kafka_broker, topic, tmp_path / "producer")
+    with running_collector(collector_binary, producer, tmp_path / "producer.log", collector_env()):
+        app = OTLPSpanExporter(endpoint=producer.traces)
+        assert app.export(spans) is SpanExportResult.SUCCESS
+        app.shutdown()
+        wait_for(lambda: sum(kafka_broker.end_offsets(topic).values()) == len(spans), timeout=60, interval=0.5)
+
+    queued_config = consumer_config(kafka_broker, topic, "marking-queued")
+    queued_config["exporters"]["otlphttp/arthur"]["sending_queue"] = {"enabled": True}
+    queued = Replica("queued", tmp_path / "queued", serve_env(local_arthur, model_id), collector_binary,
+                     queued_config)
+    synchronous = Replica("synchronous", tmp_path / "synchronous", serve_env(local_arthur, model_id),
+                          collector_binary, consumer_config(kafka_broker, topic, "marking-sync"))
+    try:
+        queued.start_consumer()  # its serve never runs
+        wait_for(lambda: sum(kafka_broker.committed_offsets("marking-queued", topic).values()) == len(spans),
+                 timeout=60, interval=0.5)
+        queued.consumer.kill9()  # every offset committed, nothing delivered: the spans were only in its memory
+
+        synchronous.start_consumer()  # its serve is not running yet
+        wait_for(lambda: RETRY_LINE in synchronous.consumer.log.read_text(), timeout=60)
+        committed_while_away = sum(kafka_broker.committed_offsets("marking-sync", topic).values())
+        synchronous.consumer.kill9()
+        synchronous.start_serve()
+        synchronous.start_consumer()
+        arrived = wait_for(lambda: (lambda ids: ids if ids >= record_ids(spans) else None)(
+            delivered(local_arthur, model_id)), timeout=120, interval=0.5)
+        wait_for(lambda: sum(kafka_broker.committed_offsets("marking-sync", topic).values()) == len(spans),
+                 timeout=60, interval=0.5)
+    finally:
+        queued.stop()
+        synchronous.stop()
+    assert committed_while_away == 0
+    assert arrived == record_ids(spans)
+    figures["offset marking, serve away then killed -9"] = {
+        "messages": len(spans), "committed_with_queue_before_delivery": len(spans),
+        "committed_synchronous_before_delivery": committed_while_away, "delivered_synchronous": len(arrived)}
+
+
 def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collector_binary, local_arthur, tmp_path,
                                                             figures):
     topic, group = "otel-arthur-spans", "otel-arthur-serve"
     kafka_broker.create_topic(topic, PARTITIONS)
     model_id = create_model_over_http(local_arthur)
-    serve_env = collector_env() | {
-        "ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": arthur.DEFAULT_API_KEY,
-        "ARTHUR_MODEL_ID": model_id, "ARTHUR_ALLOW_INSECURE": "true"}
-    rng = random.Random(13)
-    templates = generation_spans()
-    spans = [reidentified(templates[(t * SPANS_PER_TRACE + s) % len(templates)], trace_id, rng.getrandbits(64))
-             for t, trace_id in enumerate(rng.getrandbits(128) for _ in range(TRACES)) for s in range(SPANS_PER_TRACE)]
-    expected = {map_span(span).partner_inference_id for span in spans}
+    spans = traces_of_generation_spans(TRACES, SPANS_PER_TRACE, seed=13)
+    expected = record_ids(spans)
     assert len(expected) == TRACES * SPANS_PER_TRACE
     (tmp_path / "producer").mkdir()
     producer = producer_config(kafka_broker, topic, tmp_path / "producer")
-    replicas = [Replica(i, tmp_path / f"replica-{i}", serve_env, collector_binary,
+    environment = serve_env(local_arthur, model_id)
+    replicas = [Replica(f"replica {i}", tmp_path / f"replica-{i}", environment, collector_binary,
                         consumer_config(kafka_broker, topic, group)) for i in range(REPLICAS)]
     app = OTLPSpanExporter(endpoint=producer.traces)
 
-    def delivered() -> set[str]:
-        return {row["partner_inference_id"] for row in local_arthur.inferences(model_id)}
+    def so_far() -> set[str]:
+        return delivered(local_arthur, model_id)
 
     def send(part: int) -> None:  # a third of the traces, as a BatchSpanProcessor would export them
         share = spans[part * len(spans) // 3:(part + 1) * len(spans) // 3]
@@ -213,13 +279,13 @@ def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collec
                 replica.start_serve()
                 replica.start_consumer()
             send(0)
-            wait_for(lambda: len(delivered()) >= len(spans) // 10, timeout=120)
+            wait_for(lambda: len(so_far()) >= len(spans) // 10, timeout=120)
 
             # Replica 0 loses its serve: its Collector keeps its partition and retries, the offset unmarked.
             replicas[0].serve.kill9()
             send(1)
             # Replica 1 loses both: its partition goes to another consumer once its session times out.
-            at_second_kill = len(delivered())
+            at_second_kill = len(so_far())
             replicas[1].consumer.kill9()
             replicas[1].serve.kill9()
             replicas[0].start_serve()  # on its spool and port: what it spooled before the kill goes on too
@@ -227,7 +293,7 @@ def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collec
             replicas[1].start_serve()
             replicas[1].start_consumer()
 
-            arrived = wait_for(lambda: (lambda ids: ids if ids >= expected else None)(delivered()), timeout=300,
+            arrived = wait_for(lambda: (lambda ids: ids if ids >= expected else None)(so_far()), timeout=300,
                                interval=0.5)
             seconds = time.monotonic() - started
             received_after_restart = [replicas[0].spans_received(), replicas[1].spans_received()]
