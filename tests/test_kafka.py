@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from servehelpers import wait_for
 from spanfixtures import generation_spans, reidentified
+from test_serve import arthur_exporters, assert_sends_to_serves_defaults
 
 from otel_arthur.local import arthur
 from otel_arthur.mapping import map_span
@@ -58,6 +59,40 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory, figures) -> Iterator[
                                    "broker_start_seconds": round(broker.start_seconds, 1)}
         yield broker
 
+
+# -- the configs as written (no broker needed) ------------------------------------------------------
+
+def test_the_consumer_config_marks_offsets_only_after_serve_answered():
+    document = yaml.safe_load(CONSUMER_CONFIG.read_text())
+    [(name, exporter)] = arthur_exporters(document).items()
+    assert_sends_to_serves_defaults(exporter)
+    receiver = document["receivers"]["kafka"]
+    assert receiver["message_marking"]["after"] is True and receiver["message_marking"]["on_error"] is False
+    assert receiver["error_backoff"]["enabled"] is True  # else a failed message pauses its partition
+    assert receiver["error_backoff"]["multiplier"] > 1 and receiver["initial_offset"] == "earliest"
+    assert receiver["traces"]["encoding"] == "otlp_proto"
+    # synchronous to serve: a queue (unless it waits for the result) or a batch processor returns before serve answered
+    queue = exporter["sending_queue"]
+    assert queue["enabled"] is False or queue.get("wait_for_result") is True
+    [pipeline] = [p for p in document["service"]["pipelines"].values() if name in p["exporters"]]
+    assert pipeline["receivers"] == ["kafka"] and pipeline["exporters"] == [name]
+    assert not [p for p in pipeline.get("processors", []) if p.split("/")[0] == "batch"]
+
+
+def test_the_producer_config_writes_what_the_consumer_reads():
+    producer = yaml.safe_load(PRODUCER_CONFIG.read_text())
+    consumer = yaml.safe_load(CONSUMER_CONFIG.read_text())
+    kafka = producer["exporters"]["kafka"]
+    reader = consumer["receivers"]["kafka"]
+    assert [kafka["traces"]["topic"]] == reader["traces"]["topics"] and kafka["brokers"] == reader["brokers"]
+    assert kafka["traces"]["encoding"] == reader["traces"]["encoding"]
+    assert kafka["partition_traces_by_id"] is True and kafka["producer"]["required_acks"] == "all"
+    storage = kafka["sending_queue"]["storage"]  # the queue survives a Collector restart or a Kafka outage
+    assert storage in producer["extensions"] and storage in producer["service"]["extensions"]
+    assert producer["service"]["pipelines"]["traces"]["exporters"] == ["kafka"]
+
+
+# -- the broker ------------------------------------------------------------------------------------
 
 def test_the_broker_holds_a_topic_of_three_partitions(kafka_broker):
     kafka_broker.create_topic("broker-check", PARTITIONS)
