@@ -397,7 +397,8 @@ def test_missing_arthur_settings_are_one_clear_line_and_the_configuration_exit_c
     assert c.ARTHUR_ENDPOINT_URL in line and "--url" in line
 
 
-COLLECTOR_CONFIGS = sorted((ROOT / "collector-config").glob("*.yaml"))
+LOADBALANCING_CONFIG = ROOT / "collector-config" / "collector-loadbalancing.yaml"  # gRPC: checked on its own
+COLLECTOR_CONFIGS = sorted(set((ROOT / "collector-config").glob("*.yaml")) - {LOADBALANCING_CONFIG})
 
 
 def _arthur_exporters(document: dict) -> dict[str, dict]:
@@ -431,6 +432,26 @@ def test_collector_config_points_at_serves_defaults(path):
     max_spans = batch.get("send_batch_max_size", 0)  # the Collector's default, 0, is no cap at all
     assert 0 < max_spans <= c.DEFAULT_MAX_BODY_BYTES // (64 * 1024)  # 64 KiB a span: room for long prompts
     assert batch.get("send_batch_size", 8192) <= max_spans  # else the Collector refuses the config
+
+
+def test_loadbalancing_config_routes_by_trace_id_over_grpc_to_serve_replicas():
+    yaml = pytest.importorskip("yaml")
+    document = yaml.safe_load(LOADBALANCING_CONFIG.read_text())
+    exporter = document["exporters"]["loadbalancing/arthur"]
+    assert exporter["routing_key"] == "traceID"
+    hostnames = exporter["resolver"]["static"]["hostnames"]
+    assert len(hostnames) == 3 and hostnames[0] == f"{c.DEFAULT_RECEIVER_HOST}:{c.DEFAULT_RECEIVER_GRPC_PORT}"
+    otlp = exporter["protocol"]["otlp"]
+    assert otlp["compression"] == "gzip" and otlp["retry_on_failure"]["enabled"] is True
+    assert otlp["headers"]["authorization"] == f"Bearer ${{env:{c.OTEL_ARTHUR_RECEIVER_TOKEN}}}"
+    assert otlp["sending_queue"]["enabled"] is False  # a batch leaves the persistent queue only once answered
+    assert exporter["retry_on_failure"]["enabled"] is True
+    storage = exporter["sending_queue"]["storage"]
+    assert storage in document["extensions"] and storage in document["service"]["extensions"]
+    [pipeline] = document["service"]["pipelines"].values()
+    assert pipeline["exporters"] == ["loadbalancing/arthur"]
+    [batch] = [document["processors"][p] for p in pipeline["processors"] if p.split("/")[0] == "batch"]
+    assert 0 < batch["send_batch_max_size"] <= c.DEFAULT_MAX_BODY_BYTES // (64 * 1024)
 
 
 def test_llm_only_filter_covers_exactly_the_conventions():
