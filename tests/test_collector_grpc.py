@@ -30,7 +30,10 @@ from servehelpers import wait_for
 from spanfixtures import generation_spans, reidentified
 from test_serve_e2e import BIN, clean_env
 
+from otel_arthur import config as c
+from otel_arthur.local.arthur_faults import Faults
 from otel_arthur.mapping import map_span
+from otel_arthur.serve.receiver import DEFAULT_RETRY_AFTER
 
 yaml = pytest.importorskip("yaml")
 
@@ -70,6 +73,7 @@ class Replica:
         self._env = env | {"ARTHUR_SPOOL_DIR": str(folder / f"spool-{name}")}
         self._log = folder / f"serve-{name}.log"
         self.process: subprocess.Popen | None = None
+        self.extra_flags: list[str] = []
         self.starts = 0
 
     @property
@@ -80,16 +84,18 @@ class Replica:
         self.starts += 1
         with self._log.open("a") as log:
             self.process = subprocess.Popen(
-                [str(BIN / "otel-arthur"), "serve", "--port", str(self.port), "--grpc-port", str(self.grpc_port)],
+                [str(BIN / "otel-arthur"), "serve", "--port", str(self.port), "--grpc-port", str(self.grpc_port),
+                 *self.extra_flags],
                 env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._ready, timeout=60)
 
     def _ready(self) -> bool:
+        """Listening (``/healthz``): ``/readyz`` also wants Arthur reachable, which a test may have taken down."""
         assert self.process is not None
         if self.process.poll() is not None:
             pytest.fail(f"serve {self.name} exited {self.process.returncode}: {self._log.read_text()}")
         try:
-            return requests.get(self.url + "/readyz", timeout=2).status_code == 200
+            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
         except requests.ConnectionError:
             return False
 
@@ -123,6 +129,7 @@ def replicas(count: int, env: dict[str, str], folder: Path) -> Iterator[list[Rep
 @contextmanager
 def collector(binary: str, config: dict[str, Any], folder: Path, env: dict[str, str]) -> Iterator[tuple[str, Path]]:
     """The Collector with ``config`` (receiver on free ports, storage in ``folder``): its OTLP/gRPC target, its log."""
+    folder.mkdir(parents=True, exist_ok=True)
     grpc_port, http_port = free_port(), free_port()
     config["receivers"]["otlp"]["protocols"] = {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
                                                 "http": {"endpoint": f"127.0.0.1:{http_port}"}}
@@ -174,22 +181,34 @@ def serve_env(local_arthur):
 
 # -- the otlp exporter into one serve ---------------------------------------------------------------
 
+def otlp_config(serve: Replica) -> dict[str, Any]:
+    """collector-to-arthur.yaml with the Collector's ``otlp`` (gRPC) exporter to ``serve`` instead of ``otlphttp``."""
+    config = yaml.safe_load((ROOT / "collector-config" / "collector-to-arthur.yaml").read_text())
+    config["exporters"] = {"otlp/arthur": {
+        "endpoint": f"127.0.0.1:{serve.grpc_port}", "compression": "gzip", "tls": {"insecure": True},
+        "headers": {"authorization": "Bearer ${env:OTEL_ARTHUR_RECEIVER_TOKEN}"},
+        "retry_on_failure": {"enabled": True, "initial_interval": "1s", "max_interval": "30s",
+                             "max_elapsed_time": "5m"}}}
+    config["service"]["pipelines"]["traces"]["exporters"] = ["otlp/arthur"]
+    return config
+
+
+def export(target: str, spans: list[ReadableSpan]) -> None:
+    """The app: one export of ``spans`` to the Collector with the SDK's gRPC exporter."""
+    exporter = OTLPSpanExporter(endpoint=target, insecure=True, timeout=30)
+    try:
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+
+
 def test_collector_otlp_exporter_to_serves_grpc_port_exact_records(otelcol, serve_env, local_arthur, tmp_path,
                                                                    figures):
     env, model_id = serve_env
-    config = yaml.safe_load((ROOT / "collector-config" / "collector-to-arthur.yaml").read_text())
     with replicas(1, env, tmp_path) as [serve]:
-        config["exporters"] = {"otlp/arthur": {
-            "endpoint": f"127.0.0.1:{serve.grpc_port}", "compression": "gzip", "tls": {"insecure": True},
-            "headers": {"authorization": f"Bearer ${{env:OTEL_ARTHUR_RECEIVER_TOKEN}}"}}}
-        config["service"]["pipelines"]["traces"]["exporters"] = ["otlp/arthur"]
-        with collector(otelcol, config, tmp_path, env) as (target, _):
+        with collector(otelcol, otlp_config(serve), tmp_path, env) as (target, _):
             sent = traces(0, 50)
-            exporter = OTLPSpanExporter(endpoint=target, insecure=True, timeout=30)
-            try:
-                assert exporter.export(sent) is SpanExportResult.SUCCESS
-            finally:
-                exporter.shutdown()
+            export(target, sent)
             expected = {r.partner_inference_id: r for r in map(map_span, sent) if r is not None}
             wait_for(lambda: arrived(local_arthur, model_id, set(expected)), timeout=120)
             grpc_ok = metric(serve.url, "otel_arthur_receiver_grpc_responses_total")
@@ -199,6 +218,55 @@ def test_collector_otlp_exporter_to_serves_grpc_port_exact_records(otelcol, serv
         fields = expected[row["partner_inference_id"]].fields
         assert {k: row["inference_data"][k] for k in fields} == fields
     figures["Collector otlp -> serve gRPC"] = {"spans": len(sent), "records": len(rows), "grpc_calls": int(grpc_ok)}
+
+
+def test_collector_drops_resource_exhausted_without_retry_info(otelcol, serve_env, local_arthur, tmp_path):
+    env, model_id = serve_env
+    with replicas(1, env | {c.OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST: "10"}, tmp_path) as [serve]:
+        with collector(otelcol, otlp_config(serve), tmp_path, env) as (target, log):
+            sent = traces(100, 15)  # 30 spans: every request the Collector makes is over the limit
+            export(target, sent)
+            wait_for(lambda: "Dropping data" in log.read_text(), timeout=120)
+            refused = metric(serve.url, "otel_arthur_receiver_grpc_responses_total")
+            received = metric(serve.url, "otel_arthur_receiver_spans_received_total")
+            text = log.read_text()
+    assert "ResourceExhausted" in text and "Will retry" not in text  # permanent for it: dropped, never retried
+    assert refused >= 1 and received == 0
+    ids = {map_span(s).partner_inference_id for s in sent}
+    assert not ids & {r["partner_inference_id"] for r in local_arthur.inferences(model_id)}
+
+
+def test_collector_retries_unavailable_after_the_retry_info_delay_then_delivers(otelcol, serve_env, local_arthur,
+                                                                               tmp_path, figures):
+    env, model_id = serve_env
+    first, second = traces(200, 10), traces(300, 10)
+    local_arthur.faults.set(Faults(rate_503=1.0))  # Arthur down: what serve takes stays in its spool
+    try:
+        with replicas(1, env, tmp_path) as [serve]:  # measure what the first share takes on disk
+            with collector(otelcol, otlp_config(serve), tmp_path / "measure", env) as (target, _):
+                export(target, first)
+                wait_for(lambda: metric(serve.url, "otel_arthur_records_spooled_total") >= len(first), timeout=120)
+                spool_bytes = metric(serve.url, "otel_arthur_spool_size_bytes")
+            serve.kill()
+            serve.extra_flags = ["--spool-max-bytes", str(int(spool_bytes * 1.5))]  # no room for the second share
+            serve.start()
+            with collector(otelcol, otlp_config(serve), tmp_path, env) as (target, log):
+                export(target, second)
+                wait_for(lambda: metric(serve.url, "otel_arthur_receiver_spans_refused_total") > 0, timeout=120)
+                local_arthur.faults.set(Faults())  # Arthur back: the spool drains, the retry fits
+                wanted = {map_span(s).partner_inference_id for s in first + second}
+                ids = wait_for(lambda: arrived(local_arthur, model_id, wanted), timeout=180)
+                unavailable = metric(serve.url, "otel_arthur_receiver_grpc_responses_total")
+                text = log.read_text()
+    finally:
+        local_arthur.faults.set(Faults())
+    assert sorted(ids) == sorted(wanted)  # every record, once
+    # The Collector read the RetryInfo: it waited serve's delay (5 s), not its own 1 s initial interval.
+    assert f"Throttle ({DEFAULT_RETRY_AFTER}s), error: rpc error: code = Unavailable" in text
+    assert f'"interval": "{DEFAULT_RETRY_AFTER}s"' in text
+    figures["Collector otlp, serve's spool full (UNAVAILABLE + RetryInfo)"] = {
+        "records": len(ids), "grpc_answers": int(unavailable),
+        "collector_retries": text.count("Will retry the request")}
 
 
 # -- loadbalancing by trace id over three replicas, one killed mid-run -------------------------------

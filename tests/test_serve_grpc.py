@@ -334,9 +334,12 @@ def test_tls_on_both_receivers_and_mutual_tls_refuses_a_client_without_a_certifi
         serve.stop()
 
 
-def test_metrics_and_readyz_cover_both_receivers_and_sigterm_stops_grpc(serve_env, local_arthur, tmp_path):
+@pytest.mark.parametrize("decode_processes", [0, 2])  # 2: spawned workers, the gRPC server started after them
+def test_metrics_and_readyz_cover_both_receivers_and_sigterm_stops_grpc(decode_processes, serve_env, local_arthur,
+                                                                        tmp_path):
     env, model_id = serve_env
-    serve = ServeProcess(env, tmp_path / "serve.log", "--shutdown-timeout", "5")
+    serve = ServeProcess(env, tmp_path / "serve.log", "--shutdown-timeout", "5",
+                         "--decode-processes", str(decode_processes))
     channel = grpc.insecure_channel(serve.grpc_target)  # an idle connection must not hold the shutdown
     try:
         wait_for(lambda: requests.get(serve.url + "/readyz", timeout=5).status_code == 200)
@@ -356,6 +359,8 @@ def test_metrics_and_readyz_cover_both_receivers_and_sigterm_stops_grpc(serve_en
         assert value[("otel_arthur_receiver_grpc_responses_total", (("code", "UNAUTHENTICATED"),))] == 1
         assert value[("otel_arthur_receiver_http_responses_total", (("code", "200"),))] == 1
         assert value[("otel_arthur_receiver_spans_received_total", ())] == 4
+        expected = records_by_id(spans(9000, 2))
+        wait_for(lambda: {r["partner_inference_id"] for r in local_arthur.inferences(model_id)} >= set(expected))
 
         serve.process.send_signal(signal.SIGTERM)
         assert serve.process.wait(timeout=30) == 0
