@@ -618,7 +618,8 @@ class ReceiverSettings:
         )
 
 
-_TLS_FLAGS = {OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE: "--tls-cert-file", OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE: "--tls-key-file",
+_TLS_FLAGS = {OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE: "--tls-cert-file",
+              OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE: "--tls-key-file",
               OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE: "--tls-client-ca-file"}
 
 
@@ -629,7 +630,8 @@ def _tls_files(cert: str | None, key: str | None, client_ca: str | None) -> tupl
     """
     if (cert is None) != (key is None):
         missing = OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE if key is None else OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE
-        raise ConfigurationError(f"TLS needs both a certificate and its key: pass {_TLS_FLAGS[missing]} or set {missing}")
+        raise ConfigurationError(f"TLS needs both a certificate and its key: pass {_TLS_FLAGS[missing]} or set "
+                                 f"{missing}")
     if client_ca is not None and cert is None:
         raise ConfigurationError("--tls-client-ca-file (mutual TLS) needs the receiver's own certificate: pass "
                                  f"--tls-cert-file and --tls-key-file or set {OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE} and "

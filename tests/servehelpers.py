@@ -1,4 +1,4 @@
-"""Helpers shared by the ``serve`` test modules: an in-process serve (HTTP, gRPC), OTLP bodies, and the figures report."""
+"""Helpers shared by the ``serve`` test modules: an in-process serve (HTTP and gRPC), OTLP bodies, figures."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``serve``'s OTLP/gRPC receiver with the real gRPC ``OTLPSpanExporter`` and raw grpcio calls: exact records,
-every status of the OTLP spec's mapping, the token, gzip (gRPC message compression), TLS and mutual TLS on both receivers, metrics,
-readiness, the flags, and SIGTERM.
+each status of the OTLP spec's mapping, the token, gzip (gRPC message compression), TLS and mutual TLS on both
+receivers, metrics, readiness, the flags, and SIGTERM.
 
 In-process servers for the status paths (fakes only where a spool must be full on cue); ``otel-arthur
 serve`` as a process for TLS, metrics and shutdown. Behaviour is asserted, never timing.
@@ -111,7 +111,8 @@ def test_grpc_exporter_delivers_exactly_the_records_the_exporter_maps(compressio
     sent = spans(1000 if compression == "gzip" else 2000, 12)
     expected = records_by_id(sent)
     before = {r["partner_inference_id"] for r in local_arthur.inferences(model_id)}
-    exporter = grpc_exporter(target, compression=grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression)
+    exporter = grpc_exporter(target, compression=grpc.Compression.Gzip if compression == "gzip"
+                             else grpc.Compression.NoCompression)
     try:
         assert exporter.export(sent) is SpanExportResult.SUCCESS
     finally:
@@ -124,7 +125,8 @@ def test_grpc_exporter_delivers_exactly_the_records_the_exporter_maps(compressio
     rows = wait_for(arrived)
     assert sorted(r["partner_inference_id"] for r in rows) == sorted(expected)
     for row in rows:  # a failed call has no completion: binding to the model says so, as for the in-app exporter
-        assert row["inference_data"] == {COMPLETION: CONTENT_NOT_CAPTURED} | expected[row["partner_inference_id"]].fields
+        fields = expected[row["partner_inference_id"]].fields
+        assert row["inference_data"] == {COMPLETION: CONTENT_NOT_CAPTURED} | fields
     figures[f"OTLPSpanExporter gRPC ({compression}) -> serve"] = {"spans": len(sent), "records": len(rows)}
 
 
@@ -291,7 +293,8 @@ def test_tls_on_both_receivers_and_mutual_tls_refuses_a_client_without_a_certifi
     try:
         assert serve.url.startswith("https://")
         ca = certificates.ca.read_bytes()
-        with_cert = grpc.ssl_channel_credentials(ca, certificates.client_key.read_bytes(), certificates.client.read_bytes())
+        with_cert = grpc.ssl_channel_credentials(ca, certificates.client_key.read_bytes(),
+                                                 certificates.client.read_bytes())
         without_cert = grpc.ssl_channel_credentials(ca)
         client_cert = (str(certificates.client), str(certificates.client_key))
 

@@ -22,7 +22,8 @@ grpcio (``grpc_receiver.py``), over the same ``Receiver``; both listen on ``--ho
 a certificate is given.
 
 Shutdown, on SIGTERM or SIGINT, within ``shutdown_timeout`` seconds of the signal: uvicorn stops
-accepting connections (and the gRPC server new calls) and waits for the requests in flight (each is answered: 200 once spooled);
+accepting connections (and the gRPC server new calls) and waits for the requests in flight (each is
+answered: 200 once spooled);
 then the lifespan hook makes any later request a 503 and gives the pipeline the time left to
 deliver. What is not delivered by then stays in the spool for the next start. Work still running
 ``EXIT_GRACE`` after the timeout (a request stuck on the spool's lock, a decode uvicorn cannot

@@ -43,8 +43,8 @@ from otel_arthur.mapping import InferenceRecord, MappedSpans, map_span
 from otel_arthur.pipeline import Accepted, Refusal
 from otel_arthur.stats import COUNTER, Sample
 
-__all__ = ["DEFAULT_RETRY_AFTER", "GRPC", "HTTP", "Decoded", "DecoderUnavailable", "Intake", "Receiver", "ReceiverCounters", "Reply",
-           "decode_request"]
+__all__ = ["DEFAULT_RETRY_AFTER", "GRPC", "HTTP", "Decoded", "DecoderUnavailable", "Intake", "Receiver",
+           "ReceiverCounters", "Reply", "decode_request"]
 
 _logger = logging.getLogger(__name__)
 
