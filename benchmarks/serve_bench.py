@@ -33,7 +33,7 @@ def serve_available() -> str | None:
 
 def serve_service(bench: Any, model_id: str, arthur_url: str | None = None, *extra: str) -> c.Service:
     port = c.free_port()
-    argv = [c.OTEL_ARTHUR, "serve", "--port", str(port), "--url", arthur_url or bench.arthur.url,
+    argv = [c.OTEL_ARTHUR, "serve", "--port", str(port), "--grpc-port", "0", "--url", arthur_url or bench.arthur.url,
             "--model-id", model_id, "--api-key", c.API_KEY, "--allow-insecure", "--spool-dir", bench.spool_dir(),
             *extra]
     return c.Service("serve", argv, f"http://127.0.0.1:{port}", "/readyz", bench.logs)

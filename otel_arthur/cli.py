@@ -18,7 +18,7 @@ _SUBCOMMANDS = {
     "local-engine": ("otel_arthur.local.engine_cli", "Run a local stand-in of the Arthur Engine's trace ingest."),
     "local-openai": ("otel_arthur.local.openai_cli", "Run a local OpenAI-compatible chat completions server."),
     "create-model": ("otel_arthur.onboarding", "Onboard an Arthur generative-text model for these records."),
-    "serve": ("otel_arthur.serve.cli", "Receive OTLP/HTTP traces beside a Collector and send the LLM calls to Arthur."),
+    "serve": ("otel_arthur.serve.cli", "Receive OTLP/HTTP and OTLP/gRPC traces beside a Collector and send the LLM calls to Arthur."),
     "doctor": ("otel_arthur.doctor", "Check that records would reach Arthur: credentials, model, binding, spool."),
     "spool": ("otel_arthur.spool_cli", "Inspect the spool, replay dead letters after a fix, purge them."),
 }

@@ -499,9 +499,14 @@ OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST = "OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER
 OTEL_ARTHUR_RECEIVER_HEADER_TIMEOUT = "OTEL_ARTHUR_RECEIVER_HEADER_TIMEOUT"
 OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT = "OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT"
 OTEL_ARTHUR_RECEIVER_MAX_CONNECTIONS = "OTEL_ARTHUR_RECEIVER_MAX_CONNECTIONS"
+OTEL_ARTHUR_RECEIVER_GRPC_PORT = "OTEL_ARTHUR_RECEIVER_GRPC_PORT"
+OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE = "OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE"
+OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE = "OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE"
+OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE = "OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE"
 
 DEFAULT_RECEIVER_HOST = "127.0.0.1"  # beside the Collector; bind 0.0.0.0 explicitly to listen beyond the host
 DEFAULT_RECEIVER_PORT = 4319  # next to the Collector's own OTLP ports, 4317 (gRPC) and 4318 (HTTP)
+DEFAULT_RECEIVER_GRPC_PORT = 4320  # OTLP/gRPC, next to the HTTP one
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024  # one request once decompressed; the Collector's own receiver default
 DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT = 20.0  # seconds from SIGTERM to exit; under Kubernetes' default 30 s grace
 # Spans (and resource or scope groups) in one request, counted before any is decoded. The shipped
@@ -514,10 +519,12 @@ DEFAULT_MAX_CONNECTIONS = 512  # open at once; lowered at start-up to what the f
 
 @dataclass(frozen=True)
 class ReceiverSettings:
-    """``otel-arthur serve``: address, body limit, bearer token (kept out of ``repr``), shutdown budget."""
+    """``otel-arthur serve``: addresses, body limit, bearer token (kept out of ``repr``), TLS, shutdown budget."""
 
     host: str = DEFAULT_RECEIVER_HOST
     port: int = DEFAULT_RECEIVER_PORT
+    grpc_port: int = DEFAULT_RECEIVER_GRPC_PORT
+    """OTLP/gRPC's port, on ``host``."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     auth_token: str | None = field(default=None, repr=False)
     shutdown_timeout: float = DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT
@@ -527,6 +534,15 @@ class ReceiverSettings:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    tls_cert_file: str | None = None
+    """With ``tls_key_file``: both receivers speak TLS only."""
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    """Clients must present a certificate signed by this CA (mutual TLS)."""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
     @classmethod
     def resolve(
@@ -542,10 +558,18 @@ class ReceiverSettings:
         header_timeout: float | None = None,
         body_timeout: float | None = None,
         max_connections: int | None = None,
+        grpc_port: int | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_client_ca_file: str | None = None,
     ) -> ReceiverSettings:
-        """Each setting from its argument, else ``OTEL_ARTHUR_RECEIVER_*``, else its default."""
-        if port is not None and not 0 <= port <= 65535:
-            raise ValueError(f"port must be 0-65535, got {port!r}")
+        """Each setting from its argument, else ``OTEL_ARTHUR_RECEIVER_*``, else its default.
+
+        ``ConfigurationError`` when a TLS file cannot be read, or a certificate comes without its key.
+        """
+        for name, value in (("port", port), ("grpc_port", grpc_port)):
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{name} must be 0-65535, got {value!r}")
         if decode_processes is not None and decode_processes < 0:
             raise ValueError(f"decode processes must be 0 or more, got {decode_processes!r}")
         for name, value in (("max_body_bytes", max_body_bytes), ("shutdown_timeout", shutdown_timeout),
@@ -561,6 +585,17 @@ class ReceiverSettings:
                 _logger.warning("Ignoring %s=%s: not a port; using %s", OTEL_ARTHUR_RECEIVER_PORT, port,
                                 DEFAULT_RECEIVER_PORT)
                 port = DEFAULT_RECEIVER_PORT
+        if grpc_port is None:
+            grpc_port = int(_env_number(OTEL_ARTHUR_RECEIVER_GRPC_PORT, DEFAULT_RECEIVER_GRPC_PORT, int,
+                                        zero_allowed=True))
+            if grpc_port > 65535:
+                _logger.warning("Ignoring %s=%s: not a port; using %s", OTEL_ARTHUR_RECEIVER_GRPC_PORT, grpc_port,
+                                DEFAULT_RECEIVER_GRPC_PORT)
+                grpc_port = DEFAULT_RECEIVER_GRPC_PORT
+        tls_cert_file, tls_key_file, tls_client_ca_file = _tls_files(
+            tls_cert_file if tls_cert_file is not None else _env(OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE),
+            tls_key_file if tls_key_file is not None else _env(OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE),
+            tls_client_ca_file if tls_client_ca_file is not None else _env(OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE))
         return cls(
             host=host if host is not None else DEFAULT_RECEIVER_HOST,
             port=port,
@@ -581,4 +616,38 @@ class ReceiverSettings:
                                else _env_number(OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT, float)),
             max_connections=int(max_connections if max_connections is not None
                                 else _env_number(OTEL_ARTHUR_RECEIVER_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, int)),
+            grpc_port=grpc_port,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_client_ca_file=tls_client_ca_file,
         )
+
+
+_TLS_FLAGS = {OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE: "--tls-cert-file",
+              OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE: "--tls-key-file",
+              OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE: "--tls-client-ca-file"}
+
+
+def _tls_files(cert: str | None, key: str | None, client_ca: str | None) -> tuple[str | None, str | None, str | None]:
+    """The receiver's TLS files, each readable, the certificate with its key; else ``ConfigurationError``.
+
+    Checked before listening: a receiver that was asked for TLS must never come up without it.
+    """
+    if (cert is None) != (key is None):
+        missing = OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE if key is None else OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE
+        raise ConfigurationError(f"TLS needs both a certificate and its key: pass {_TLS_FLAGS[missing]} or set "
+                                 f"{missing}")
+    if client_ca is not None and cert is None:
+        raise ConfigurationError("--tls-client-ca-file (mutual TLS) needs the receiver's own certificate: pass "
+                                 f"--tls-cert-file and --tls-key-file or set {OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE} and "
+                                 f"{OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE}")
+    for env, path in ((OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE, cert), (OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE, key),
+                      (OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE, client_ca)):
+        if path is not None:
+            try:
+                with open(path, "rb") as file:
+                    file.read(1)
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read the TLS file {path} ({_TLS_FLAGS[env]} or {env}): "
+                                         f"{exc.strerror or exc}") from None
+    return cert, key, client_ca

@@ -1,4 +1,4 @@
-"""Helpers shared by the ``serve`` test modules: an in-process serve, OTLP bodies, and the figures report."""
+"""Helpers shared by the ``serve`` test modules: an in-process serve (HTTP and gRPC), OTLP bodies, figures."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from otel_arthur.local.runner import BackgroundServer
 from otel_arthur.pipeline import Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve.app import TRACES_PATH, create_app
+from otel_arthur.serve.grpc_receiver import GrpcReceiver
 from otel_arthur.serve.receiver import Receiver
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -96,3 +97,14 @@ def otlp_json(request: ExportTraceServiceRequest) -> bytes:
     return json.dumps(document).encode()
 
 
+
+
+@contextmanager
+def grpc_serving(receiver: Receiver, settings: ReceiverSettings | None = None) -> Iterator[GrpcReceiver]:
+    """serve's OTLP/gRPC receiver over ``receiver`` on a free 127.0.0.1 port (``.port``); stopped whatever happens."""
+    server = GrpcReceiver(receiver, settings or ReceiverSettings(grpc_port=0))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(0).wait(10)

@@ -5,7 +5,8 @@
 The app (tests/apps/otlp_chat.py: OpenLLMetry, ``ChatOpenAI`` against the local OpenAI endpoint) exports
 OTLP/HTTP to the Collector; ``serve`` runs in this process on a free port; records are read back from the
 local Arthur and compared field by field with what the in-app mapping makes of the app's own spans.
-The Kafka configs (collector-kafka-*.yaml) need a broker and are run by the Kafka tests.
+The Kafka configs (collector-kafka-*.yaml) need a broker and are run by tests/test_kafka.py; the
+load-balancing one needs three replicas over gRPC and is run by tests/test_collector_grpc.py.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from otel_arthur.config import ReceiverSettings
 from otel_arthur.local.runner import BackgroundServer
 from otel_arthur.mapping import map_span
 
-CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("collector-kafka-"))
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml")
+                 if not p.name.startswith("collector-kafka-") and p.name != "collector-loadbalancing.yaml")
 TOKEN = "collector-token"
 TO_ARTHUR = CONFIG_DIR / "collector-to-arthur.yaml"
 OUTAGE_SECONDS = 10

@@ -397,9 +397,11 @@ def test_missing_arthur_settings_are_one_clear_line_and_the_configuration_exit_c
     assert c.ARTHUR_ENDPOINT_URL in line and "--url" in line
 
 
-# The Kafka configs have their own shape (no OTLP receiver or no serve exporter): tests/test_kafka.py checks them.
+# Checked on their own: the Kafka configs (no OTLP receiver or no serve exporter) in tests/test_kafka.py,
+# the load-balancing one (gRPC to the replicas) below.
+LOADBALANCING_CONFIG = ROOT / "collector-config" / "collector-loadbalancing.yaml"
 COLLECTOR_CONFIGS = sorted(p for p in (ROOT / "collector-config").glob("*.yaml")
-                           if not p.name.startswith("collector-kafka-"))
+                           if not p.name.startswith("collector-kafka-") and p != LOADBALANCING_CONFIG)
 
 
 def arthur_exporters(document: dict) -> dict[str, dict]:
@@ -439,6 +441,26 @@ def test_collector_config_points_at_serves_defaults(path):
     max_spans = batch.get("send_batch_max_size", 0)  # the Collector's default, 0, is no cap at all
     assert 0 < max_spans <= c.DEFAULT_MAX_BODY_BYTES // (64 * 1024)  # 64 KiB a span: room for long prompts
     assert batch.get("send_batch_size", 8192) <= max_spans  # else the Collector refuses the config
+
+
+def test_loadbalancing_config_routes_by_trace_id_over_grpc_to_serve_replicas():
+    yaml = pytest.importorskip("yaml")
+    document = yaml.safe_load(LOADBALANCING_CONFIG.read_text())
+    exporter = document["exporters"]["loadbalancing/arthur"]
+    assert exporter["routing_key"] == "traceID"
+    hostnames = exporter["resolver"]["static"]["hostnames"]
+    assert len(hostnames) == 3 and hostnames[0] == f"{c.DEFAULT_RECEIVER_HOST}:{c.DEFAULT_RECEIVER_GRPC_PORT}"
+    otlp = exporter["protocol"]["otlp"]
+    assert otlp["compression"] == "gzip" and otlp["retry_on_failure"]["enabled"] is True
+    assert otlp["headers"]["authorization"] == f"Bearer ${{env:{c.OTEL_ARTHUR_RECEIVER_TOKEN}}}"
+    assert otlp["sending_queue"]["enabled"] is False  # a batch leaves the persistent queue only once answered
+    assert exporter["retry_on_failure"]["enabled"] is True
+    storage = exporter["sending_queue"]["storage"]
+    assert storage in document["extensions"] and storage in document["service"]["extensions"]
+    [pipeline] = document["service"]["pipelines"].values()
+    assert pipeline["exporters"] == ["loadbalancing/arthur"]
+    [batch] = [document["processors"][p] for p in pipeline["processors"] if p.split("/")[0] == "batch"]
+    assert 0 < batch["send_batch_max_size"] <= c.DEFAULT_MAX_BODY_BYTES // (64 * 1024)
 
 
 def test_llm_only_filter_covers_exactly_the_conventions():

@@ -116,17 +116,20 @@ class ServeProcess:
         self.log = log
         self._log_file = log.open("w")
         limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
-        self.process = subprocess.Popen([str(BIN / "otel-arthur"), "serve", "--port", "0", *flags], env=env,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=limit)
-        self.url = "http://127.0.0.1:" + wait_for(self._port)
+        self.process = subprocess.Popen([str(BIN / "otel-arthur"), "serve", "--port", "0", "--grpc-port", "0", *flags],
+                                        env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                        start_new_session=True, preexec_fn=limit)
+        scheme, port, grpc_port = wait_for(self._ports)
+        self.url = f"{scheme}://127.0.0.1:{port}"
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
 
-    def _port(self) -> str | None:
-        """The port serve says it listens on (it was started with --port 0)."""
+    def _ports(self) -> tuple[str, str, str] | None:
+        """The scheme and ports serve says it listens on (it was started with --port 0 --grpc-port 0)."""
         if self.process.poll() is not None:
             pytest.fail(f"serve exited {self.process.returncode}: {self.log.read_text()}")
-        found = re.search(r"http://127\.0\.0\.1:(\d+)/v1/traces", self.log.read_text())
-        return found[1] if found else None
+        found = re.search(r"(https?)://127\.0\.0\.1:(\d+)/v1/traces and OTLP/gRPC on 127\.0\.0\.1:(\d+)",
+                          self.log.read_text())
+        return (found[1], found[2], found[3]) if found else None
 
     def stop(self) -> None:
         if self.process.poll() is None:

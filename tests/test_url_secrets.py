@@ -99,7 +99,8 @@ def test_serve_start_line_and_its_log(url, arthur_env, tmp_path):
         "ARTHUR_SPOOL_DIR": str(tmp_path / "spool")}
     log = tmp_path / "serve.log"
     with log.open("w") as sink:
-        process = subprocess.Popen([str(BIN / "otel-arthur"), "serve", "--host", "127.0.0.1", "--port", "0"],
+        process = subprocess.Popen([str(BIN / "otel-arthur"), "serve", "--host", "127.0.0.1", "--port", "0",
+                                    "--grpc-port", "0"],
                                    env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60  # the start line, then Arthur declared unreachable

@@ -17,10 +17,13 @@ Collector holds its connections open), a streamed request body (so the read is b
 lifespan hooks, and a graceful shutdown on SIGTERM that stops listening, closes idle connections
 and lets requests in flight finish. What uvicorn lacks, read deadlines for headers and body and a
 cap on open connections, ``connections.py`` adds to its h11 protocol. ``http.server`` has no graceful drain and is not meant for
-production; aiohttp or a gRPC server would be a second stack to carry for no gain.
+production; aiohttp would be a second HTTP stack to carry for no gain. OTLP/gRPC runs beside it on
+grpcio (``grpc_receiver.py``), over the same ``Receiver``; both listen on ``--host``, both speak TLS when
+a certificate is given.
 
 Shutdown, on SIGTERM or SIGINT, within ``shutdown_timeout`` seconds of the signal: uvicorn stops
-accepting connections and waits for the requests in flight (each is answered: 200 once spooled);
+accepting connections (and the gRPC server new calls) and waits for the requests in flight (each is
+answered: 200 once spooled);
 then the lifespan hook makes any later request a 503 and gives the pipeline the time left to
 deliver. What is not delivered by then stays in the spool for the next start. Work still running
 ``EXIT_GRACE`` after the timeout (a request stuck on the spool's lock, a decode uvicorn cannot
@@ -33,10 +36,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -60,6 +65,7 @@ from otel_arthur.pipeline import Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve import metrics
 from otel_arthur.serve.connections import ConnectionGuard
+from otel_arthur.serve.grpc_receiver import GrpcReceiver
 from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
 from otel_arthur.stats import GAUGE, Sample
@@ -120,8 +126,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(pipeline: Pipeline | Sequence[Pipeline], settings: ReceiverSettings, *,
-               receiver: Receiver | None = None) -> Starlette:
-    """The app over one pipeline per destination; its lifespan shuts them down. ``app.state.lifecycle``, ``.receiver``."""
+               receiver: Receiver | None = None, grpc_receiver: GrpcReceiver | None = None) -> Starlette:
+    """The app over one pipeline per destination; its lifespan shuts them down. ``app.state.lifecycle``, ``.receiver``.
+
+    ``grpc_receiver``: the OTLP/gRPC receiver beside it, in ``/readyz`` and ``/metrics`` too.
+    """
     pipelines = [pipeline] if isinstance(pipeline, Pipeline) else list(pipeline)
     receiver = receiver or Receiver({p.destination.name: p for p in pipelines}, max_body_bytes=settings.max_body_bytes,
                                     max_spans_per_request=settings.max_spans_per_request,
@@ -132,14 +141,15 @@ def create_app(pipeline: Pipeline | Sequence[Pipeline], settings: ReceiverSettin
     def ready() -> tuple[bool, dict[str, object]]:
         """Ready when every destination is; the top-level fields hold for all of them, ``destinations`` each."""
         each = {p.destination.name: p.readiness() for p in pipelines}
-        ready = all(r.ready for r in each.values()) and receiver.accepting
+        receivers = {"http": True} | ({"grpc": grpc_receiver.serving} if grpc_receiver else {})
+        ready = all(r.ready for r in each.values()) and receiver.accepting and all(receivers.values())
         reachable = [r.arthur_reachable for r in each.values()]
         return ready, {"ready": ready, "model_fetched": all(r.model_fetched for r in each.values()),
                        "arthur_reachable": None if None in reachable else all(reachable),
                        "spool_writable": all(r.spool_writable for r in each.values()),
                        "spool_recovered_from": next((r.spool_recovered_from for r in each.values()
                                                      if r.spool_recovered_from), None),
-                       "accepting": receiver.accepting,
+                       "accepting": receiver.accepting, "receivers": receivers,
                        "destinations": {name: dataclasses.asdict(r) | {"ready": r.ready} for name, r in each.items()}}
 
     def ready_samples() -> list[Sample]:
@@ -147,7 +157,7 @@ def create_app(pipeline: Pipeline | Sequence[Pipeline], settings: ReceiverSettin
 
     collectors = metrics.registry(receiver.counters.samples,
                                   metrics.pipeline_samples([(p.destination.name, p) for p in pipelines]),
-                                  ready_samples)
+                                  ready_samples, *([grpc_receiver.samples] if grpc_receiver else []))
 
     async def traces(request: Request) -> Response:
         reply = receiver.answer_from_headers(request.headers)
@@ -197,11 +207,13 @@ def create_app(pipeline: Pipeline | Sequence[Pipeline], settings: ReceiverSettin
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, its shutdown held to the lifecycle's deadline, counted from the signal."""
+    """uvicorn's server, its shutdown held to the lifecycle's deadline, counted from the signal; the gRPC
+    server stops with it."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grpc_receiver: GrpcReceiver) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
+        self._grpc_receiver = grpc_receiver
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._lifecycle.signalled()
@@ -211,6 +223,8 @@ class _Server(uvicorn.Server):
         # uvicorn waits for the requests in flight for its own timeout from now: ours started at the signal
         self.config.timeout_graceful_shutdown = self._lifecycle.remaining()  # type: ignore[assignment]
         _exit_at_the_latest(self._lifecycle.remaining() + EXIT_GRACE)
+        # New calls refused now, calls in flight finish within the same deadline as HTTP's requests
+        self._grpc_receiver.stop(self._lifecycle.remaining())
         await super().shutdown(sockets)
 
 
@@ -276,28 +290,67 @@ def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: Rec
     receiver = Receiver({p.destination.name: p for p in pipelines}, max_body_bytes=settings.max_body_bytes,
                         max_spans_per_request=settings.max_spans_per_request, auth_token=settings.auth_token,
                         extraction=extraction, decoder=decoder.decode if decoder else None)
-    app = create_app(pipelines, settings, receiver=receiver)
+    try:
+        grpc_receiver = GrpcReceiver(receiver, settings)  # after the decode processes: grpcio must not be forked
+    except BaseException:
+        sock.close()
+        shutdown_side_by_side(pipelines, 0)
+        if decoder is not None:
+            decoder.close()
+        raise
+    app = create_app(pipelines, settings, receiver=receiver, grpc_receiver=grpc_receiver)
     lifecycle: Lifecycle = app.state.lifecycle
     guard = ConnectionGuard(settings.header_timeout, settings.body_timeout, _connection_cap(settings.max_connections),
                             receiver.counters.connection_closed)
     config = uvicorn.Config(app, http=guard.protocol(), log_config=None, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1),
-                            server_header=False)
-    server = _Server(config, lifecycle)
-    _logger.info("Receiving OTLP/HTTP traces on http://%s:%d%s for %s; spool %s; auth %s",
-                 settings.host, port, TRACES_PATH, " and ".join(_described(d) for d in destinations),
-                 destinations[0].spool_dir, "bearer token" if settings.auth_token else "none")
+                            server_header=False, **_uvicorn_tls(settings))
+    server = _Server(config, lifecycle, grpc_receiver)
+    _warn_if_token_in_clear(settings)
+    scheme = "https" if settings.tls else "http"
+    _logger.info("Receiving OTLP/HTTP traces on %s://%s:%d%s and OTLP/gRPC on %s:%d for %s; spool %s; auth %s; TLS %s",
+                 scheme, settings.host, port, TRACES_PATH, settings.host, grpc_receiver.port,
+                 " and ".join(_described(d) for d in destinations), destinations[0].spool_dir,
+                 "bearer token" if settings.auth_token else "none",
+                 ("mutual" if settings.tls_client_ca_file else "on") if settings.tls else "off")
     previous = signal.signal(signal.SIGTERM, _drained)
     try:
+        grpc_receiver.start()
         server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
         sock.close()
+        stopped = grpc_receiver.stop(lifecycle.remaining())  # already stopping when uvicorn shut down
         lifecycle.shutdown()  # a no-op when the lifespan already did it
+        stopped.wait(lifecycle.remaining() + EXIT_GRACE)
         if decoder is not None:
             decoder.close()
     _logger.info("Stopped")
     return 0
+
+
+def _uvicorn_tls(settings: ReceiverSettings) -> dict[str, object]:
+    """uvicorn's TLS options: the certificate and key, and with a client CA, a client certificate required."""
+    if not settings.tls:
+        return {}
+    options: dict[str, object] = {"ssl_certfile": settings.tls_cert_file, "ssl_keyfile": settings.tls_key_file}
+    if settings.tls_client_ca_file:
+        options |= {"ssl_ca_certs": settings.tls_client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
+
+
+def _warn_if_token_in_clear(settings: ReceiverSettings) -> None:
+    """A bearer token sent in clear beyond this host can be read on the way: say so, once, at start."""
+    if settings.auth_token and not settings.tls and not _loopback(settings.host):
+        _logger.warning("A bearer token is required but TLS is off and %s is reachable beyond this host: clients "
+                        "send the token in clear; set --tls-cert-file and --tls-key-file", settings.host)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _described(destination: ArthurSettings | EngineSettings) -> str:

@@ -14,8 +14,9 @@ from otel_arthur import config as c
 from otel_arthur import exit_codes
 
 EPILOG = f"""\
-Point an OpenTelemetry Collector's otlphttp exporter at http://HOST:PORT (it appends /v1/traces); see
-collector-config/. Endpoints: POST /v1/traces, GET /healthz, /readyz, /metrics. ARTHUR_ATTRIBUTE_MAP and
+Point an OpenTelemetry Collector's otlphttp exporter at http://HOST:PORT (it appends /v1/traces), or its
+otlp (gRPC) or loadbalancing exporter at HOST:GRPC_PORT; see collector-config/. Endpoints: POST /v1/traces,
+OTLP/gRPC TraceService/Export, GET /healthz, /readyz, /metrics. ARTHUR_ATTRIBUTE_MAP and
 the privacy settings (ARTHUR_SEND_CONTENT, ARTHUR_REDACT, ARTHUR_REDACT_PATTERNS) are read from the
 environment, as by the exporter. Secrets are better set through their environment variables than flags,
 which other users can see in the process list.
@@ -23,7 +24,8 @@ which other users can see in the process list.
 examples:
   ARTHUR_ENDPOINT_URL=https://app.arthur.ai ARTHUR_API_KEY=… ARTHUR_MODEL_ID=my-chatbot otel-arthur serve
   ARTHUR_ENGINE_URL=https://engine.example ARTHUR_ENGINE_API_KEY=… ARTHUR_TASK_ID=… otel-arthur serve
-  otel-arthur serve --host 0.0.0.0 --port 4319 --decode-processes 2
+  otel-arthur serve --host 0.0.0.0 --port 4319 --grpc-port 4320 --decode-processes 2 \
+      --tls-cert-file server.pem --tls-key-file server-key.pem
   OTEL_ARTHUR_RECEIVER_TOKEN=… otel-arthur serve --url http://127.0.0.1:8787 --allow-insecure --model-id chat
 
 {exit_codes.epilog_table((exit_codes.OK, exit_codes.ERROR, exit_codes.USAGE, exit_codes.CONFIGURATION))}
@@ -42,11 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                c.OTEL_ARTHUR_RECEIVER_HOST, c.DEFAULT_RECEIVER_HOST))
     receiver.add_argument("--port", type=int, help=_help("port to listen on; 0 picks a free one (logged)",
                                                          c.OTEL_ARTHUR_RECEIVER_PORT, c.DEFAULT_RECEIVER_PORT))
+    receiver.add_argument("--grpc-port", type=int, help=_help(
+        "port of the OTLP/gRPC receiver, on the same host; 0 picks a free one (logged)",
+        c.OTEL_ARTHUR_RECEIVER_GRPC_PORT, c.DEFAULT_RECEIVER_GRPC_PORT))
+    receiver.add_argument("--tls-cert-file", help=_help(
+        "PEM certificate (chain) of both receivers, with --tls-key-file: they then speak only TLS",
+        c.OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE, "none, plain text"))
+    receiver.add_argument("--tls-key-file", help=_help("PEM private key of --tls-cert-file",
+                                                       c.OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE, "none"))
+    receiver.add_argument("--tls-client-ca-file", help=_help(
+        "PEM CA certificates: clients must present a certificate they signed (mutual TLS)",
+        c.OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE, "none, no client certificate asked for"))
     receiver.add_argument("--max-body-bytes", type=int, help=_help(
-        "largest request body, as sent and once decompressed; larger is answered 413",
+        "largest request body (gRPC: message), as sent and once decompressed; larger is answered 413 "
+        "(gRPC: RESOURCE_EXHAUSTED)",
         c.OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES, f"{c.DEFAULT_MAX_BODY_BYTES} (20 MiB)"))
     receiver.add_argument("--auth-token", help=_help(
-        "require 'Authorization: Bearer TOKEN' on POST /v1/traces, else 401",
+        "require 'Authorization: Bearer TOKEN' on POST /v1/traces (gRPC: authorization metadata), else 401 "
+        "(gRPC: UNAUTHENTICATED)",
         c.OTEL_ARTHUR_RECEIVER_TOKEN, "none, no authentication"))
     receiver.add_argument("--shutdown-timeout", type=float, help=_help(
         "seconds from SIGTERM to exit: requests in flight finish, then delivery; the rest stays spooled",
@@ -138,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, auth_token=args.auth_token,
         shutdown_timeout=args.shutdown_timeout, decode_processes=args.decode_processes,
         max_spans_per_request=args.max_spans_per_request, header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout, max_connections=args.max_connections,
+        body_timeout=args.body_timeout, max_connections=args.max_connections, grpc_port=args.grpc_port,
+        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file, tls_client_ca_file=args.tls_client_ca_file,
     )
     return serve(destinations, receiver)

@@ -12,7 +12,8 @@ destination's records) and are exposed once, without that label, so nothing is c
 Families (``_total`` counters, gauges, one histogram)::
 
     otel_arthur_receiver_spans_{received,ignored,rejected,refused}_total
-    otel_arthur_receiver_http_responses_total{code}
+    otel_arthur_receiver_requests_total{transport}, otel_arthur_receiver_http_responses_total{code},
+    otel_arthur_receiver_grpc_responses_total{code}
     otel_arthur_receiver_connections_closed_total{reason}
     otel_arthur_spans_received_total{destination}, otel_arthur_generation_spans_total{destination}
     otel_arthur_generation_spans_deduplicated_total{destination}
@@ -47,7 +48,9 @@ _HELP = {
     "otel_arthur_receiver_spans_ignored": "Spans that are not LLM generations, accepted and dropped.",
     "otel_arthur_receiver_spans_rejected": "Generation spans that could not be mapped, reported in partial_success.",
     "otel_arthur_receiver_spans_refused": "Spans of requests answered 503; the client sends them again.",
+    "otel_arthur_receiver_requests": "OTLP export requests answered, by transport (http, grpc).",
     "otel_arthur_receiver_http_responses": "Answers to POST /v1/traces, by HTTP status code.",
+    "otel_arthur_receiver_grpc_responses": "Answers to OTLP/gRPC TraceService/Export, by gRPC status code.",
     "otel_arthur_receiver_connections_closed": "Connections closed without an answer: header_timeout, body_timeout"
                                                " or max_connections.",
     "otel_arthur_spans_received": "Spans handed to the pipeline.",
@@ -73,7 +76,7 @@ _HELP = {
 # Labelled families that have no sample until something happens: exposed (HELP and TYPE) from the
 # first scrape anyway, so dashboards and alerts can refer to them before the first drop.
 _DECLARED = {"otel_arthur_records_dropped": COUNTER, "otel_arthur_receiver_http_responses": COUNTER,
-             "otel_arthur_receiver_connections_closed": COUNTER}
+             "otel_arthur_receiver_grpc_responses": COUNTER, "otel_arthur_receiver_connections_closed": COUNTER}
 
 SampleSource = Callable[[], Iterable[Sample]]
 

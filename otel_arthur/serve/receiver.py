@@ -43,11 +43,12 @@ from otel_arthur.mapping import InferenceRecord, MappedSpans, map_span
 from otel_arthur.pipeline import Accepted, Refusal
 from otel_arthur.stats import COUNTER, Sample
 
-__all__ = ["DEFAULT_RETRY_AFTER", "Decoded", "DecoderUnavailable", "Intake", "Receiver", "ReceiverCounters", "Reply",
-           "decode_request"]
+__all__ = ["DEFAULT_RETRY_AFTER", "GRPC", "HTTP", "Decoded", "DecoderUnavailable", "Intake", "Receiver",
+           "ReceiverCounters", "Reply", "decode_request"]
 
 _logger = logging.getLogger(__name__)
 
+HTTP, GRPC = "http", "grpc"  # the transports a request came by, for /metrics
 DEFAULT_RETRY_AFTER = 5  # seconds a 503 asks the client to wait: delivery frees spool room in batches
 _MESSAGE_LIMIT = 300  # characters of a reason quoted back to the client
 
@@ -83,7 +84,8 @@ class ReceiverCounters:
 
     Span counts are of requests answered 200: received = spooled + ignored + rejected. Spans of a
     request answered 503 are counted as refused (the client sends them again). Connections closed
-    without an answer are counted by reason (``connections.py``).
+    without an answer are counted by reason (``connections.py``). Requests are counted by transport;
+    HTTP status codes are OTLP/HTTP's (gRPC's own codes are counted by ``grpc_receiver.py``).
     """
 
     SPAN_OUTCOMES = ("received", "ignored", "rejected", "refused")
@@ -92,6 +94,7 @@ class ReceiverCounters:
         self._lock = threading.Lock()
         self._spans = dict.fromkeys(self.SPAN_OUTCOMES, 0)
         self._responses: dict[int, int] = {}
+        self._requests = dict.fromkeys((HTTP, GRPC), 0)
         self._closed_connections: dict[str, int] = {}
 
     def spans(self, **counts: int) -> None:
@@ -99,9 +102,11 @@ class ReceiverCounters:
             for outcome, count in counts.items():
                 self._spans[outcome] += count
 
-    def response(self, status: int) -> None:
+    def response(self, status: int, transport: str = HTTP) -> None:
         with self._lock:
-            self._responses[status] = self._responses.get(status, 0) + 1
+            self._requests[transport] += 1
+            if transport == HTTP:
+                self._responses[status] = self._responses.get(status, 0) + 1
 
     def connection_closed(self, reason: str) -> None:
         with self._lock:
@@ -110,8 +115,11 @@ class ReceiverCounters:
     def samples(self) -> Iterator[Sample]:
         with self._lock:
             spans, responses, closed = dict(self._spans), dict(self._responses), dict(self._closed_connections)
+            requests = dict(self._requests)
         for outcome in self.SPAN_OUTCOMES:
             yield Sample(f"otel_arthur_receiver_spans_{outcome}_total", COUNTER, {}, spans[outcome])
+        for transport, count in requests.items():
+            yield Sample("otel_arthur_receiver_requests_total", COUNTER, {"transport": transport}, count)
         for status, count in sorted(responses.items()):
             yield Sample("otel_arthur_receiver_http_responses_total", COUNTER, {"code": str(status)}, count)
         for reason, count in sorted(closed.items()):
@@ -191,10 +199,11 @@ class Receiver:
             self.counters.response(reply.status)
         return reply
 
-    def handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
-        """``body`` as received (compressed or not); ``headers`` with any key case."""
+    def handle(self, body: bytes, headers: Mapping[str, str], *, transport: str = HTTP) -> Reply:
+        """``body`` as received (compressed or not); ``headers`` with any key case. The one entry point of
+        both transports: OTLP/gRPC passes its message and metadata as an OTLP/HTTP protobuf request."""
         reply = self._handle(body, _lowered(headers))
-        self.counters.response(reply.status)
+        self.counters.response(reply.status, transport)
         return reply
 
     def _check_headers(self, headers: Mapping[str, str]) -> tuple[str, Reply | None]:
