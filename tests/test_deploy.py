@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,44 @@ def test_the_image_installs_the_server_extra_from_the_lock() -> None:
     syncs = [run for run in runs if run.startswith("uv sync")]
     assert syncs and all({"--frozen", "--no-dev", "--extra server"} <= set(re.findall(r"--[\w-]+(?: server)?", run))
                          for run in syncs)
+
+
+@pytest.mark.timeout(600)
+def test_the_build_stage_installs_a_working_serve_from_the_build_context(tmp_path: Path) -> None:
+    """The build stage's COPY and ``uv`` steps, replayed here on the files the context lets in: the
+    lock holds the server extra, the copied files are enough to build the package, no dev tools."""
+    commands = dockerfile.parse_file(str(DOCKERFILE))
+    build = commands[:max(i for i, command in enumerate(commands) if command.cmd == "FROM")]
+    workdir, env = tmp_path / "app", dict(os.environ)
+    workdir.mkdir()
+    env.pop("VIRTUAL_ENV", None)  # uv would otherwise aim at the test run's own environment
+    env.pop("UV_PROJECT_ENVIRONMENT", None)
+    for command in build:
+        if command.cmd == "ENV":
+            env.update(zip(command.value[::2], command.value[1::2]))
+        elif command.cmd == "COPY":
+            *sources, destination = command.value
+            for source in sources:  # Docker's rule: into a destination ending in "/", else onto it
+                name = Path(source).name if destination.endswith("/") else ""
+                copy_into(ROOT / source, workdir / destination / name)
+        elif command.cmd == "RUN" and command.value[0].startswith("uv "):  # not the pip that installs uv
+            ran = subprocess.run(["/bin/sh", "-c", command.value[0]], cwd=workdir, env=env, capture_output=True,
+                                 text=True, timeout=540)
+            assert ran.returncode == 0, ran.stderr[-2000:]
+    venv = workdir / ".venv"
+    assert subprocess.run([str(venv / "bin" / "otel-arthur"), "serve", "--help"], capture_output=True,
+                          cwd=tmp_path, timeout=60).returncode == 0
+    installed = {path.name.split("-")[0].lower() for path in venv.glob("lib/python*/site-packages/*.dist-info")}
+    assert {"otel_arthur", "uvicorn", "starlette", "opentelemetry_proto"} <= installed
+    assert not installed & {"pytest", "langchain", "arthurai"}
+
+
+def copy_into(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
 
 
 def test_the_spool_is_on_a_volume_where_serve_puts_it(monkeypatch: pytest.MonkeyPatch) -> None:
