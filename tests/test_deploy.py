@@ -350,6 +350,20 @@ def test_the_gateway_balances_by_trace_id_over_the_replicas_grpc_port() -> None:
     assert [gateway["service"]["pipelines"]["traces"]["exporters"]] == [["loadbalancing"]]
 
 
+@pytest.mark.timeout(1800)  # a first build of the Collector takes minutes; later runs reuse it
+def test_the_real_collector_accepts_the_gateway_config() -> None:
+    build = ROOT / "collector-config" / "build-collector"
+    if not build.exists():
+        pytest.skip("no collector-config/build-collector yet (the collector branch adds it)")
+    built = subprocess.run([str(build)], capture_output=True, text=True, timeout=1700)
+    assert built.returncode == 0, built.stderr[-3000:]
+    collector = built.stdout.strip().splitlines()[-1]
+    # `validate` reads the config whole (an unknown key fails it) and starts nothing
+    checked = subprocess.run([collector, "validate", "--config", str(GATEWAY)], capture_output=True, text=True,
+                             timeout=120)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+
+
 def test_the_gateway_queue_is_persistent() -> None:
     gateway = yaml.safe_load(GATEWAY.read_text(encoding="utf-8"))
     queue = gateway["exporters"]["loadbalancing"]["sending_queue"]
@@ -357,4 +371,14 @@ def test_the_gateway_queue_is_persistent() -> None:
     storage = queue["storage"]
     assert storage.partition("/")[0] == "file_storage" and storage in gateway["extensions"]
     assert storage in gateway["service"]["extensions"]
-    assert gateway["exporters"]["loadbalancing"]["retry_on_failure"]["enabled"] is True
+    exporter = gateway["exporters"]["loadbalancing"]
+    assert exporter["retry_on_failure"]["enabled"] is True and exporter["retry_on_failure"]["max_elapsed_time"] == 0
+    # an attempt from the queue outlasts the per-replica retries, which are not cut short
+    per_replica = exporter["protocol"]["otlp"]["retry_on_failure"]
+    assert seconds(exporter["timeout"]) > seconds(per_replica["max_elapsed_time"])
+
+
+def seconds(duration: str) -> int:
+    """A Go duration of whole seconds or minutes ("90s", "10m")."""
+    value, unit = int(duration[:-1]), duration[-1]
+    return value * {"s": 1, "m": 60}[unit]
