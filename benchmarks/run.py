@@ -19,6 +19,8 @@ configuration, so none shares an interpreter (or a GIL) with another.
 4. serve_ingest spans/s that `otel-arthur serve` accepts from 2 concurrent OTLP exporters
 5. outage       serve's RSS and spool depth, sampled each second, while Arthur is down then back
 6. startup      python -c "import otel_arthur" + exporter vs bare opentelemetry-sdk vs import arthurai
+7. replicas     1, 2 and 3 serve replicas, each its own spool, the load spread evenly: accepted and
+                delivered spans/s, serve CPU per span (benchmarks/replicas_bench.py)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ RESULTS = c.BENCH / "results"
 # Every caller_cost interpreter hashes alike: with random seeds the no-telemetry median alone moved by up
 # to 260 µs from one process to the next (34 µs with a fixed seed), more than the differences measured.
 SAME_HASH_SEED = os.environ | {"PYTHONHASHSEED": "0"}
-SECTIONS = ("startup", "ignored", "throughput", "caller_cost", "serve_ingest", "outage")
+SECTIONS = ("startup", "ignored", "throughput", "caller_cost", "serve_ingest", "outage", "replicas")
 
 # Sizes per mode. --set name=value overrides any of them (the smoke test makes them tiny).
 SIZES: dict[str, dict[str, Any]] = {
@@ -69,13 +71,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "after_drain_seconds": 3,
         "one_process": 0,  # 1: caller_cost configurations share interpreters, two at once (--quick)
         "parallel": 0,  # 1: sections run at once, each with its own servers' share (--quick: timings meaningless)
+        "replicas_seconds": 10,  # replicas: load per replica count
+        "replicas_clients": 2,  # replicas: load clients per replica
     },
 }
 SIZES["quick"] = SIZES["default"] | {
     "rounds": 1, "calls": 2, "calls_seed_50ms": 1, "warmup": 1, "ignored_repeat": 2, "throughput_spans": 512,
     "startup_runs": 1, "arthurai_runs": 1, "ingest_seconds": 0.5, "outage_seconds": 2, "outage_rate": 200,
     "drain_timeout": 60, "client_start_delay": 2.5, "client_bodies": 1, "after_drain_seconds": 1, "one_process": 1,
-    "parallel": 1,
+    "parallel": 1, "replicas_seconds": 0.5, "replicas_clients": 1,
 }
 SIZES["long"] = SIZES["default"] | {"outage_seconds": 600}
 
@@ -253,9 +257,15 @@ def startup(bench: Bench) -> dict[str, Any]:
     return startup_module.measure(bench.sizes["startup_runs"], bench.sizes["arthurai_runs"])
 
 
+def replicas(bench: Bench) -> dict[str, Any]:
+    import replicas_bench
+
+    return replicas_bench.measure(bench)
+
+
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "startup": startup, "ignored": ignored, "throughput": throughput, "caller_cost": caller_cost,
-    "serve_ingest": serve_ingest, "outage": outage,
+    "serve_ingest": serve_ingest, "outage": outage, "replicas": replicas,
 }
 
 
@@ -376,6 +386,11 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
                 f"{arthurai['seconds_median']:.2f} s, {arthurai['peak_rss_mb_median']:.0f} MB",
                 "bare opentelemetry-sdk",
                 f"{st['arthurai_added_seconds']:+.2f} s, {st['arthurai_added_rss_mb']:+.0f} MB")
+    if not failed("replicas"):
+        import replicas_bench
+
+        for measurement, result, baseline in replicas_bench.rows(results["replicas"]):
+            row(measurement, result, baseline)
     return rows
 
 

@@ -24,6 +24,7 @@ EXPECTED = {
     "outage": {"rss_start_mb", "rss_peak_mb", "rss_growth_mb", "spool_peak_depth", "spool_final_depth",
                "drain_seconds", "samples", "png"},
     "startup": {"python", "bare_sdk", "otel_arthur", "arthurai", "added_seconds", "added_rss_mb"},
+    "replicas": {"by_replicas", "clients_per_replica", "cores"},
 }
 CONFIGURATIONS = {"none", "otel_noop", "otel_otlp", "seed@0ms", "seed@50ms", "otel_arthur@0ms",
                   "otel_arthur@50ms", "otel_arthur@outage"}
@@ -49,6 +50,9 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     assert set(results["caller_cost"]["b_vs_a50"]) == {"0ms", "50ms", "outage"}
     for variant in ("serve", "serve-2p"):
         assert {"generation", "mixed", "rss_mb", "delivered"} <= set(results["serve_ingest"][variant])
+    assert set(results["replicas"]["by_replicas"]) == {"1", "2", "3"}
+    for run in results["replicas"]["by_replicas"].values():  # every accepted record reached Arthur
+        assert run["all_drained"] and run["stored_in_arthur"] == run["accepted"] > 0
     assert results["throughput"]["arthur"]["delivered"] == results["throughput"]["spans"]
     assert results["throughput"]["otlp"]["received"] == results["throughput"]["spans"]
     assert Path(results["outage"]["png"]).stat().st_size > 0
