@@ -138,7 +138,7 @@ class Replica:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir()
-        self.serve = Restartable([str(BIN / "otel-arthur"), "serve", "--port", str(self.port),
+        self.serve = Restartable([str(BIN / "otel-arthur"), "serve", "--port", str(self.port), "--grpc-port", "0",
                                   "--spool-dir", str(workdir / "spool"), "--shutdown-timeout", "5"],
                                  workdir / "serve.log", serve_env)
         config = workdir / "consumer.yaml"
