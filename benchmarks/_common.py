@@ -237,7 +237,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (``serve --decode-processes`` runs its decoders as children)."""
+    """``pid`` and its descendants."""
     tree, queue = [], [pid]
     while queue:
         current = queue.pop()
