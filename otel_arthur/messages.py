@@ -177,6 +177,10 @@ def _read_parts(parts: Any) -> _Parts:
         return _Parts(parts)
     if not isinstance(parts, list):
         return _Parts("")
+    if len(parts) == 1:  # nearly every message: one text part, read without the general loop's lists
+        part = parts[0]
+        if isinstance(part, dict) and part.get("type", GenAI.PART_TEXT) == GenAI.PART_TEXT:
+            return _Parts(json_text(part.get("content", "")))
     texts: list[str] = []
     calls: list[ToolCall] = []
     others: list[str] = []

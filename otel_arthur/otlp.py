@@ -309,9 +309,14 @@ def attribute_dict(key_values: Any) -> dict[str, Any]:
     attributes = {}
     for kv in key_values:
         value = kv.value
-        kind = value.WhichOneof("value")
-        # Scalars (nearly every attribute) read in place; each further call into the message costs as much.
-        attributes[kv.key] = getattr(value, kind) if kind in _SCALAR_KINDS else any_value(value)
+        # Most values are text: read first, it spares asking which kind (each call into the message
+        # costs as much as the read); other scalars are read in place.
+        text = value.string_value
+        if text:
+            attributes[kv.key] = text
+        else:
+            kind = value.WhichOneof("value")
+            attributes[kv.key] = getattr(value, kind) if kind in _SCALAR_KINDS else any_value(value)
     return attributes
 
 

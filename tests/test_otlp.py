@@ -262,3 +262,18 @@ def test_plain_spans_map_as_the_sdk_spans_they_were_encoded_from():
         record = map_span(span)
         assert record == by_id[record.partner_inference_id]
         assert record.origin == by_id[record.partner_inference_id].origin  # what dedupe compares
+
+
+def test_attribute_values_of_every_kind_convert_as_any_value_says():
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    values = [AnyValue(string_value="text"), AnyValue(string_value=""), AnyValue(int_value=0), AnyValue(int_value=-7),
+              AnyValue(double_value=0.0), AnyValue(double_value=2.5), AnyValue(bool_value=False),
+              AnyValue(bool_value=True), AnyValue(bytes_value=b"\x00\xff"), AnyValue()]
+    values.append(AnyValue(array_value={"values": values[:4]}))
+    values.append(AnyValue(kvlist_value={"values": [KeyValue(key="k", value=values[0])]}))
+    key_values = [KeyValue(key=f"k{n}", value=value) for n, value in enumerate(values)]
+    converted = otlp.attribute_dict(key_values)
+    assert converted == {kv.key: otlp.any_value(kv.value) for kv in key_values}
+    assert [type(v) for v in converted.values()] == [str, str, int, int, float, float, bool, bool, str, type(None),
+                                                     tuple, str]
