@@ -20,7 +20,7 @@ EXPECTED = {
                     "noise_none_round_median_spread_us", "exporter_runs"},
     "ignored": {"ns_per_ignored_span", "ns_per_span_noop_exporter", "ns_sdk_create_end_span"},
     "throughput": {"arthur", "otlp", "ratio", "records_per_request"},
-    "serve_ingest": {"serve"},
+    "serve_ingest": {"serve", "serve-2p"},
     "outage": {"rss_start_mb", "rss_peak_mb", "rss_growth_mb", "spool_peak_depth", "spool_final_depth",
                "drain_seconds", "samples", "png"},
     "startup": {"python", "bare_sdk", "otel_arthur", "arthurai", "added_seconds", "added_rss_mb"},
@@ -47,7 +47,8 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     for configuration in results["caller_cost"]["configurations"].values():
         assert {"median_us", "p99_us", "added_median_us", "added_p99_us"} <= set(configuration)
     assert set(results["caller_cost"]["b_vs_a50"]) == {"0ms", "50ms", "outage"}
-    assert {"generation", "mixed", "rss_mb", "delivered"} <= set(results["serve_ingest"]["serve"])
+    for variant in ("serve", "serve-2p"):
+        assert {"generation", "mixed", "rss_mb", "delivered"} <= set(results["serve_ingest"][variant])
     assert results["throughput"]["arthur"]["delivered"] == results["throughput"]["spans"]
     assert results["throughput"]["otlp"]["received"] == results["throughput"]["spans"]
     assert Path(results["outage"]["png"]).stat().st_size > 0
