@@ -237,7 +237,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
+    """``pid`` and its descendants (``serve --decode-processes`` runs its decoders as children)."""
     tree, queue = [], [pid]
     while queue:
         current = queue.pop()

@@ -343,7 +343,7 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
             f"OTLP sink {tp['otlp']['receiver_cpu_us_per_span']:.0f} µs")
     if not failed("serve_ingest"):
         si = results["serve_ingest"]
-        for name, how in (("serve", "serve"),):
+        for name, how in (("serve", "serve"), ("serve-2p", "serve --decode-processes 2")):
             for traffic in ("generation", "mixed"):
                 x = si[name][traffic]
                 cores = f", {x['serve_cpu_cores']:.2f} cores" if x.get("serve_cpu_cores") is not None else ""

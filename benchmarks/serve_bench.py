@@ -2,7 +2,8 @@
 
 4. ingest: 2 load clients (``load_client.py``: OTLPSpanExporter's HTTP client, bodies pre-encoded)
    post protobuf batches of 512 as fast as they are answered, in step: to the do-nothing sink (the
-   baseline), then to ``serve``, with the local Arthur up and delivering; generation-only traffic,
+   baseline), then to ``serve`` decoding in its own process (the default), then to ``serve
+   --decode-processes 2``, each with the local Arthur up and delivering; generation-only traffic,
    then mixed traffic (1 generation span in 10). Spans/s = spans answered 2xx (durably spooled) / s.
 5. outage: ``serve`` in front of a local Arthur of its own, under steady traffic; RSS (from /proc)
    and spool depth (its /metrics) sampled every second: a warm-up with Arthur up, Arthur stopped
@@ -38,8 +39,8 @@ def serve_service(bench: Any, model_id: str, arthur_url: str | None = None, *ext
     return c.Service("serve", argv, f"http://127.0.0.1:{port}", "/readyz", bench.logs)
 
 
-# serve as measured: as it starts by default.
-SERVE_VARIANTS: dict[str, tuple[str, ...]] = {"serve": ()}
+# serve as measured: decoding in the serving process (the default), and in one process per core.
+SERVE_VARIANTS = {"serve": (), "serve-2p": ("--decode-processes", "2")}
 
 
 def metric(url: str, name: str) -> float | None:

@@ -92,7 +92,7 @@ def _env_bool(name: str, default: bool) -> bool:
     return default
 
 
-def _env_number(name: str, default: float, kind: type[int] | type[float]) -> float:
+def _env_number(name: str, default: float, kind: type[int] | type[float], *, zero_allowed: bool = False) -> float:
     raw = _env(name)
     if raw is None:
         return default
@@ -100,8 +100,9 @@ def _env_number(name: str, default: float, kind: type[int] | type[float]) -> flo
         value = kind(raw)
     except ValueError:
         value = -1
-    if value <= 0:
-        _logger.warning("Ignoring %s=%r: expected a positive number; using %s", name, raw, default)
+    if value < 0 or (value == 0 and not zero_allowed):
+        _logger.warning("Ignoring %s=%r: expected a %s number; using %s", name, raw,
+                        "non-negative" if zero_allowed else "positive", default)
         return default
     return value
 
@@ -488,6 +489,7 @@ OTEL_ARTHUR_RECEIVER_PORT = "OTEL_ARTHUR_RECEIVER_PORT"
 OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES = "OTEL_ARTHUR_RECEIVER_MAX_BODY_BYTES"
 OTEL_ARTHUR_RECEIVER_TOKEN = "OTEL_ARTHUR_RECEIVER_TOKEN"
 OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT = "OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT"
+OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES = "OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES"
 OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST = "OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST"
 OTEL_ARTHUR_RECEIVER_HEADER_TIMEOUT = "OTEL_ARTHUR_RECEIVER_HEADER_TIMEOUT"
 OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT = "OTEL_ARTHUR_RECEIVER_BODY_TIMEOUT"
@@ -514,6 +516,8 @@ class ReceiverSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     auth_token: str | None = field(default=None, repr=False)
     shutdown_timeout: float = DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT
+    decode_processes: int = 0
+    """Processes that decode and map request bodies; 0 decodes in the serving process."""
     max_spans_per_request: int = DEFAULT_MAX_SPANS_PER_REQUEST
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
@@ -528,6 +532,7 @@ class ReceiverSettings:
         max_body_bytes: int | None = None,
         auth_token: str | None = None,
         shutdown_timeout: float | None = None,
+        decode_processes: int | None = None,
         max_spans_per_request: int | None = None,
         header_timeout: float | None = None,
         body_timeout: float | None = None,
@@ -536,6 +541,8 @@ class ReceiverSettings:
         """Each setting from its argument, else ``OTEL_ARTHUR_RECEIVER_*``, else its default."""
         if port is not None and not 0 <= port <= 65535:
             raise ValueError(f"port must be 0-65535, got {port!r}")
+        if decode_processes is not None and decode_processes < 0:
+            raise ValueError(f"decode processes must be 0 or more, got {decode_processes!r}")
         for name, value in (("max_body_bytes", max_body_bytes), ("shutdown_timeout", shutdown_timeout),
                             ("max_spans_per_request", max_spans_per_request), ("header_timeout", header_timeout),
                             ("body_timeout", body_timeout), ("max_connections", max_connections)):
@@ -558,6 +565,8 @@ class ReceiverSettings:
             shutdown_timeout=float(shutdown_timeout if shutdown_timeout is not None
                                    else _env_number(OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT,
                                                     DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT, float)),
+            decode_processes=int(decode_processes if decode_processes is not None
+                                 else _env_number(OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES, 0, int, zero_allowed=True)),
             max_spans_per_request=int(max_spans_per_request if max_spans_per_request is not None
                                       else _env_number(OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST,
                                                        DEFAULT_MAX_SPANS_PER_REQUEST, int)),

@@ -81,6 +81,9 @@ class RequestError(ValueError):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[type[RequestError], tuple[int, str]]:  # raised in decode processes, re-raised here
+        return type(self), (self.status, str(self))
+
 
 def media_type(content_type: str | None) -> str:
     """``application/json; charset=utf-8`` -> ``application/json``; refuses what OTLP/HTTP does not speak."""

@@ -143,13 +143,15 @@ def request_body(first: int) -> tuple[bytes, list[str]]:
     return encode_spans(spans).SerializeToString(), [map_span(s).partner_inference_id for s in spans]
 
 
-def test_sigterm_with_requests_in_flight_loses_no_accepted_record(local_arthur, tmp_path, figures):
+@pytest.mark.parametrize("decode_processes", [0, 2])
+def test_sigterm_with_requests_in_flight_loses_no_accepted_record(decode_processes, local_arthur, tmp_path, figures):
     model_id = create_model_over_http(local_arthur)
     env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
                     ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"),
                     ARTHUR_BATCH_MAX_RECORDS="5")
     local_arthur.faults.set(Faults(rate_slow=1.0, slow_seconds=0.2))  # delivery lags: a remainder is left
-    serve = ServeProcess(env, tmp_path / "serve.log", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT))
+    serve = ServeProcess(env, tmp_path / "serve.log", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT),
+                         "--decode-processes", str(decode_processes))
     accepted: list[str] = []
     statuses: list[object] = []
     in_flight: list[object] = []
@@ -198,7 +200,7 @@ def test_sigterm_with_requests_in_flight_loses_no_accepted_record(local_arthur, 
             thread.start()
         time.sleep(0.4)
         signalled = time.monotonic()
-        # To the whole process group, as systemd does.
+        # To the whole process group, as systemd does: decode processes must outlive the drain.
         os.killpg(serve.process.pid, signal.SIGTERM)
         for thread in slow + fast:
             thread.join(timeout=30)
@@ -222,7 +224,7 @@ def test_sigterm_with_requests_in_flight_loses_no_accepted_record(local_arthur, 
         pipeline.shutdown(5)
     delivered = [r["partner_inference_id"] for r in local_arthur.inferences(model_id)]
     assert set(accepted) <= set(delivered)
-    figures["SIGTERM with requests in flight"] = {
+    figures[f"SIGTERM with requests in flight, {decode_processes} decode processes"] = {
         "requests_200": statuses.count(200), "requests_503": statuses.count(503),
         "refused_connections": statuses.count("ConnectionError"), "records_accepted": len(accepted),
         "delivered_before_exit": len(delivered_before_exit & set(accepted)),
@@ -267,6 +269,38 @@ def test_sigterm_exits_within_the_shutdown_timeout_while_a_request_is_stuck(loca
     assert answers == [503]  # retried; never a 200 for records that were not spooled, nor a 500 (dropped)
     figures["SIGTERM with a request stuck on the spool lock"] = {"shutdown_timeout": 1.0,
                                                                 "exit_seconds": round(exit_seconds, 1)}
+
+
+def test_decode_processes_deliver_and_do_not_outlive_a_killed_serve(local_arthur, tmp_path):
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"),
+                    OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES="2")
+    serve = ServeProcess(env, tmp_path / "serve.log")
+    try:
+        decoders = [int(pid) for pid in re.findall(r"\d+", re.search(r"pids ([\d, ]+)\)", serve.log.read_text())[1])]
+        assert len(decoders) == 2
+        ids = []
+        for first in (0, SPANS_PER_REQUEST):
+            body, batch_ids = request_body(first)
+            assert requests.post(serve.url + "/v1/traces", data=body, headers=PROTOBUF, timeout=30).status_code == 200
+            ids += batch_ids
+        wait_for(lambda: len(local_arthur.inferences(model_id)) >= len(ids))
+        assert sorted(r["partner_inference_id"] for r in local_arthur.inferences(model_id)) == sorted(ids)
+        serve.process.kill()  # -9: no chance to stop its pool
+        serve.process.wait()
+        wait_for(lambda: not any(_alive(pid) for pid in decoders), timeout=15)
+    finally:
+        serve.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Not a zombie: a process that exited but was not reaped yet still has its /proc entry."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # -- what one request may cost -----------------------------------------------------------------------

@@ -66,9 +66,10 @@ class Destination(Protocol):
 
 @dataclass(frozen=True)
 class OtlpExtraction:
-    """What ``serve`` takes out of each request for each destination.
+    """What ``serve`` takes out of each request for each destination, as a picklable value.
 
-    The Engine's destination is built once per settings (a frozen, hashable dataclass). ``v3_mapper``: the v3 records' mapper (``map_span``;
+    Decode processes get it with each body and build their destinations from it once (Engine
+    settings are a frozen, hashable dataclass). ``v3_mapper``: the v3 records' mapper (``map_span``;
     tests replace it), None when v3 is off.
     """
 

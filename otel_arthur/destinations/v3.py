@@ -38,7 +38,7 @@ class V3Destination:
         self.settings = settings
         self.key = destination(settings)
         self._filter = RecordFilter.from_settings(settings, redact)
-        # One record per call: lives where records are spooled.
+        # One record per call: lives where records are spooled (serve's main process, not its decoders).
         self.calls = CallMemory()
 
     def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:

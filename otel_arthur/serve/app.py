@@ -60,6 +60,7 @@ from otel_arthur.pipeline import Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.serve import metrics
 from otel_arthur.serve.connections import ConnectionGuard
+from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
 from otel_arthur.stats import GAUGE, Sample
 
@@ -70,7 +71,7 @@ _logger = logging.getLogger(__name__)
 TRACES_PATH = "/v1/traces"  # OTLP/HTTP's default path; the Collector's otlphttp exporter appends it
 _BACKLOG = 2048  # uvicorn's own default
 EXIT_GRACE = 0.5  # seconds past the shutdown timeout after which the process ends, whatever still runs
-_RESERVED_DESCRIPTORS = 64  # for the spool, logs and Arthur, beside the connections
+_RESERVED_DESCRIPTORS = 64  # for the spool, logs, decode processes' pipes and Arthur, beside the connections
 
 
 class Lifecycle:
@@ -267,13 +268,14 @@ def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: Rec
         for destination in destinations:
             pipelines.append(Pipeline(to=destination_for(destination), retry_policy=retry_policy))
         extraction = OtlpExtraction.of(p.destination for p in pipelines)
+        decoder = DecodeProcesses(settings.decode_processes, extraction) if settings.decode_processes else None
     except BaseException:
         sock.close()
         shutdown_side_by_side(pipelines, 0)
         raise
     receiver = Receiver({p.destination.name: p for p in pipelines}, max_body_bytes=settings.max_body_bytes,
                         max_spans_per_request=settings.max_spans_per_request, auth_token=settings.auth_token,
-                        extraction=extraction)
+                        extraction=extraction, decoder=decoder.decode if decoder else None)
     app = create_app(pipelines, settings, receiver=receiver)
     lifecycle: Lifecycle = app.state.lifecycle
     guard = ConnectionGuard(settings.header_timeout, settings.body_timeout, _connection_cap(settings.max_connections),
@@ -292,6 +294,8 @@ def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: Rec
         signal.signal(signal.SIGTERM, previous)
         sock.close()
         lifecycle.shutdown()  # a no-op when the lifespan already did it
+        if decoder is not None:
+            decoder.close()
     _logger.info("Stopped")
     return 0
 

@@ -23,7 +23,7 @@ which other users can see in the process list.
 examples:
   ARTHUR_ENDPOINT_URL=https://app.arthur.ai ARTHUR_API_KEY=… ARTHUR_MODEL_ID=my-chatbot otel-arthur serve
   ARTHUR_ENGINE_URL=https://engine.example ARTHUR_ENGINE_API_KEY=… ARTHUR_TASK_ID=… otel-arthur serve
-  otel-arthur serve --host 0.0.0.0 --port 4319
+  otel-arthur serve --host 0.0.0.0 --port 4319 --decode-processes 2
   OTEL_ARTHUR_RECEIVER_TOKEN=… otel-arthur serve --url http://127.0.0.1:8787 --allow-insecure --model-id chat
 
 {exit_codes.epilog_table((exit_codes.OK, exit_codes.ERROR, exit_codes.USAGE, exit_codes.CONFIGURATION))}
@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     receiver.add_argument("--shutdown-timeout", type=float, help=_help(
         "seconds from SIGTERM to exit: requests in flight finish, then delivery; the rest stays spooled",
         c.OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT, c.DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT))
+    receiver.add_argument("--decode-processes", type=int, help=_help(
+        "processes that decode and map request bodies, to use more than one core (e.g. the number of cores); "
+        "0 decodes in the serving process", c.OTEL_ARTHUR_RECEIVER_DECODE_PROCESSES, 0))
     receiver.add_argument("--max-spans-per-request", type=int, help=_help(
         "most spans (and resource or scope groups) in one request, counted before it is decoded; more is "
         "answered 413", c.OTEL_ARTHUR_RECEIVER_MAX_SPANS_PER_REQUEST, c.DEFAULT_MAX_SPANS_PER_REQUEST))
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             engine_spans=args.engine_spans, v3_url=args.url, **common))
     receiver = c.ReceiverSettings.resolve(
         host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, auth_token=args.auth_token,
-        shutdown_timeout=args.shutdown_timeout,
+        shutdown_timeout=args.shutdown_timeout, decode_processes=args.decode_processes,
         max_spans_per_request=args.max_spans_per_request, header_timeout=args.header_timeout,
         body_timeout=args.body_timeout, max_connections=args.max_connections,
     )

@@ -26,6 +26,7 @@ Accepted means spooled: ``accept`` is all or nothing, so a 503 leaves nothing ha
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import threading
@@ -41,7 +42,8 @@ from otel_arthur.mapping import InferenceRecord, MappedSpans, map_span
 from otel_arthur.pipeline import Accepted, Refusal
 from otel_arthur.stats import COUNTER, Sample
 
-__all__ = ["DEFAULT_RETRY_AFTER", "Decoded", "Intake", "Receiver", "ReceiverCounters", "Reply", "decode_request"]
+__all__ = ["DEFAULT_RETRY_AFTER", "Decoded", "DecoderUnavailable", "Intake", "Receiver", "ReceiverCounters", "Reply",
+           "decode_request"]
 
 _logger = logging.getLogger(__name__)
 
@@ -115,6 +117,10 @@ class ReceiverCounters:
             yield Sample("otel_arthur_receiver_connections_closed_total", COUNTER, {"reason": reason}, count)
 
 
+class DecoderUnavailable(RuntimeError):
+    """A ``Decoder`` could not run (a decode process died, or is shutting down): answered 503, retried."""
+
+
 @dataclass
 class Decoded:
     """One request body, decoded and mapped for each destination: what is left to do is spooling."""
@@ -123,9 +129,15 @@ class Decoded:
     mapped: dict[str, MappedSpans] = field(default_factory=dict)  # by destination name
 
 
+Decoder = Callable[[bytes, "str | None", str, int, int], Decoded]
+
+
 def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int,
                    extraction: OtlpExtraction = OtlpExtraction()) -> Decoded:
-    """Inflate, parse and map one body for each destination; ``otlp.RequestError`` when it is unusable as a whole."""
+    """Inflate, parse and map one body for each destination; ``otlp.RequestError`` when it is unusable as a whole.
+
+    Pure and module-level, so ``DecodeProcesses`` can run it in another process.
+    """
     request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media, max_spans)
     return Decoded(spans=otlp.count_spans(request), mapped=extraction(request))
 
@@ -143,11 +155,12 @@ class Receiver:
         retry_after: int = DEFAULT_RETRY_AFTER,
         extraction: OtlpExtraction | None = None,
         mapper: Callable[[Any], Any] = map_span,
+        decoder: Decoder | None = None,
     ) -> None:
         """``intake``: one per destination, by name (``{"v3": pipeline, "engine": pipeline}``); a single one is v3's.
 
         ``extraction`` says what each destination takes from a request (by default v3's records,
-        mapped with ``mapper``).
+        mapped with ``mapper``); ``decoder`` runs ``decode_request`` elsewhere (``DecodeProcesses.decode``).
         """
         self._intakes: Mapping[str, Intake] = intake if isinstance(intake, Mapping) else {"v3": intake}
         extraction = extraction or OtlpExtraction(v3_mapper=mapper)
@@ -157,7 +170,7 @@ class Receiver:
         self.max_spans_per_request = max_spans_per_request
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
         self._retry_after = retry_after
-        self._extraction = extraction
+        self._decode: Decoder = decoder or functools.partial(decode_request, extraction=extraction)
         self._accepting = True
         self.counters = ReceiverCounters()
 
@@ -209,8 +222,11 @@ class Receiver:
         if len(body) > self.max_body_bytes:
             return self._too_large(media)
         try:
-            decoded = decode_request(body, headers.get("content-encoding"), media, self.max_body_bytes,
-                                     self.max_spans_per_request, self._extraction)
+            decoded = self._decode(body, headers.get("content-encoding"), media, self.max_body_bytes,
+                                   self.max_spans_per_request)
+        except DecoderUnavailable as exc:  # ours, not the client's: it may retry
+            _logger.error("Cannot decode a request: %s; answering 503", exc)
+            return self._unavailable(media, f"otel-arthur serve cannot decode right now ({exc}); retry")
         except otlp.RequestError as exc:
             _logger.debug("Answering %d: %s", exc.status, exc)
             return self._error(media, exc.status, str(exc))
