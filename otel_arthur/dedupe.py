@@ -27,6 +27,7 @@ what both said.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 import time
@@ -50,7 +51,7 @@ two spans of a call arrive within an export batch or two); an app traced once ho
 MAX_SCOPES = 64  # instrumentation scopes counted; two are what matters
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # one per span: compared by identity
 class _Seen:
     """A generation span decided on: recorded (and whether it already covers a span), or covered."""
 
@@ -60,6 +61,7 @@ class _Seen:
     call: bytes | None  # digest of service, prompt and completion; None when there is no completion
     recorded: bool
     at: float
+    seq: int  # order of decision: of several spans that could cover one, the first decided does
     covers: str | None = None  # the partner_inference_id of the span this record stands for
 
 
@@ -113,7 +115,10 @@ class CallMemory:
         self._clock = clock
         self._lock = threading.Lock()
         self._spans: OrderedDict[str, _Seen] = OrderedDict()  # by partner_inference_id, oldest first
-        self._calls: dict[bytes, list[_Seen]] = {}  # recorded spans by call digest
+        # Recorded spans that cover none yet, by call digest and scope: only another scope's can cover a
+        # span, so many identical calls of one instrumentor are never scanned one by one.
+        self._calls: dict[bytes, dict[object, list[_Seen]]] = {}
+        self._order = itertools.count()
         self._scopes: set[object] = set()  # instrumentation scopes seen making generation spans
         forking.register(after_in_child=self._after_fork_in_child)
 
@@ -137,53 +142,65 @@ class CallMemory:
         kept: list[InferenceRecord] = []
         decided: list[_Seen] = []
         covering: list[tuple[_Seen, str]] = []
-        batch: dict[bytes, list[_Seen]] = {}  # recorded earlier in this batch: they cover later spans too
+        batch: dict[bytes, dict[object, list[_Seen]]] = {}  # recorded earlier in this batch: they cover later spans too
+        busy: set[int] = set()  # chosen to cover a span of this batch
         for record in records:
             seen = self._spans.get(record.partner_inference_id)
             if seen is not None:  # sent again (a retried request): the same decision as before
                 if seen.recorded:
                     kept.append(record)
                 continue
-            span = self._seen(record, now)
+            span = self._seen(record, now, next(self._order))
             if span is None:
                 kept.append(record)
                 continue
-            busy = {id(record) for record, _ in covering}
-            candidates = self._calls.get(span.call, []) + batch.get(span.call, []) if span.call is not None else []
-            cover = self._cover(span, [c for c in candidates if id(c) not in busy])
+            cover = None
+            if span.call is not None:
+                cover = (self._cover(span, self._calls.get(span.call), busy)
+                         or self._cover(span, batch.get(span.call), busy))  # remembered ones were decided first
             if cover is not None:
                 covering.append((cover, record.partner_inference_id))
+                busy.add(id(cover))
                 span.recorded = False
             else:
                 kept.append(record)
                 if span.call is not None:
-                    batch.setdefault(span.call, []).append(span)
+                    batch.setdefault(span.call, {}).setdefault(span.origin.scope, []).append(span)
             decided.append(span)
         return Choice(kept, len(records) - len(kept), decided, covering)
 
     @staticmethod
-    def _seen(record: InferenceRecord, now: float) -> _Seen | None:
+    def _seen(record: InferenceRecord, now: float, seq: int) -> _Seen | None:
         trace_id, span_id = record.fields.get("trace_id"), record.fields.get("span_id")
         if record.origin is None or not isinstance(trace_id, str) or not isinstance(span_id, str):
             return None  # not from map_span (a spooled record read back): nothing to compare
-        return _Seen(trace_id, span_id, record.origin, _call_digest(record), True, now)
+        return _Seen(trace_id, span_id, record.origin, _call_digest(record), True, now, seq)
 
     @staticmethod
-    def _cover(span: _Seen, candidates: list[_Seen]) -> _Seen | None:
-        for candidate in candidates:
-            if (candidate.covers is None and candidate.origin.scope != span.origin.scope
-                    and _related(span, candidate) and _nested(span.origin, candidate.origin)):
-                return candidate
-        return None
+    def _cover(span: _Seen, by_scope: dict[object, list[_Seen]] | None, busy: set[int]) -> _Seen | None:
+        """The first decided of the spans of another scope that can stand for ``span``, if any."""
+        found: _Seen | None = None
+        for scope, candidates in (by_scope or {}).items():
+            if scope == span.origin.scope:
+                continue
+            for candidate in candidates:  # in order of decision
+                if found is not None and candidate.seq > found.seq:
+                    break
+                if id(candidate) not in busy and _related(span, candidate) and _nested(span.origin, candidate.origin):
+                    found = candidate
+                    break
+        return found
 
     def _remember(self, decided: list[_Seen], covering: list[tuple[_Seen, str]]) -> None:
         for record, covered in covering:
+            if record.call is not None and self._spans.get(f"{record.trace_id}-{record.span_id}") is record:
+                self._unindex(record)  # remembered from an earlier batch: it can cover no other span
             record.covers = covered
         for span in decided:
             identity = f"{span.trace_id}-{span.span_id}"
             self._spans[identity] = span
-            if span.recorded and span.call is not None:
-                self._calls.setdefault(span.call, []).append(span)
+            if span.recorded and span.call is not None and span.covers is None:
+                self._calls.setdefault(span.call, {}).setdefault(span.origin.scope, []).append(span)
             if len(self._scopes) < MAX_SCOPES:
                 self._scopes.add(span.origin.scope)
         limit = self._max if len(self._scopes) > 1 else min(self._max, ONE_SOURCE_REMEMBERED)
@@ -196,10 +213,17 @@ class CallMemory:
 
     def _drop_oldest(self) -> None:
         _, span = self._spans.popitem(last=False)
-        if span.recorded and span.call is not None:
-            same = self._calls[span.call]
-            same.remove(span)
-            if not same:
+        if span.recorded and span.call is not None and span.covers is None:
+            self._unindex(span)
+
+    def _unindex(self, span: _Seen) -> None:
+        assert span.call is not None
+        by_scope = self._calls[span.call]
+        same = by_scope[span.origin.scope]
+        same.remove(span)
+        if not same:
+            del by_scope[span.origin.scope]
+            if not by_scope:
                 del self._calls[span.call]
 
     def __len__(self) -> int:

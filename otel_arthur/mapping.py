@@ -109,12 +109,59 @@ def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     return span.attributes or {}
 
 
-def map_span(span: ReadableSpan) -> InferenceRecord | None:
-    attributes = span_attributes(span)
-    convention = classify(attributes)
-    if convention is None or span.context is None or span.start_time is None:
-        return None
+@dataclass(slots=True)
+class PlainSpan:
+    """A finished span as the mapper reads it, in plain values: what ``serve`` builds straight from the
+    protobuf (``otlp.generation_spans``), and what ``map_span`` reads of an SDK ``ReadableSpan``."""
 
+    name: str
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None
+    start_ns: int
+    end_ns: int | None
+    attributes: Mapping[str, Any]
+    resource: Mapping[str, Any]
+    scope: str
+    """The instrumentation scope's name."""
+    error: str | None = None
+    """None unless the span failed; then its status description ("" when it has none)."""
+
+
+def plain_span(span: ReadableSpan, attributes: Mapping[str, Any]) -> PlainSpan | None:
+    """An SDK span as a ``PlainSpan`` (``attributes``: ``span_attributes(span)``); None without context or start."""
+    context = span.context
+    if context is None or span.start_time is None:
+        return None
+    status = span.status
+    scope = span.instrumentation_scope
+    return PlainSpan(
+        name=span.name, trace_id=context.trace_id, span_id=context.span_id,
+        parent_span_id=span.parent.span_id if span.parent is not None else None,
+        start_ns=span.start_time, end_ns=span.end_time, attributes=attributes,
+        resource=span.resource.attributes if span.resource is not None else {},
+        scope=scope.name if scope is not None else "",
+        error=(status.description or "") if status.status_code is StatusCode.ERROR else None,
+    )
+
+
+def map_span(span: ReadableSpan | PlainSpan) -> InferenceRecord | None:
+    """The record of a generation span, None for any other span; after at most one lookup per convention
+    when the span is no generation."""
+    if type(span) is PlainSpan:
+        attributes = span.attributes
+        convention = classify(attributes)
+        plain: PlainSpan | None = span
+    else:
+        attributes = span_attributes(span)
+        convention = classify(attributes)
+        plain = plain_span(span, attributes) if convention is not None else None
+    if convention is None or plain is None:
+        return None
+    return _record(plain, attributes, convention)
+
+
+def _record(span: PlainSpan, attributes: Mapping[str, Any], convention: Convention) -> InferenceRecord:
     fields: dict[str, Any] = {}
     get = attributes.get
     for name, keys in convention.scalars.items():
@@ -130,9 +177,9 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
     if outputs:
         fields[COMPLETION] = clean_text(message_text(outputs[0]))
     if fields.get("finish_reason") is None and convention.message_layout == Messages.JSON:
-        fields["finish_reason"] = _output_finish_reason(attributes.get(convention.output_messages))
+        fields["finish_reason"] = _output_finish_reason(get(convention.output_messages))
     for source, wanted in convention.json_sources.items():
-        document = parse_json(attributes.get(source))
+        document = parse_json(get(source))
         if isinstance(document, dict):
             for name, keys in wanted.items():
                 if fields.get(name) is None:
@@ -140,30 +187,23 @@ def map_span(span: ReadableSpan) -> InferenceRecord | None:
     if fields.get("total_tokens") is None:  # the GenAI semconv has no total: the official instrumentation sets none
         fields["total_tokens"] = _total_tokens(fields.get("prompt_tokens"), fields.get("completion_tokens"))
     fields[COST_USD] = cost_usd(fields.get("model"), fields.get("provider"), fields.get("prompt_tokens"),
-                                fields.get("completion_tokens"), span.start_time)
+                                fields.get("completion_tokens"), span.start_ns)
 
-    if span.end_time is not None:
-        fields["duration"] = (span.end_time - span.start_time) / 1e9
-    fields["trace_id"] = f"{span.context.trace_id:032x}"
-    fields["span_id"] = f"{span.context.span_id:016x}"
-    if span.resource is not None:
-        fields["service_name"] = field_value(span.resource.attributes.get(SERVICE_NAME))
-    if span.status.status_code is StatusCode.ERROR:
-        fields["error"] = field_value(span.status.description or attributes.get(GenAI.ERROR_TYPE)) or "error"
+    if span.end_ns is not None:
+        fields["duration"] = (span.end_ns - span.start_ns) / 1e9
+    fields["trace_id"] = f"{span.trace_id:032x}"
+    fields["span_id"] = f"{span.span_id:016x}"
+    fields["service_name"] = field_value(span.resource.get(SERVICE_NAME))
+    if span.error is not None:
+        fields["error"] = field_value(span.error or get(GenAI.ERROR_TYPE)) or "error"
 
     return InferenceRecord(
-        partner_inference_id=partner_inference_id(span.context.trace_id, span.context.span_id),
-        inference_timestamp=_iso(span.start_time),
+        partner_inference_id=partner_inference_id(span.trace_id, span.span_id),
+        inference_timestamp=_iso(span.start_ns),
         fields={k: v for k, v in fields.items() if v is not None},
-        origin=_origin(span),
+        origin=SpanOrigin(scope=span.scope, parent_span_id=span.parent_span_id, start_ns=span.start_ns,
+                          end_ns=span.end_ns or span.start_ns),
     )
-
-
-def _origin(span: ReadableSpan) -> SpanOrigin:
-    scope = span.instrumentation_scope
-    return SpanOrigin(scope=scope.name if scope is not None else "",
-                      parent_span_id=span.parent.span_id if span.parent is not None else None,
-                      start_ns=span.start_time or 0, end_ns=span.end_time or span.start_time or 0)
 
 
 @dataclass
@@ -180,8 +220,8 @@ class MappedSpans:
         self.reason = self.reason or reason
 
 
-def map_spans(spans: Iterable[ReadableSpan | Exception],
-              mapper: Callable[[ReadableSpan], Any] = map_span) -> MappedSpans:
+def map_spans(spans: Iterable[ReadableSpan | PlainSpan | Exception],
+              mapper: Callable[[Any], Any] = map_span) -> MappedSpans:
     """Map each span on its own: one the mapper raises on, or that comes as an exception saying why it
     is unusable (``otlp.generation_spans``), costs only itself. ``None`` (not a generation) is left out.
 

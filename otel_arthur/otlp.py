@@ -3,8 +3,8 @@
 Pure functions, no HTTP: ``otel-arthur serve`` puts a server in front of them. Bodies are
 decoded with ``opentelemetry-proto`` (binary protobuf, or OTLP/JSON: hex ids, enums as integers),
 after bounded decompression, so a gzip bomb is refused at the limit without being inflated whole.
-Only spans that ``classify`` marks as generations become ``ReadableSpan`` objects for the mapper;
-the rest are counted and dropped on the spot. Spans are counted before the body is parsed (a walk
+Only spans that ``classify`` marks as generations become ``PlainSpan`` values for the mapper; the
+rest are counted and dropped on the spot, from their raw marker attributes. Spans are counted before the body is parsed (a walk
 over the protobuf wire format), so a request of too many of them is refused before any is built:
 parsing builds every message, and 20 MB of empty spans are 10 million of them (1.8 GB).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -25,24 +25,19 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_arthur.config import DEFAULT_MAX_SPANS_PER_REQUEST
-from otel_arthur.conventions import CONVENTIONS
-from otel_arthur.mapping import classify
+from otel_arthur.conventions import CONVENTIONS, OpenInference
+from otel_arthur.mapping import PlainSpan, classify
+from otel_arthur.openinference import SPAN_KIND_RULES
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 CONTENT_TYPES = (PROTOBUF, JSON)
 _CHUNK = 64 * 1024
 _JSON_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
-_SPAN_KINDS = {ProtoSpan.SPAN_KIND_SERVER: SpanKind.SERVER, ProtoSpan.SPAN_KIND_CLIENT: SpanKind.CLIENT,
-               ProtoSpan.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, ProtoSpan.SPAN_KIND_CONSUMER: SpanKind.CONSUMER}
-_STATUS_CODES = {1: StatusCode.OK, 2: StatusCode.ERROR}
+_SCALAR_KINDS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+_STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 _PRIMITIVES = (str, bool, int, float)
 
 # Field numbers on the way to each span (opentelemetry/proto/trace/v1/trace.proto): a request's
@@ -52,15 +47,31 @@ _VARINT, _FIXED64, _LENGTH_DELIMITED, _START_GROUP, _END_GROUP, _FIXED32 = range
 _MAX_GROUP_DEPTH = 100  # upb's own nesting limit
 
 
-def _marker_values() -> dict[str, frozenset[str]]:
+class _AnyText:
+    """Marker values: any non-empty text (OpenInference's span kind says "AI work" whatever its value)."""
+
+    def __contains__(self, value: object) -> bool:
+        return bool(value)
+
+
+def _generation_markers() -> dict[str, Container[str]]:
     """Marker attribute -> the values that make a span a generation, whichever convention says so."""
     values: dict[str, frozenset[str]] = {}
     for convention in CONVENTIONS:
         values[convention.marker] = values.get(convention.marker, frozenset()) | convention.generation_values
-    return values
+    return dict(values)
 
 
-_MARKER_VALUES = _marker_values()
+def _ai_markers() -> dict[str, Container[str]]:
+    """Marker attribute -> the values that make a span AI work (``openinference.span_kind`` not None)."""
+    values: dict[str, frozenset[str]] = {}
+    for attribute, kinds in SPAN_KIND_RULES:
+        values[attribute] = values.get(attribute, frozenset()) | frozenset(kinds)
+    return {**values, OpenInference.SPAN_KIND: _AnyText()}
+
+
+GENERATION_MARKERS = _generation_markers()
+AI_MARKERS = _ai_markers()
 
 
 class RequestError(ValueError):
@@ -298,67 +309,82 @@ def any_value(value: AnyValue) -> Any:
 
 def attribute_dict(key_values: Any) -> dict[str, Any]:
     """OTLP ``KeyValue``s as a dict of Python values."""
-    return {kv.key: any_value(kv.value) for kv in key_values}
-
-
-def _marked(key_values: Any) -> bool:
-    """Whether a marker attribute says "generation": converts one value at most, where converting
-    them all costs several times as much, spent in vain on every span that is not an LLM call."""
+    attributes = {}
     for kv in key_values:
-        wanted = _MARKER_VALUES.get(kv.key)
-        if wanted is not None and kv.value.WhichOneof("value") == "string_value" and kv.value.string_value in wanted:
-            return True
+        value = kv.value
+        # Most values are text: read first, it spares asking which kind (each call into the message
+        # costs as much as the read); other scalars are read in place.
+        text = value.string_value
+        if text:
+            attributes[kv.key] = text
+        else:
+            kind = value.WhichOneof("value")
+            attributes[kv.key] = getattr(value, kind) if kind in _SCALAR_KINDS else any_value(value)
+    return attributes
+
+
+def marked(key_values: Any, markers: Mapping[str, Container[str]] = GENERATION_MARKERS) -> bool:
+    """Whether a marker attribute (``GENERATION_MARKERS``, ``AI_MARKERS``) holds a marking text, read from
+    the raw ``KeyValue``s: converts one value at most, where converting them all costs ten times as much,
+    spent in vain on every span that is not one. A span it passes is still classified from all its attributes."""
+    for kv in key_values:
+        wanted = markers.get(kv.key)
+        if wanted is not None:
+            value = kv.value
+            if value.WhichOneof("value") == "string_value" and value.string_value in wanted:
+                return True
     return False
 
 
-def generation_spans(request: ExportTraceServiceRequest) -> Iterator[ReadableSpan | RequestError]:
-    """Each generation span as a ``ReadableSpan``, or a ``RequestError`` saying why it is unusable.
+def generation_spans(request: ExportTraceServiceRequest) -> Iterator[PlainSpan | RequestError]:
+    """Each generation span as a ``PlainSpan``, or a ``RequestError`` saying why it is unusable.
 
-    Non-generation spans yield nothing.
+    Non-generation spans yield nothing, decided from their marker attributes as they are on the wire.
+    Built straight from the protobuf: one pass over a generation span's attributes, the resource's
+    converted once per ``ResourceSpans``, no SDK objects.
     """
     for resource_spans in request.resource_spans:
-        resource: Resource | None = None
+        resource: dict[str, Any] | None = None
         for scope_spans in resource_spans.scope_spans:
+            scope: str | None = None
             for span in scope_spans.spans:
-                if not _marked(span.attributes):
+                key_values = span.attributes
+                if not marked(key_values):
                     continue
-                attributes = attribute_dict(span.attributes)
+                attributes = attribute_dict(key_values)
                 if classify(attributes) is None:
                     continue
-                if len(span.trace_id) != 16 or len(span.span_id) != 8 or not any(span.trace_id):
+                trace_id, span_id = span.trace_id, span.span_id
+                if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id):
                     yield RequestError(400, f"span {span.name!r} has an invalid trace or span id")
                     continue
-                if not span.start_time_unix_nano:
+                start = span.start_time_unix_nano
+                if not start:
                     yield RequestError(400, f"span {span.name!r} has no start time")
                     continue
                 if resource is None:
                     resource = _resource(attribute_dict(resource_spans.resource.attributes))
-                trace_id = int.from_bytes(span.trace_id, "big")
-                yield ReadableSpan(
-                    name=span.name,
-                    context=SpanContext(trace_id, int.from_bytes(span.span_id, "big"),
-                                        is_remote=True, trace_flags=TraceFlags(span.flags & 0xFF)),
-                    parent=_parent(trace_id, span.parent_span_id),
-                    instrumentation_scope=InstrumentationScope(scope_spans.scope.name, scope_spans.scope.version),
-                    kind=_SPAN_KINDS.get(span.kind, SpanKind.INTERNAL),
-                    attributes=attributes,
-                    resource=resource,
-                    status=_status(span.status.code, span.status.message),
-                    start_time=span.start_time_unix_nano,
-                    end_time=span.end_time_unix_nano or None,
+                if scope is None:
+                    scope = scope_spans.scope.name
+                status = span.status
+                yield PlainSpan(
+                    name=span.name, trace_id=int.from_bytes(trace_id, "big"), span_id=int.from_bytes(span_id, "big"),
+                    parent_span_id=_parent_id(span.parent_span_id), start_ns=start,
+                    end_ns=span.end_time_unix_nano or None, attributes=attributes, resource=resource, scope=scope,
+                    error=status.message if status.code == _STATUS_ERROR else None,
                 )
 
 
-def _parent(trace_id: int, parent_span_id: bytes) -> SpanContext | None:
+def _parent_id(parent_span_id: bytes) -> int | None:
     """The parent as ``dedupe`` reads it; a malformed id counts as none (the span is still recorded)."""
     if len(parent_span_id) != 8 or not any(parent_span_id):
         return None
-    return SpanContext(trace_id, int.from_bytes(parent_span_id, "big"), is_remote=True)
+    return int.from_bytes(parent_span_id, "big")
 
 
-def _resource(attributes: dict[str, Any]) -> Resource:
-    """Only what the SDK keeps: it would log a warning for each attribute it drops, per span."""
-    return Resource({key: value for key, value in attributes.items() if key and _valid_value(value)})
+def _resource(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Only what the SDK would keep of a resource (a ``ReadableSpan``'s, which the in-app exporter maps)."""
+    return {key: value for key, value in attributes.items() if key and _valid_value(value)}
 
 
 def _valid_value(value: Any) -> bool:
@@ -366,12 +392,6 @@ def _valid_value(value: Any) -> bool:
         return True
     return (isinstance(value, tuple) and all(isinstance(v, _PRIMITIVES) for v in value)
             and len({type(v) for v in value}) <= 1)
-
-
-def _status(code: int, message: str) -> Status:
-    """The SDK logs a warning for a description on a status other than ERROR: keep it for errors only."""
-    status_code = _STATUS_CODES.get(code, StatusCode.UNSET)
-    return Status(status_code, (message or None) if status_code is StatusCode.ERROR else None)
 
 
 def count_spans(request: ExportTraceServiceRequest) -> int:

@@ -104,6 +104,32 @@ def test_only_ai_spans_by_default(arthur_env, tmp_path):
     assert len(EngineDestination(_settings(spool_dir=str(tmp_path), engine_spans="all")).items(spans).records) == 3
 
 
+SPAN_KINDS = [{"openinference.span.kind": "CHAIN"}, {"gen_ai.operation.name": "chat"},
+              {"llm.request.type": "embedding"}, {"traceloop.span.kind": "tool"},
+              {"gen_ai.operation.name": "execute_tool"}]
+
+
+def test_serve_takes_every_kind_of_ai_span_and_converts_no_other(arthur_env, tmp_path, monkeypatch):
+    """The raw markers let through every span ``span_kind`` reads as AI work; the rest are never converted."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from otel_arthur import otlp
+
+    resource = Resource.create({})
+    ai = [_span(n, resource=resource, attributes={**kind, "http.method": "GET"}) for n, kind in enumerate(SPAN_KINDS, 1)]
+    others = [_span(10, resource=resource, attributes={"http.method": "GET", "gen_ai.operation.name": "foo"}),
+              _span(11, resource=resource, attributes={"openinference.span.kind": ""})]
+    request = encode_spans(ai + others)
+    converted = []
+    attribute_dict = otlp.attribute_dict
+    monkeypatch.setattr(otlp, "attribute_dict", lambda kvs: converted.append(1) or attribute_dict(kvs))
+    records = EngineDestination(_settings(spool_dir=str(tmp_path))).from_otlp(request).records
+    assert [item.id for item in records] == [f"{7:032x}-{n:016x}" for n in range(1, len(SPAN_KINDS) + 1)]
+    assert len(converted) == len(SPAN_KINDS)  # each AI span's attributes, no other span's
+    assert len(EngineDestination(_settings(spool_dir=str(tmp_path), engine_spans="all")).from_otlp(request).records) \
+        == len(ai + others)
+
+
 def _attributes(item) -> dict:
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 

@@ -429,3 +429,17 @@ def test_no_cost_unless_the_model_and_both_counts_are_known_and_priced(changed):
     assert map_span(_span(PRICED_CALL)).fields["cost_usd"] > 0
     attributes = {key: value for key, value in {**PRICED_CALL, **changed}.items() if value is not None}
     assert "cost_usd" not in map_span(_span(attributes)).fields
+
+
+@pytest.mark.parametrize("raw", [
+    '[{"role": "user", "parts": [{"type": "text", "content": "hi \\u00e9"}]}]',
+    '{"text": "\\ud800 lone"}',  # a lone surrogate escape: orjson refuses it, the standard library reads it
+    '{"n": NaN, "big": 123456789012345678901234567890}',
+    '{"x": 1.1e-7, "y": 0.30000000000000004, "same": 1, "same": 2}',
+    "[" * 500 + "]" * 500,
+], ids=["plain", "lone-surrogate", "nan-big-int", "floats-duplicate-keys", "nested"])
+def test_message_json_reads_as_the_standard_library_reads_it(raw):
+    from otel_arthur.messages import parse_json
+
+    expected = json.loads(raw)
+    assert repr(parse_json(raw)) == repr(expected)

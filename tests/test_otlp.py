@@ -241,3 +241,39 @@ def test_spans_are_counted_past_unknown_fields_of_every_wire_type():
     with pytest.raises(otlp.RequestError) as error:
         otlp.parse_request(body, otlp.PROTOBUF, 2)
     assert error.value.status == 413
+
+
+def test_spans_that_are_no_generation_are_never_converted(monkeypatch):
+    """Decided from the raw marker attributes: only generations (and their resource, once) are converted."""
+    converted = []
+    attribute_dict = otlp.attribute_dict
+    monkeypatch.setattr(otlp, "attribute_dict", lambda kvs: converted.append(len(kvs)) or attribute_dict(kvs))
+    spans = list(otlp.generation_spans(encode_spans(_spans())))
+    assert len(spans) == len(EXPECTED) and len(_spans()) > len(EXPECTED)
+    resources = {id(span.resource) for span in spans}
+    assert len(converted) == len(EXPECTED) + len(resources)
+
+
+def test_plain_spans_map_as_the_sdk_spans_they_were_encoded_from():
+    spans = otlp.generation_spans(encode_spans(_spans()))
+    assert all(isinstance(span, otlp.PlainSpan) for span in spans)
+    by_id = {record.partner_inference_id: record for record in EXPECTED}
+    for span in otlp.generation_spans(encode_spans(_spans())):
+        record = map_span(span)
+        assert record == by_id[record.partner_inference_id]
+        assert record.origin == by_id[record.partner_inference_id].origin  # what dedupe compares
+
+
+def test_attribute_values_of_every_kind_convert_as_any_value_says():
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    values = [AnyValue(string_value="text"), AnyValue(string_value=""), AnyValue(int_value=0), AnyValue(int_value=-7),
+              AnyValue(double_value=0.0), AnyValue(double_value=2.5), AnyValue(bool_value=False),
+              AnyValue(bool_value=True), AnyValue(bytes_value=b"\x00\xff"), AnyValue()]
+    values.append(AnyValue(array_value={"values": values[:4]}))
+    values.append(AnyValue(kvlist_value={"values": [KeyValue(key="k", value=values[0])]}))
+    key_values = [KeyValue(key=f"k{n}", value=value) for n, value in enumerate(values)]
+    converted = otlp.attribute_dict(key_values)
+    assert converted == {kv.key: otlp.any_value(kv.value) for kv in key_values}
+    assert [type(v) for v in converted.values()] == [str, str, int, int, float, float, bool, bool, str, type(None),
+                                                     tuple, str]

@@ -189,6 +189,8 @@ class EngineDestination:
                 scope: bytes | None = None
                 for span in scope_spans.spans:
                     try:
+                        if self._only_ai and not otlp.marked(span.attributes, otlp.AI_MARKERS):
+                            continue  # decided from the raw markers, nothing converted
                         attributes = otlp.attribute_dict(span.attributes)
                         if self._only_ai and span_kind(attributes) is None:
                             continue

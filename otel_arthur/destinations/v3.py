@@ -54,7 +54,7 @@ class V3Destination:
         return ArthurSender(self.settings, observe_request=observer.observe_request)
 
 
-def records_from_otlp(request: Any, mapper: Callable[[ReadableSpan], Any] = map_span) -> MappedSpans:
+def records_from_otlp(request: Any, mapper: Callable[[Any], Any] = map_span) -> MappedSpans:
     """The records of a parsed ``ExportTraceServiceRequest``'s generation spans, span by span."""
     from otel_arthur import otlp  # serve's decoding (the server extra)
 

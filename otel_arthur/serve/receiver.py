@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_arthur import otlp
 from otel_arthur.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_SPANS_PER_REQUEST
@@ -163,7 +162,7 @@ class Receiver:
         auth_token: str | None = None,
         retry_after: int = DEFAULT_RETRY_AFTER,
         extraction: OtlpExtraction | None = None,
-        mapper: Callable[[ReadableSpan], Any] = map_span,
+        mapper: Callable[[Any], Any] = map_span,
         decoder: Decoder | None = None,
     ) -> None:
         """``intake``: one per destination, by name (``{"v3": pipeline, "engine": pipeline}``); a single one is v3's.
