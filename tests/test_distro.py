@@ -66,6 +66,9 @@ def test_otlp_resolution_matches_the_sdk(otel_env, generic, traces):
 
 
 def test_missing_exporters_are_dropped_with_one_warning_each(otel_env, caplog):
+    # As the zero-code extra installs it: the OTLP exporter over http only (this environment has gRPC's too).
+    installed = distro._installed
+    otel_env.setattr(distro, "_installed", lambda group: installed(group) - {"otlp_proto_grpc"})
     otel_env.setenv("OTEL_TRACES_EXPORTER", " arthur , otlp,console,nosuch ")
     otel_env.setenv("OTEL_METRICS_EXPORTER", "otlp")
     otel_env.setenv("OTEL_LOGS_EXPORTER", "none")

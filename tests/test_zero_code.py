@@ -39,6 +39,8 @@ from otel_arthur.local import openai
 from otel_arthur.local.runner import BackgroundServer
 
 ROOT = Path(__file__).resolve().parents[1]
+# The applications see the zero-code extra's install: no OTLP/gRPC exporter (tests/zero_code_install/README.md).
+ZERO_CODE_INSTALL = Path(__file__).resolve().parent / "zero_code_install"
 BIN = Path(sys.executable).parent  # the environment's bin: `opentelemetry-instrument` and `python`
 
 # The README's commands, character for character (docs/zero-code.md).
@@ -70,7 +72,7 @@ def model_id(sdk_client, request) -> str:
 def app_env(openai_server: BackgroundServer) -> dict[str, str]:
     """The developer's environment without any OTEL_/ARTHUR_/OPENAI_ settings, plus the local OpenAI."""
     clean = {name: value for name, value in os.environ.items() if not name.startswith(_FOREIGN)}
-    return clean | {"PATH": f"{BIN}{os.pathsep}{clean.get('PATH', '')}",
+    return clean | {"PATH": f"{BIN}{os.pathsep}{clean.get('PATH', '')}", "PYTHONPATH": str(ZERO_CODE_INSTALL),
                     "OPENAI_BASE_URL": openai_server.url + "/v1", "OPENAI_API_KEY": "local-no-key-needed"}
 
 
