@@ -1,14 +1,14 @@
-"""The real OpenTelemetry Collector in the tests: built once per run by ``collector-config/build-collector``,
-run with a config from ``collector-config/`` whose addresses and storage directory are rewritten to this
-test's (free 127.0.0.1 ports, a tmp directory), and always stopped; its log is kept for assertions."""
+"""The real OpenTelemetry Collector in the tests: built once per run by ``collector-config/build-collector``
+(the ``collector_binary`` fixture), run with a config from ``collector-config/`` (or one a test changed)
+whose addresses and storage directory are rewritten to this test's (free 127.0.0.1 ports, a tmp
+directory), and always stopped; its log is kept for assertions."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from processes import Restartable, free_port
 from servehelpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,9 @@ RETRY_LINE = "Exporting failed. Will retry the request after interval."
 DROP_LINE = "Exporting failed. Dropping data."
 PARTIAL_SUCCESS_LINE = "Partial success response"
 STOP_SECONDS = 15
+# Component types whose addresses ``prepare_config`` leaves as the test set them.
+RECEIVERS_SET_BY_THE_TEST = ("kafka",)
+EXPORTERS_SET_BY_THE_TEST = ("otlp", "otlp_grpc", "loadbalancing", "kafka")
 
 
 def go_command() -> str | None:
@@ -57,55 +61,62 @@ def build_collector() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class CollectorConfig:
-    """A config rewritten for one test: where it is, and where the Collector receives OTLP/HTTP."""
+    """A config rewritten for one test: where it is, and where the Collector receives OTLP (empty: no such receiver)."""
 
     path: Path
     otlp_http: str
+    otlp_grpc: str = ""
 
     @property
     def traces(self) -> str:
         return self.otlp_http + "/v1/traces"
 
 
-def prepare_config(source: Path, workdir: Path, serve_url: str,
-                   other_backend_url: str | None = None) -> CollectorConfig:
-    """``source`` with its receivers on free ports, its ``file_storage`` under ``workdir``, its exporter to
-    ``serve`` (the one aimed at serve's default port) at ``serve_url`` and any other ``otlphttp`` exporter at
-    ``other_backend_url``; the Collector's own metrics off (their fixed port would clash between runs)."""
-    config: dict[str, Any] = yaml.safe_load(source.read_text())
-    for name, extension in (config.get("extensions") or {}).items():
-        if name.split("/")[0] == "file_storage":
-            extension["directory"] = str(workdir / ("storage-" + name.replace("/", "-")))
-    otlp_http = ""
-    for name, receiver in (config.get("receivers") or {}).items():
-        if name.split("/")[0] != "otlp":
-            raise ValueError(f"{source.name}: receiver {name} is not rewritten by tests/collector.py")
+def prepare_config(source: Path | dict[str, Any], workdir: Path, serve_url: str | None = None,
+                   other_backend_url: str | None = None, name: str = "otelcol.yaml") -> CollectorConfig:
+    """A config file (or one already read and changed by the test) made runnable here, written to ``workdir``:
+    its OTLP receivers on free ports, its ``file_storage`` under ``workdir``, its ``otlphttp`` exporter aimed
+    at serve's default port at ``serve_url`` and any other ``otlphttp`` exporter at ``other_backend_url``; the
+    Collector's own metrics off (their fixed port would clash between runs). The addresses of ``otlp``,
+    ``loadbalancing`` and ``kafka`` exporters and ``kafka`` receivers are the test's to set."""
+    if isinstance(source, Path):
+        config: dict[str, Any] = yaml.safe_load(source.read_text())
+        name = source.name
+    else:
+        config = copy.deepcopy(source)
+    for extension_name, extension in (config.get("extensions") or {}).items():
+        if extension_name.split("/")[0] == "file_storage":
+            extension["directory"] = str(workdir / ("storage-" + extension_name.replace("/", "-")))
+    otlp_http = otlp_grpc = ""
+    for receiver_name, receiver in (config.get("receivers") or {}).items():
+        kind = receiver_name.split("/")[0]
+        if kind in RECEIVERS_SET_BY_THE_TEST:
+            continue
+        if kind != "otlp":
+            raise ValueError(f"{name}: receiver {receiver_name} is not rewritten by tests/collector.py")
         for protocol, settings in receiver["protocols"].items():
             settings["endpoint"] = f"127.0.0.1:{free_port()}"
             if protocol == "http" and not otlp_http:
                 otlp_http = "http://" + settings["endpoint"]
-    for name, exporter in config["exporters"].items():
-        if name.split("/")[0] not in ("otlphttp", "otlp_http"):
-            raise ValueError(f"{source.name}: exporter {name} is not rewritten by tests/collector.py")
-        if exporter["endpoint"].rstrip("/").endswith(f":{SERVE_DEFAULT_PORT}"):
-            exporter["endpoint"] = serve_url
-        elif other_backend_url is not None:
-            exporter["endpoint"] = other_backend_url
-        else:
-            raise ValueError(f"{source.name}: exporter {name} needs another backend's URL")
+            if protocol == "grpc" and not otlp_grpc:
+                otlp_grpc = settings["endpoint"]
+    for exporter_name, exporter in config["exporters"].items():
+        kind = exporter_name.split("/")[0]
+        if kind in EXPORTERS_SET_BY_THE_TEST:
+            continue
+        if kind not in ("otlphttp", "otlp_http"):
+            raise ValueError(f"{name}: exporter {exporter_name} is not rewritten by tests/collector.py")
+        url = serve_url if exporter["endpoint"].rstrip("/").endswith(f":{SERVE_DEFAULT_PORT}") else other_backend_url
+        if url is None:
+            raise ValueError(f"{name}: exporter {exporter_name} needs a URL to send to")
+        exporter["endpoint"] = url
     config["service"].setdefault("telemetry", {})["metrics"] = {"level": "none"}
-    path = workdir / source.name
+    path = workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return CollectorConfig(path, otlp_http)
+    return CollectorConfig(path, otlp_http, otlp_grpc)
 
 
 class CollectorLog:
@@ -121,36 +132,35 @@ class CollectorLog:
         return [line for line in self.text().splitlines() if containing in line]
 
 
+class CollectorProcess(Restartable):
+    """The Collector on ``config``, its output appended to ``log_path``: ``start()`` returns once it is ready;
+    killable with SIGKILL and restartable (``stop()``: SIGTERM, then SIGKILL after STOP_SECONDS)."""
+
+    def __init__(self, binary: Path, config: CollectorConfig, log_path: Path, env: dict[str, str] | None = None):
+        super().__init__([str(binary), "--config", str(config.path)], log_path, env, STOP_SECONDS)
+        self.collector_log = CollectorLog(log_path)
+
+    def start(self) -> None:
+        super().start()
+
+        def ready() -> bool:
+            self.fail_if_exited("the Collector")
+            return READY_LINE in self.output()
+
+        wait_for(ready, timeout=60)
+
+
 @contextmanager
 def running_collector(binary: Path, config: CollectorConfig, log_path: Path,
                       env: dict[str, str] | None = None) -> Iterator[CollectorLog]:
-    """The Collector on ``config``, its output in ``log_path``, started in its own process group and
-    stopped (SIGTERM, then SIGKILL after STOP_SECONDS) whatever happens; yields its log once it is ready."""
-    log = CollectorLog(log_path)
-    with log_path.open("a") as output:
-        process = subprocess.Popen([str(binary), "--config", str(config.path)], stdout=output,
-                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            def ready() -> bool:
-                if process.poll() is not None:
-                    pytest.fail(f"the Collector exited {process.returncode}:\n{log.text()[-4000:]}")
-                return READY_LINE in log.text()
-
-            wait_for(ready, timeout=60)
-            yield log
-        finally:
-            stop(process)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
+    """The Collector on ``config``, started in its own process group and stopped whatever happens; yields its
+    log once it is ready."""
+    collector = CollectorProcess(binary, config, log_path, env)
     try:
-        process.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        collector.start()
+        yield collector.collector_log
+    finally:
+        collector.stop()
 
 
 def retry_intervals(log: CollectorLog) -> list[str]:

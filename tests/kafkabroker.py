@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from processes import free_port, stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,6 @@ def kafka_classpath() -> Resolved:
     if result.returncode != 0:
         pytest.fail(f"mvn could not resolve the Kafka broker's jars:\n{result.stdout}\n{result.stderr}")
     return Resolved(cached.read_text().strip(), time.monotonic() - started)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cluster_id() -> str:
@@ -202,19 +196,3 @@ def _wait_until_it_answers(broker: KafkaBroker, process: subprocess.Popen[bytes]
             if time.monotonic() > deadline:
                 pytest.fail(f"the Kafka broker did not answer within {timeout} s:\n{log.read_text()[-4000:]}")
             time.sleep(0.2)
-
-
-def stop_process_group(process: subprocess.Popen[bytes], grace_seconds: float) -> None:
-    """SIGTERM to the process's group, SIGKILL to it after ``grace_seconds``; waits for the process."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            logger.warning("process %d outlived %s; escalating", process.pid, sig.name)

@@ -26,16 +26,19 @@ EXPECTED = {
     "startup": {"python", "bare_sdk", "otel_arthur", "arthurai", "added_seconds", "added_rss_mb"},
     "replicas": {"by_replicas", "clients_per_replica", "cores"},
 }
+# A quick run took 107 s on this 2-core machine shared with six other test runs (replicas section
+# included): twice that, so a busy machine fails it only when the harness really hangs.
+QUICK_RUN_SECONDS = 230
 CONFIGURATIONS = {"none", "otel_noop", "otel_otlp", "seed@0ms", "seed@50ms", "otel_arthur@0ms",
                   "otel_arthur@50ms", "otel_arthur@outage"}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(QUICK_RUN_SECONDS + 10)
 def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--set", "arthurai_runs=0",
          "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=110, cwd=ROOT,
+        capture_output=True, text=True, timeout=QUICK_RUN_SECONDS, cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     [path] = tmp_path.glob("*.json")

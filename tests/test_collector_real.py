@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import collector
+import pytest
 import requests
 from arthurmodel import create_model_over_http
 from collector import (
@@ -31,13 +31,13 @@ from collector import (
     PARTIAL_SUCCESS_LINE,
     RETRY_LINE,
     CollectorConfig,
-    free_port,
     prepare_config,
     retry_intervals,
     running_collector,
 )
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from processes import free_port
 from servehelpers import PROTOBUF, Served, arthur_settings, serving, wait_for
 from spanfixtures import load_span
 from test_serve_e2e import APP, QUESTIONS, clean_env, expected_turns
@@ -171,7 +171,7 @@ def test_503_with_retry_after_is_retried_after_that_interval_and_everything_arri
             spans = run_chat(config, openai_server)
             wait_for(lambda: len(log.lines(RETRY_LINE)) >= 2)
             refused = counters(refusing)
-        with serving(arthur_settings(local_arthur.url, model_id, spool), receiver(port=port)) as served:
+        with serving(arthur_settings(local_arthur.url, model_id, spool), receiver(port=port)):
             rows = assert_exact_records(local_arthur, model_id, spans)
     intervals = retry_intervals(log)
     assert all("503" in line for line in log.lines(RETRY_LINE))

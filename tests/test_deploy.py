@@ -22,10 +22,10 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
+from servehelpers import arthur_settings, serving, wait_for
 
 from otel_arthur import cli
 from otel_arthur import config as c
-from servehelpers import arthur_settings, serving, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -34,8 +34,6 @@ GATEWAY = ROOT / "deploy" / "collector-gateway.yaml"
 # The oldest Kubernetes whose stable API has every field used (unhealthyPodEvictionPolicy is GA in 1.31,
 # persistentVolumeClaimRetentionPolicy in 1.32), and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.32", kubernetes_validate.latest_version())
-# Flags of serve's OTLP/gRPC receiver and TLS, which the grpc branch adds.
-GRPC_BRANCH_FLAGS = {"--grpc-port", "--tls-cert-file", "--tls-key-file", "--tls-client-ca-file"}
 SECRET_SETTINGS = {c.ARTHUR_API_KEY, c.ARTHUR_PASSWORD, c.ARTHUR_ENGINE_API_KEY, c.OTEL_ARTHUR_RECEIVER_TOKEN}
 
 
@@ -213,10 +211,6 @@ def test_the_build_context_holds_exactly_what_the_dockerfile_copies() -> None:
 def test_every_flag_the_pod_passes_is_one_serve_has(capsys: pytest.CaptureFixture[str]) -> None:
     flags = {arg.partition("=")[0] for arg in container_argv() if arg.startswith("--")}
     known = serve_help_flags(capsys)
-    assert flags - GRPC_BRANCH_FLAGS <= known, flags - known
-    if "--grpc-port" not in known:
-        pytest.skip("serve has no OTLP/gRPC receiver or TLS flags yet (the grpc branch adds them): "
-                    f"{sorted(flags & GRPC_BRANCH_FLAGS)} unchecked")
     assert flags <= known, flags - known
     args = cli.build_parser().parse_args(container_argv()[1:])  # values of the right type, too
     assert args.host == "0.0.0.0"
@@ -226,8 +220,6 @@ def test_the_grpc_port_is_the_one_serve_listens_on(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    if "--grpc-port" not in text:
-        pytest.skip("serve has no --grpc-port yet (the grpc branch adds it)")
     # its help line, up to the next option: "--grpc-port PORT … (env …; default: 4320)"
     default = re.search(r"--grpc-port [A-Z_]+ (?:(?! --[a-z]).)*?default: (\d+)", text)
     assert default is not None, "serve --help names no default for --grpc-port"
@@ -352,16 +344,10 @@ def test_the_gateway_balances_by_trace_id_over_the_replicas_grpc_port() -> None:
 
 
 @pytest.mark.timeout(1800)  # a first build of the Collector takes minutes; later runs reuse it
-def test_the_real_collector_accepts_the_gateway_config() -> None:
-    build = ROOT / "collector-config" / "build-collector"
-    if not build.exists():
-        pytest.skip("no collector-config/build-collector yet (the collector branch adds it)")
-    built = subprocess.run([str(build)], capture_output=True, text=True, timeout=1700)
-    assert built.returncode == 0, built.stderr[-3000:]
-    collector = built.stdout.strip().splitlines()[-1]
+def test_the_real_collector_accepts_the_gateway_config(collector_binary: Path) -> None:
     # `validate` reads the config whole (an unknown key fails it) and starts nothing
-    checked = subprocess.run([collector, "validate", "--config", str(GATEWAY)], capture_output=True, text=True,
-                             timeout=120)
+    checked = subprocess.run([str(collector_binary), "validate", "--config", str(GATEWAY)], capture_output=True,
+                             text=True, timeout=120)
     assert checked.returncode == 0, checked.stderr[-3000:]
 
 

@@ -12,41 +12,34 @@ the figures are printed at the end of the module's run.
 
 from __future__ import annotations
 
-import os
 import random
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 from arthurmodel import create_model_over_http
-from collector import READY_LINE, RETRY_LINE, CollectorConfig, running_collector
-from kafkabroker import KafkaBroker, free_port, kafka_classpath, require_tools, running_broker, stop_process_group
+from collector import CONFIG_DIR, RETRY_LINE, CollectorConfig, CollectorProcess, prepare_config, running_collector
+from kafkabroker import KafkaBroker, kafka_classpath, require_tools, running_broker
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from processes import ServeReplica
 from servehelpers import wait_for
 from spanfixtures import generation_spans, reidentified
 from test_serve import arthur_exporters, assert_sends_to_serves_defaults
+from test_serve_e2e import clean_env
 
 from otel_arthur.local import arthur
 from otel_arthur.mapping import map_span
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PRODUCER_CONFIG = ROOT / "collector-config" / "collector-kafka-producer.yaml"
-CONSUMER_CONFIG = ROOT / "collector-config" / "collector-kafka-consumer.yaml"
+PRODUCER_CONFIG = CONFIG_DIR / "collector-kafka-producer.yaml"
+CONSUMER_CONFIG = CONFIG_DIR / "collector-kafka-consumer.yaml"
 PARTITIONS = 3
 REPLICAS = 3
 TRACES, SPANS_PER_TRACE = 300, 3
-_FOREIGN = ("OTEL_", "ARTHUR_", "OPENAI_", "TRACELOOP_", "OPENINFERENCE_", "VERIFY_SSL")
 
 
 @pytest.fixture(scope="module")
@@ -102,106 +95,27 @@ def test_the_broker_holds_a_topic_of_three_partitions(kafka_broker):
 
 # -- processes -------------------------------------------------------------------------------------
 
-class Restartable:
-    """A command in its own process group, its output appended to a log; killable with SIGKILL, restartable."""
-
-    def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.argv, self.log, self.env = list(argv), log, env
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> Restartable:
-        self.starts += 1
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        return self
-
-    def kill9(self) -> None:
-        assert self.process is not None and self.process.poll() is None, f"not running: {self.log.read_text()}"
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_group(self.process, grace_seconds=10)
-
-    def exited(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-
 class Replica:
-    """One ``serve`` (fixed port, own spool) and the consumer Collector in front of it."""
+    """One ``serve`` (fixed ports, own spool) and the consumer Collector in front of it."""
 
     def __init__(self, name: str, workdir: Path, serve_env: dict[str, str], collector: Path,
                  consumer_config: dict[str, Any]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir()
-        self.serve = Restartable([str(BIN / "otel-arthur"), "serve", "--port", str(self.port), "--grpc-port", "0",
-                                  "--spool-dir", str(workdir / "spool"), "--shutdown-timeout", "5"],
-                                 workdir / "serve.log", serve_env)
-        config = workdir / "consumer.yaml"
-        consumer_config["exporters"]["otlphttp/arthur"]["endpoint"] = self.url
-        config.write_text(yaml.safe_dump(consumer_config))
-        self.consumer = Restartable([str(collector), "--config", str(config)], workdir / "consumer.log",
-                                    collector_env())
         self.name = name
-
-    def start_serve(self) -> None:
-        self.serve.start()
-        wait_for(lambda: self._serve_answers(), timeout=60)
-
-    def start_consumer(self) -> None:
-        self.consumer.start()
-        wait_for(lambda: self._consumer_ready(), timeout=60)
-
-    def _consumer_ready(self) -> bool:
-        if self.consumer.exited() is not None:
-            pytest.fail(f"{self.name}'s Collector exited: {self.consumer.log.read_text()[-4000:]}")
-        return self.consumer.log.read_text().count(READY_LINE) == self.consumer.starts
-
-    def _serve_answers(self) -> bool:
-        if self.serve.exited() is not None:
-            pytest.fail(f"{self.name}'s serve exited: {self.serve.log.read_text()[-4000:]}")
-        try:
-            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def spans_received(self) -> int:
-        """Spans this serve process took in since it started (its /metrics)."""
-        page = requests.get(self.url + "/metrics", timeout=5).text
-        found = re.search(r"^otel_arthur_receiver_spans_received_total (\S+)$", page, re.MULTILINE)
-        return int(float(found[1])) if found else 0
+        self.serve = ServeReplica(name, workdir / "serve", serve_env)
+        config = prepare_config(consumer_config, workdir, serve_url=self.serve.url, name="consumer.yaml")
+        self.consumer = CollectorProcess(collector, config, workdir / "consumer.log", clean_env())
 
     def stop(self) -> None:
         self.consumer.stop()
         self.serve.stop()
 
 
-def collector_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
-
-
-def quiet_telemetry(config: dict[str, Any]) -> dict[str, Any]:
-    """No internal metrics endpoint (each Collector would take :8888)."""
-    config.setdefault("service", {}).setdefault("telemetry", {})["metrics"] = {"level": "none"}
-    return config
-
-
 def producer_config(broker: KafkaBroker, topic: str, workdir: Path) -> CollectorConfig:
     """collector-kafka-producer.yaml with its addresses and storage pointed here, written to ``workdir``."""
     config = yaml.safe_load(PRODUCER_CONFIG.read_text())
-    http = f"127.0.0.1:{free_port()}"
-    config["receivers"]["otlp"]["protocols"] = {"grpc": {"endpoint": f"127.0.0.1:{free_port()}"},
-                                                "http": {"endpoint": http}}
-    config["extensions"]["file_storage"]["directory"] = str(workdir / "storage")
     config["exporters"]["kafka"]["brokers"] = [broker.bootstrap]
     config["exporters"]["kafka"]["traces"]["topic"] = topic
-    path = workdir / PRODUCER_CONFIG.name
-    path.write_text(yaml.safe_dump(quiet_telemetry(config)))
-    return CollectorConfig(path, "http://" + http)
+    return prepare_config(config, workdir, name=PRODUCER_CONFIG.name)
 
 
 def consumer_config(broker: KafkaBroker, topic: str, group: str) -> dict[str, Any]:
@@ -209,14 +123,14 @@ def consumer_config(broker: KafkaBroker, topic: str, group: str) -> dict[str, An
     config = yaml.safe_load(CONSUMER_CONFIG.read_text())
     kafka = config["receivers"]["kafka"]
     kafka["brokers"], kafka["traces"]["topics"], kafka["group_id"] = [broker.bootstrap], [topic], group
-    return quiet_telemetry(config)
+    return config
 
 
 # -- the run ---------------------------------------------------------------------------------------
 
 def serve_env(local_arthur: arthur.RunningLocalArthur, model_id: str) -> dict[str, str]:
-    return collector_env() | {"ARTHUR_ENDPOINT_URL": local_arthur.url, "ARTHUR_API_KEY": arthur.DEFAULT_API_KEY,
-                              "ARTHUR_MODEL_ID": model_id, "ARTHUR_ALLOW_INSECURE": "true"}
+    return clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=arthur.DEFAULT_API_KEY,
+                     ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true")
 
 
 def traces_of_generation_spans(traces: int, spans_per_trace: int, seed: int) -> list[ReadableSpan]:
@@ -244,9 +158,8 @@ def test_offsets_are_committed_only_after_serve_answered(kafka_broker, collector
     kafka_broker.create_topic(topic, PARTITIONS)
     model_id = create_model_over_http(local_arthur)
     spans = traces_of_generation_spans(60, 1, seed=7)  # one span a trace: one Kafka message a span
-    (tmp_path / "producer").mkdir()
     producer = producer_config(kafka_broker, topic, tmp_path / "producer")
-    with running_collector(collector_binary, producer, tmp_path / "producer.log", collector_env()):
+    with running_collector(collector_binary, producer, tmp_path / "producer.log", clean_env()):
         app = OTLPSpanExporter(endpoint=producer.traces)
         assert app.export(spans) is SpanExportResult.SUCCESS
         app.shutdown()
@@ -259,17 +172,17 @@ def test_offsets_are_committed_only_after_serve_answered(kafka_broker, collector
     synchronous = Replica("synchronous", tmp_path / "synchronous", serve_env(local_arthur, model_id),
                           collector_binary, consumer_config(kafka_broker, topic, "marking-sync"))
     try:
-        queued.start_consumer()  # its serve never runs
+        queued.consumer.start()  # its serve never runs
         wait_for(lambda: sum(kafka_broker.committed_offsets("marking-queued", topic).values()) == len(spans),
                  timeout=60, interval=0.5)
         queued.consumer.kill9()  # every offset committed, nothing delivered: the spans were only in its memory
 
-        synchronous.start_consumer()  # its serve is not running yet
-        wait_for(lambda: RETRY_LINE in synchronous.consumer.log.read_text(), timeout=60)
+        synchronous.consumer.start()  # its serve is not running yet
+        wait_for(lambda: synchronous.consumer.collector_log.lines(RETRY_LINE), timeout=60)
         committed_while_away = sum(kafka_broker.committed_offsets("marking-sync", topic).values())
         synchronous.consumer.kill9()
-        synchronous.start_serve()
-        synchronous.start_consumer()
+        synchronous.serve.start()
+        synchronous.consumer.start()
         arrived = wait_for(lambda: (lambda ids: ids if ids >= record_ids(spans) else None)(
             delivered(local_arthur, model_id)), timeout=120, interval=0.5)
         wait_for(lambda: sum(kafka_broker.committed_offsets("marking-sync", topic).values()) == len(spans),
@@ -292,7 +205,6 @@ def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collec
     spans = traces_of_generation_spans(TRACES, SPANS_PER_TRACE, seed=13)
     expected = record_ids(spans)
     assert len(expected) == TRACES * SPANS_PER_TRACE
-    (tmp_path / "producer").mkdir()
     producer = producer_config(kafka_broker, topic, tmp_path / "producer")
     environment = serve_env(local_arthur, model_id)
     replicas = [Replica(f"replica {i}", tmp_path / f"replica-{i}", environment, collector_binary,
@@ -309,10 +221,10 @@ def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collec
 
     started = time.monotonic()
     try:
-        with running_collector(collector_binary, producer, tmp_path / "producer.log", collector_env()):
+        with running_collector(collector_binary, producer, tmp_path / "producer.log", clean_env()):
             for replica in replicas:
-                replica.start_serve()
-                replica.start_consumer()
+                replica.serve.start()
+                replica.consumer.start()
             send(0)
             wait_for(lambda: len(so_far()) >= len(spans) // 10, timeout=120)
 
@@ -323,15 +235,16 @@ def test_replicas_killed_mid_run_lose_nothing_through_kafka(kafka_broker, collec
             at_second_kill = len(so_far())
             replicas[1].consumer.kill9()
             replicas[1].serve.kill9()
-            replicas[0].start_serve()  # on its spool and port: what it spooled before the kill goes on too
+            replicas[0].serve.start()  # on its spool and port: what it spooled before the kill goes on too
             send(2)
-            replicas[1].start_serve()
-            replicas[1].start_consumer()
+            replicas[1].serve.start()
+            replicas[1].consumer.start()
 
             arrived = wait_for(lambda: (lambda ids: ids if ids >= expected else None)(so_far()), timeout=300,
                                interval=0.5)
             seconds = time.monotonic() - started
-            received_after_restart = [replicas[0].spans_received(), replicas[1].spans_received()]
+            received_after_restart = [int(replicas[n].serve.metric("otel_arthur_receiver_spans_received_total"))
+                                      for n in (0, 1)]
             time.sleep(1.0)  # copies still on the way land before counting
             rows = [row["partner_inference_id"] for row in local_arthur.inferences(model_id)]
             messages = sum(kafka_broker.end_offsets(topic).values())
