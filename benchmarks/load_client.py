@@ -6,6 +6,8 @@
 The request bodies are what ``OTLPSpanExporter.export()`` sends (``encode_spans(...)``, protobuf),
 encoded once before the clock starts and posted through the exporter's own client, so the client
 spends its CPU on sending, not on re-encoding: the receiver, not the load generator, sets the pace.
+Every request carries fresh trace and span ids (a receiver that stores spans by id, as Phoenix does,
+would otherwise drop repeats): each id holds the body's random marker, replaced per request.
 ``traffic``: ``generation`` (every span an LLM generation, recorded attributes) or ``mixed`` (one in
 ten; the rest HTTP-server-like spans). ``rate``: spans per second, 0 for as fast as answered.
 Phases run one after another, each from its ``start_at``, so several clients can keep in step.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import random
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,10 +30,22 @@ from _common import emit, sdk_spans  # noqa: E402
 
 BATCH = 512
 SHARES = {"generation": 1.0, "mixed": 0.1}
+MARKER_BYTES = 6  # in every trace and span id of a body; 2 more bytes number the spans
 
 
-def bodies(traffic: str, count: int) -> list[tuple[bytes, int]]:
-    """``count`` distinct request bodies of BATCH spans, each span under fresh ids; (body, generation spans)."""
+class Body:
+    """A request body whose ids all hold one marker: ``fresh()`` is the same spans under new ids."""
+
+    def __init__(self, template: bytes, marker: bytes, generation_spans: int) -> None:
+        self.size, self.generation_spans = len(template), generation_spans
+        self._between_markers = template.split(marker)  # joined on a new marker: one copy, ~0.1 ms a request
+
+    def fresh(self) -> bytes:
+        return os.urandom(MARKER_BYTES).join(self._between_markers)
+
+
+def bodies(traffic: str, count: int) -> list[Body]:
+    """``count`` distinct request bodies of BATCH spans, each span in a trace of its own."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.trace import SpanContext, TraceFlags
@@ -39,22 +53,27 @@ def bodies(traffic: str, count: int) -> list[tuple[bytes, int]]:
     share = SHARES[traffic]
     every = round(1 / share)
     templates = list(sdk_spans(BATCH, generation_share=share))
-    out = []
-    for _ in range(count):
-        base = random.getrandbits(120)
+    out: list[Body] = []
+    while len(out) < count:
+        marker = os.urandom(MARKER_BYTES)
         batch = []
         for i, t in enumerate(templates):
-            context = SpanContext(base + i, i + 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            number = i.to_bytes(2, "big")
+            context = SpanContext(int.from_bytes(marker + os.urandom(8) + number, "big"),
+                                  int.from_bytes(marker + number, "big"), is_remote=False,
+                                  trace_flags=TraceFlags(TraceFlags.SAMPLED))
             span = ReadableSpan(name=t.name, context=context, resource=t.resource, attributes=None, events=t.events,
                                 kind=t.kind, status=t.status, start_time=t.start_time, end_time=t.end_time,
                                 instrumentation_scope=t.instrumentation_scope)
             span._attributes = t._attributes
             batch.append(span)
-        out.append((encode_spans(batch).SerializePartialToString(), sum(1 for i in range(BATCH) if i % every == 0)))
+        template = encode_spans(batch).SerializePartialToString()
+        if template.count(marker) == 2 * BATCH:  # else the marker also occurs elsewhere in the body: draw again
+            out.append(Body(template, marker, sum(1 for i in range(BATCH) if i % every == 0)))
     return out
 
 
-def run_phase(send: Any, prepared: list[tuple[bytes, int]], phase: dict[str, Any]) -> dict[str, Any]:
+def run_phase(send: Any, prepared: list[Body], phase: dict[str, Any]) -> dict[str, Any]:
     """Post batches from ``start_at`` (epoch seconds) for ``seconds``, at ``rate`` spans/s (0: flat out)."""
     rate = phase.get("rate", 0)
     interval = BATCH / rate if rate else 0.0
@@ -73,17 +92,17 @@ def run_phase(send: Any, prepared: list[tuple[bytes, int]], phase: dict[str, Any
                 time.sleep(min(next_at - now, deadline - now))
                 continue
             next_at += interval
-        body, generations = prepared[i % len(prepared)]
+        body = prepared[i % len(prepared)]
         i += 1
-        if send(body).success:
+        if send(body.fresh()).success:
             ok_requests += 1
             ok_spans += BATCH
-            ok_generations += generations
+            ok_generations += body.generation_spans
         else:
             failed_requests += 1
     return {"label": phase.get("label", ""), "traffic": phase["traffic"], "seconds": time.perf_counter() - start,
             "spans": ok_spans, "generation_spans": ok_generations, "requests": ok_requests,
-            "failed_requests": failed_requests, "body_bytes": len(prepared[0][0])}
+            "failed_requests": failed_requests, "body_bytes": prepared[0].size}
 
 
 def main() -> None:
