@@ -20,7 +20,7 @@ EXPECTED = {
                     "noise_none_round_median_spread_us", "exporter_runs"},
     "ignored": {"ns_per_ignored_span", "ns_per_span_noop_exporter", "ns_sdk_create_end_span"},
     "throughput": {"arthur", "otlp", "ratio", "records_per_request"},
-    "serve_ingest": {"serve", "serve-2p"},
+    "serve_ingest": {"serve", "serve-2p", "floor"},
     "outage": {"rss_start_mb", "rss_peak_mb", "rss_growth_mb", "spool_peak_depth", "spool_final_depth",
                "drain_seconds", "samples", "png"},
     "startup": {"python", "bare_sdk", "otel_arthur", "arthurai", "added_seconds", "added_rss_mb"},
@@ -49,6 +49,12 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     assert set(results["caller_cost"]["b_vs_a50"]) == {"0ms", "50ms", "outage"}
     for variant in ("serve", "serve-2p"):
         assert {"generation", "mixed", "rss_mb", "delivered"} <= set(results["serve_ingest"][variant])
+        for traffic in ("generation", "mixed"):
+            measured = results["serve_ingest"][variant][traffic]
+            assert measured["floor_spans_per_s"] > 0
+            assert measured["cpu_us_per_generation_span"] > 0
+    for traffic in ("generation", "mixed"):
+        assert results["serve_ingest"]["floor"][traffic]["spans_per_s"] > 0
     assert results["throughput"]["arthur"]["delivered"] == results["throughput"]["spans"]
     assert results["throughput"]["otlp"]["received"] == results["throughput"]["spans"]
     assert Path(results["outage"]["png"]).stat().st_size > 0
