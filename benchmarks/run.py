@@ -20,6 +20,8 @@ configuration, so none shares an interpreter (or a GIL) with another.
                 a do-nothing sink and a floor receiver (parse + plain dict + executemany)
 5. outage       serve's RSS and spool depth, sampled each second, while Arthur is down then back
 6. startup      python -c "import otel_arthur" + exporter vs bare opentelemetry-sdk vs import arthurai
+7. peer         serve beside Arize Phoenix (installed on demand under benchmarks/.cache/): spans/s
+                accepted and stored, CPU per stored span, what each keeps when stopped under load
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ SIZES: dict[str, dict[str, Any]] = {
         "client_start_delay": 6.0,  # seconds for the load clients to encode their bodies before they start
         "client_bodies": 4,  # distinct request bodies per load client (of 512 spans, each with fresh ids)
         "after_drain_seconds": 3,
+        "peer_rounds": 2,  # peer: serve and Phoenix each this many times, interleaved (A B B A)
+        "peer_seconds": 15,  # peer: the measured phase, flat out
+        "peer_stop_seconds": 4,  # peer: the clients go on sending this long; SIGINT 1 s into it
+        "phoenix": 1,  # 0: peer measures serve alone (the smoke test skips Phoenix's install)
+        "phoenix_start_timeout": 180,  # its first start creates its database (~30 s on an idle machine)
         "one_process": 0,  # 1: caller_cost configurations share interpreters, two at once (--quick)
         "parallel": 0,  # 1: sections run at once, each with its own servers' share (--quick: timings meaningless)
     },
@@ -75,7 +82,7 @@ SIZES["quick"] = SIZES["default"] | {
     "rounds": 1, "calls": 2, "calls_seed_50ms": 1, "warmup": 1, "ignored_repeat": 2, "throughput_spans": 512,
     "startup_runs": 1, "arthurai_runs": 1, "ingest_seconds": 0.5, "outage_seconds": 2, "outage_rate": 200,
     "drain_timeout": 60, "client_start_delay": 2.5, "client_bodies": 1, "after_drain_seconds": 1, "one_process": 1,
-    "parallel": 1,
+    "parallel": 1, "peer_rounds": 1, "peer_seconds": 1, "peer_stop_seconds": 2,
 }
 SIZES["long"] = SIZES["default"] | {"outage_seconds": 600}
 
@@ -253,6 +260,12 @@ def startup(bench: Bench) -> dict[str, Any]:
     return startup_module.measure(bench.sizes["startup_runs"], bench.sizes["arthurai_runs"])
 
 
+def peer(bench: Bench) -> dict[str, Any]:
+    import peer_bench
+
+    return peer_bench.compare(bench)
+
+
 # The sections in the order they run: one line each.
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "startup": startup,
@@ -261,6 +274,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "caller_cost": caller_cost,
     "serve_ingest": serve_ingest,
     "outage": outage,
+    "peer": peer,
 }
 SECTIONS = tuple(RUNNERS)
 
@@ -398,6 +412,30 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
                 f"{arthurai['seconds_median']:.2f} s, {arthurai['peak_rss_mb_median']:.0f} MB",
                 "bare opentelemetry-sdk",
                 f"{st['arthurai_added_seconds']:+.2f} s, {st['arthurai_added_rss_mb']:+.0f} MB")
+    if not failed("peer"):
+        pe = results["peer"]
+        serve, phoenix = pe["serve"], pe["phoenix"]
+        def cpu(side: dict[str, Any], per: str) -> str:
+            cpu_us = side["cpu_us_per_durable_span"]
+            return "nothing stored" if cpu_us is None else f"{_us(cpu_us).lstrip('+')} CPU/{per} span"
+
+        row(f"7 serve beside Arize Phoenix: generation traffic, 2 OTLP clients, {pe['seconds']} s",
+            f"serve {serve['accepted_per_s']:,.0f} spans/s accepted (spooled), "
+            f"{serve['stored_per_s']:,.0f}/s delivered to Arthur; {cpu(serve, 'accepted')}",
+            "Phoenix skipped" if "skipped" in phoenix else
+            f"Phoenix {phoenix['version']} {phoenix['accepted_per_s']:,.0f} spans/s accepted, "
+            f"{phoenix['stored_per_s']:,.1f}/s stored; {cpu(phoenix, 'stored')}",
+            "" if "skipped" in phoenix else f"{serve['accepted_per_s'] / phoenix['accepted_per_s']:.2f}× accepted")
+
+        def kept(side: dict[str, Any]) -> str:
+            x = side["sigint"]
+            parts = f" (spool {x['spooled']:,} + delivered {x['delivered']:,})" if "spooled" in x else ""
+            return (f"kept {x['kept']:,}{parts} of {x['accepted']:,} accepted, {x['lost']:,} lost"
+                    + (", killed after waiting" if x["killed"] else ""))
+
+        row("7 SIGINT under load: what each keeps", f"serve {kept(serve)}",
+            "Phoenix skipped" if "skipped" in phoenix else f"Phoenix {kept(phoenix)}", "", "serve: 0 lost",
+            serve["sigint"]["lost"] <= 0)
     return rows
 
 
