@@ -217,6 +217,7 @@ def _pooled(phases: list[dict[str, Any]]) -> dict[str, Any]:
     return {"accepted_per_s": total("accepted") / total("client_seconds"),
             "stored_per_s": total("stored") / total("window_seconds"),
             "cpu_us_per_durable_span": total("cpu_seconds") / total("durable") * 1e6 if total("durable") else None,
+            "cpu_us_per_accepted_span": total("cpu_seconds") / total("accepted") * 1e6 if total("accepted") else None,
             "sigint": sigint, "rounds": phases}
 
 

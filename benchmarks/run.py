@@ -424,7 +424,8 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
             f"{serve['stored_per_s']:,.0f}/s delivered to Arthur; {cpu(serve, 'accepted')}",
             "Phoenix skipped" if "skipped" in phoenix else
             f"Phoenix {phoenix['version']} {phoenix['accepted_per_s']:,.0f} spans/s accepted, "
-            f"{phoenix['stored_per_s']:,.1f}/s stored; {cpu(phoenix, 'stored')}",
+            f"{phoenix['stored_per_s']:,.1f}/s stored; {cpu(phoenix, 'stored')}, "
+            f"{phoenix['cpu_us_per_accepted_span']:,.0f} µs CPU/accepted span",
             "" if "skipped" in phoenix else f"{serve['accepted_per_s'] / phoenix['accepted_per_s']:.2f}× accepted")
 
         def kept(side: dict[str, Any]) -> str:
