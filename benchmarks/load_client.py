@@ -33,19 +33,11 @@ SHARES = {"generation": 1.0, "mixed": 0.1}
 MARKER_BYTES = 6  # in every trace and span id of a body; 2 more bytes number the spans
 
 
-class Body:
-    """A request body whose ids all hold one marker: ``fresh()`` is the same spans under new ids."""
+def bodies(traffic: str, count: int) -> list[tuple[bytes, int]]:
+    """``count`` distinct request bodies of BATCH spans, each span in a trace of its own; (body, generation spans).
 
-    def __init__(self, template: bytes, marker: bytes, generation_spans: int) -> None:
-        self.size, self.generation_spans = len(template), generation_spans
-        self._between_markers = template.split(marker)  # joined on a new marker: one copy, ~0.1 ms a request
-
-    def fresh(self) -> bytes:
-        return os.urandom(MARKER_BYTES).join(self._between_markers)
-
-
-def bodies(traffic: str, count: int) -> list[Body]:
-    """``count`` distinct request bodies of BATCH spans, each span in a trace of its own."""
+    Every trace and span id of a body holds the same random marker (``FreshIds`` replaces it).
+    """
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.trace import SpanContext, TraceFlags
@@ -53,7 +45,7 @@ def bodies(traffic: str, count: int) -> list[Body]:
     share = SHARES[traffic]
     every = round(1 / share)
     templates = list(sdk_spans(BATCH, generation_share=share))
-    out: list[Body] = []
+    out: list[tuple[bytes, int]] = []
     while len(out) < count:
         marker = os.urandom(MARKER_BYTES)
         batch = []
@@ -67,13 +59,27 @@ def bodies(traffic: str, count: int) -> list[Body]:
                                 instrumentation_scope=t.instrumentation_scope)
             span._attributes = t._attributes
             batch.append(span)
-        template = encode_spans(batch).SerializePartialToString()
-        if template.count(marker) == 2 * BATCH:  # else the marker also occurs elsewhere in the body: draw again
-            out.append(Body(template, marker, sum(1 for i in range(BATCH) if i % every == 0)))
+        body = encode_spans(batch).SerializePartialToString()
+        if body.count(marker) == 2 * BATCH:  # else the marker also occurs elsewhere in the body: draw again
+            out.append((body, sum(1 for i in range(BATCH) if i % every == 0)))
     return out
 
 
-def run_phase(send: Any, prepared: list[Body], phase: dict[str, Any]) -> dict[str, Any]:
+class FreshIds:
+    """A body of ``bodies()``: ``body()`` is the same spans under new trace and span ids."""
+
+    def __init__(self, body: bytes) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        first_span = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans[0]
+        self.size = len(body)
+        self._between_markers = body.split(first_span.span_id[:MARKER_BYTES])  # one copy to join: ~0.1 ms
+
+    def body(self) -> bytes:
+        return os.urandom(MARKER_BYTES).join(self._between_markers)
+
+
+def run_phase(send: Any, prepared: list[tuple[FreshIds, int]], phase: dict[str, Any]) -> dict[str, Any]:
     """Post batches from ``start_at`` (epoch seconds) for ``seconds``, at ``rate`` spans/s (0: flat out)."""
     rate = phase.get("rate", 0)
     interval = BATCH / rate if rate else 0.0
@@ -92,17 +98,17 @@ def run_phase(send: Any, prepared: list[Body], phase: dict[str, Any]) -> dict[st
                 time.sleep(min(next_at - now, deadline - now))
                 continue
             next_at += interval
-        body = prepared[i % len(prepared)]
+        template, generations = prepared[i % len(prepared)]
         i += 1
-        if send(body.fresh()).success:
+        if send(template.body()).success:
             ok_requests += 1
             ok_spans += BATCH
-            ok_generations += body.generation_spans
+            ok_generations += generations
         else:
             failed_requests += 1
     return {"label": phase.get("label", ""), "traffic": phase["traffic"], "seconds": time.perf_counter() - start,
             "spans": ok_spans, "generation_spans": ok_generations, "requests": ok_requests,
-            "failed_requests": failed_requests, "body_bytes": prepared[0].size}
+            "failed_requests": failed_requests, "body_bytes": prepared[0][0].size}
 
 
 def main() -> None:
@@ -111,7 +117,8 @@ def main() -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     phases = args["phases"]
-    prepared = {traffic: bodies(traffic, args.get("bodies", 8)) for traffic in {p["traffic"] for p in phases}}
+    prepared = {traffic: [(FreshIds(body), generations) for body, generations in bodies(traffic, args.get("bodies", 8))]
+                for traffic in {p["traffic"] for p in phases}}
     # The exporter's own client: what OTLPSpanExporter.export() calls once it has encoded a batch.
     senders = {url: OTLPSpanExporter(endpoint=url + "/v1/traces", timeout=30)._client.export
                for url in {p["url"] for p in phases}}

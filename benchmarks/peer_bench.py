@@ -143,20 +143,24 @@ def _accepted(results: list[Any]) -> tuple[int, int, float]:
         client[0]["seconds"] for client in results)
 
 
+def _delivered(bench: Any, model_id: str) -> int:
+    """Records of ``model_id`` the local Arthur has stored."""
+    return int(c.arthur_stats(bench.arthur.url)["by_model"].get(model_id, {}).get("inferences", 0))
+
+
 def _serve_phase(bench: Any, model_id: str) -> dict[str, Any]:
     seconds = bench.sizes["peer_seconds"]
     serve = serve_bench.serve_service(bench, model_id)
     spool_dir = Path(serve.argv[serve.argv.index("--spool-dir") + 1])
     try:
         serve.start()
-        delivered_before = c.arthur_stats(bench.arthur.url)["by_model"].get(model_id, {}).get("inferences", 0)
+        delivered_before = _delivered(bench, model_id)
         thread, results, start_at, stop_at = _load(bench, serve.url, seconds)
         _sleep_until(start_at)
         cpu_start = c.tree_cpu_seconds(serve.pid)
         _sleep_until(stop_at)
         cpu = c.tree_cpu_seconds(serve.pid) - cpu_start
-        delivered_in_window = c.arthur_stats(bench.arthur.url)["by_model"].get(model_id, {}).get(
-            "inferences", 0) - delivered_before
+        delivered_in_window = _delivered(bench, model_id) - delivered_before
         _sleep_until(stop_at + SIGINT_AFTER)
         # Under load means after a first answer: on a busy machine (--quick) the clients can start late.
         deadline = time.monotonic() + FIRST_ANSWER_WAIT
@@ -168,7 +172,7 @@ def _serve_phase(bench: Any, model_id: str) -> dict[str, Any]:
         serve.stop()
     measured, accepted, busy = _accepted(results)
     kept = serve_kept(spool_dir)
-    delivered = c.arthur_stats(bench.arthur.url)["by_model"].get(model_id, {}).get("inferences", 0) - delivered_before
+    delivered = _delivered(bench, model_id) - delivered_before
     return {"accepted": measured, "client_seconds": busy, "stored": delivered_in_window, "window_seconds": seconds,
             "cpu_seconds": cpu, "durable": measured,  # spooled before the answer
             "sigint": stopped | kept | {"accepted": accepted, "delivered": delivered,
