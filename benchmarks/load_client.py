@@ -6,6 +6,8 @@
 The request bodies are what ``OTLPSpanExporter.export()`` sends (``encode_spans(...)``, protobuf),
 encoded once before the clock starts and posted through the exporter's own client, so the client
 spends its CPU on sending, not on re-encoding: the receiver, not the load generator, sets the pace.
+Every request carries fresh trace and span ids (a receiver that stores spans by id, as Phoenix does,
+would otherwise drop repeats): each id holds the body's random marker, replaced per request.
 ``traffic``: ``generation`` (every span an LLM generation, recorded attributes) or ``mixed`` (one in
 ten; the rest HTTP-server-like spans). ``rate``: spans per second, 0 for as fast as answered.
 Phases run one after another, each from its ``start_at``, so several clients can keep in step.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import random
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,10 +30,14 @@ from _common import emit, sdk_spans  # noqa: E402
 
 BATCH = 512
 SHARES = {"generation": 1.0, "mixed": 0.1}
+MARKER_BYTES = 6  # in every trace and span id of a body; 2 more bytes number the spans
 
 
 def bodies(traffic: str, count: int) -> list[tuple[bytes, int]]:
-    """``count`` distinct request bodies of BATCH spans, each span under fresh ids; (body, generation spans)."""
+    """``count`` distinct request bodies of BATCH spans, each span in a trace of its own; (body, generation spans).
+
+    Every trace and span id of a body holds the same random marker (``FreshIds`` replaces it).
+    """
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.trace import SpanContext, TraceFlags
@@ -39,22 +45,41 @@ def bodies(traffic: str, count: int) -> list[tuple[bytes, int]]:
     share = SHARES[traffic]
     every = round(1 / share)
     templates = list(sdk_spans(BATCH, generation_share=share))
-    out = []
-    for _ in range(count):
-        base = random.getrandbits(120)
+    out: list[tuple[bytes, int]] = []
+    while len(out) < count:
+        marker = os.urandom(MARKER_BYTES)
         batch = []
         for i, t in enumerate(templates):
-            context = SpanContext(base + i, i + 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            number = i.to_bytes(2, "big")
+            context = SpanContext(int.from_bytes(marker + os.urandom(8) + number, "big"),
+                                  int.from_bytes(marker + number, "big"), is_remote=False,
+                                  trace_flags=TraceFlags(TraceFlags.SAMPLED))
             span = ReadableSpan(name=t.name, context=context, resource=t.resource, attributes=None, events=t.events,
                                 kind=t.kind, status=t.status, start_time=t.start_time, end_time=t.end_time,
                                 instrumentation_scope=t.instrumentation_scope)
             span._attributes = t._attributes
             batch.append(span)
-        out.append((encode_spans(batch).SerializePartialToString(), sum(1 for i in range(BATCH) if i % every == 0)))
+        body = encode_spans(batch).SerializePartialToString()
+        if body.count(marker) == 2 * BATCH:  # else the marker also occurs elsewhere in the body: draw again
+            out.append((body, sum(1 for i in range(BATCH) if i % every == 0)))
     return out
 
 
-def run_phase(send: Any, prepared: list[tuple[bytes, int]], phase: dict[str, Any]) -> dict[str, Any]:
+class FreshIds:
+    """A body of ``bodies()``: ``body()`` is the same spans under new trace and span ids."""
+
+    def __init__(self, body: bytes) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        first_span = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans[0]
+        self.size = len(body)
+        self._between_markers = body.split(first_span.span_id[:MARKER_BYTES])  # one copy to join: ~0.1 ms
+
+    def body(self) -> bytes:
+        return os.urandom(MARKER_BYTES).join(self._between_markers)
+
+
+def run_phase(send: Any, prepared: list[tuple[FreshIds, int]], phase: dict[str, Any]) -> dict[str, Any]:
     """Post batches from ``start_at`` (epoch seconds) for ``seconds``, at ``rate`` spans/s (0: flat out)."""
     rate = phase.get("rate", 0)
     interval = BATCH / rate if rate else 0.0
@@ -73,9 +98,9 @@ def run_phase(send: Any, prepared: list[tuple[bytes, int]], phase: dict[str, Any
                 time.sleep(min(next_at - now, deadline - now))
                 continue
             next_at += interval
-        body, generations = prepared[i % len(prepared)]
+        template, generations = prepared[i % len(prepared)]
         i += 1
-        if send(body).success:
+        if send(template.body()).success:
             ok_requests += 1
             ok_spans += BATCH
             ok_generations += generations
@@ -83,7 +108,7 @@ def run_phase(send: Any, prepared: list[tuple[bytes, int]], phase: dict[str, Any
             failed_requests += 1
     return {"label": phase.get("label", ""), "traffic": phase["traffic"], "seconds": time.perf_counter() - start,
             "spans": ok_spans, "generation_spans": ok_generations, "requests": ok_requests,
-            "failed_requests": failed_requests, "body_bytes": len(prepared[0][0])}
+            "failed_requests": failed_requests, "body_bytes": prepared[0][0].size}
 
 
 def main() -> None:
@@ -92,7 +117,8 @@ def main() -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     phases = args["phases"]
-    prepared = {traffic: bodies(traffic, args.get("bodies", 8)) for traffic in {p["traffic"] for p in phases}}
+    prepared = {traffic: [(FreshIds(body), generations) for body, generations in bodies(traffic, args.get("bodies", 8))]
+                for traffic in {p["traffic"] for p in phases}}
     # The exporter's own client: what OTLPSpanExporter.export() calls once it has encoded a batch.
     senders = {url: OTLPSpanExporter(endpoint=url + "/v1/traces", timeout=30)._client.export
                for url in {p["url"] for p in phases}}

@@ -16,11 +16,14 @@ configuration, so none shares an interpreter (or a GIL) with another.
                 (d) OpenLLMetry + OTLPSpanExporter to a do-nothing sink
 2. ignored      ns per non-LLM span through ArthurSpanExporter.export()
 3. throughput   recorded generation spans: ArthurSpanExporter until delivered vs OTLPSpanExporter
-4. serve_ingest spans/s that `otel-arthur serve` accepts from 2 concurrent OTLP exporters
+4. serve_ingest spans/s that `otel-arthur serve` accepts from 2 concurrent OTLP exporters, against
+                a do-nothing sink and a floor receiver (parse + plain dict + executemany)
 5. outage       serve's RSS and spool depth, sampled each second, while Arthur is down then back
 6. startup      python -c "import otel_arthur" + exporter vs bare opentelemetry-sdk vs import arthurai
 7. replicas     1, 2 and 3 serve replicas, each its own spool, the load spread evenly: accepted and
                 delivered spans/s, serve CPU per span (benchmarks/replicas_bench.py)
+8. peer         serve beside Arize Phoenix (installed on demand under benchmarks/.cache/): spans/s
+                accepted and stored, CPU per stored span, what each keeps when stopped under load
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ RESULTS = c.BENCH / "results"
 # Every caller_cost interpreter hashes alike: with random seeds the no-telemetry median alone moved by up
 # to 260 µs from one process to the next (34 µs with a fixed seed), more than the differences measured.
 SAME_HASH_SEED = os.environ | {"PYTHONHASHSEED": "0"}
-SECTIONS = ("startup", "ignored", "throughput", "caller_cost", "serve_ingest", "outage", "replicas")
 
 # Sizes per mode. --set name=value overrides any of them (the smoke test makes them tiny).
 SIZES: dict[str, dict[str, Any]] = {
@@ -69,6 +71,11 @@ SIZES: dict[str, dict[str, Any]] = {
         "client_start_delay": 6.0,  # seconds for the load clients to encode their bodies before they start
         "client_bodies": 4,  # distinct request bodies per load client (of 512 spans, each with fresh ids)
         "after_drain_seconds": 3,
+        "peer_rounds": 2,  # peer: serve and Phoenix each this many times, interleaved (A B B A)
+        "peer_seconds": 15,  # peer: the measured phase, flat out
+        "peer_stop_seconds": 4,  # peer: the clients go on sending this long; SIGINT 1 s into it
+        "phoenix": 1,  # 0: peer measures serve alone (the smoke test skips Phoenix's install)
+        "phoenix_start_timeout": 180,  # its first start creates its database (~30 s on an idle machine)
         "one_process": 0,  # 1: caller_cost configurations share interpreters, two at once (--quick)
         "parallel": 0,  # 1: sections run at once, each with its own servers' share (--quick: timings meaningless)
         "replicas_seconds": 10,  # replicas: load per replica count
@@ -79,7 +86,8 @@ SIZES["quick"] = SIZES["default"] | {
     "rounds": 1, "calls": 2, "calls_seed_50ms": 1, "warmup": 1, "ignored_repeat": 2, "throughput_spans": 512,
     "startup_runs": 1, "arthurai_runs": 1, "ingest_seconds": 0.5, "outage_seconds": 2, "outage_rate": 200,
     "drain_timeout": 60, "client_start_delay": 2.5, "client_bodies": 1, "after_drain_seconds": 1, "one_process": 1,
-    "parallel": 1, "replicas_seconds": 0.5, "replicas_clients": 1,
+    "parallel": 1, "replicas_seconds": 0.5, "replicas_clients": 1, "peer_rounds": 1, "peer_seconds": 1,
+    "peer_stop_seconds": 2,
 }
 SIZES["long"] = SIZES["default"] | {"outage_seconds": 600}
 
@@ -263,10 +271,24 @@ def replicas(bench: Bench) -> dict[str, Any]:
     return replicas_bench.measure(bench)
 
 
+def peer(bench: Bench) -> dict[str, Any]:
+    import peer_bench
+
+    return peer_bench.compare(bench)
+
+
+# The sections in the order they run: one line each.
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
-    "startup": startup, "ignored": ignored, "throughput": throughput, "caller_cost": caller_cost,
-    "serve_ingest": serve_ingest, "outage": outage, "replicas": replicas,
+    "startup": startup,
+    "ignored": ignored,
+    "throughput": throughput,
+    "caller_cost": caller_cost,
+    "serve_ingest": serve_ingest,
+    "outage": outage,
+    "replicas": replicas,
+    "peer": peer,
 }
+SECTIONS = tuple(RUNNERS)
 
 
 # -- the table --------------------------------------------------------------------------------------
@@ -353,6 +375,11 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
             f"OTLP sink {tp['otlp']['receiver_cpu_us_per_span']:.0f} µs")
     if not failed("serve_ingest"):
         si = results["serve_ingest"]
+        for traffic in ("generation", "mixed"):
+            x = si["floor"][traffic]
+            row(f"4 floor receiver (parse + plain dict + executemany): {traffic} traffic, 2 OTLP clients",
+                f"{x['spans_per_s']:,.0f} spans/s, {x['cpu_us_per_span']:.1f} µs CPU/span",
+                f"same clients → sink {si['serve'][traffic]['sink_spans_per_s']:,.0f} spans/s")
         for name, how in (("serve", "serve"), ("serve-2p", "serve --decode-processes 2")):
             for traffic in ("generation", "mixed"):
                 x = si[name][traffic]
@@ -363,6 +390,17 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
                     f"{x['spans_per_s'] / x['sink_spans_per_s']:.2f}×" if x["sink_spans_per_s"] else "",
                     "≥ 20k gen spans/s" if traffic == "generation" else "",
                     x["generation_spans_per_s"] >= 20_000 if traffic == "generation" else None)
+                ratio = x["spans_per_s"] / x["floor_spans_per_s"] if x["floor_spans_per_s"] else 0.0
+                row(f"4 {how}: {traffic} traffic, against the floor receiver",
+                    f"{x['spans_per_s']:,.0f} spans/s", f"floor {x['floor_spans_per_s']:,.0f} spans/s",
+                    f"{ratio:.2f}×", "≥ 0.8×" if traffic == "generation" else "",
+                    ratio >= 0.8 if traffic == "generation" else None)
+                cpu = x["cpu_us_per_generation_span"]
+                drained = x["drain_seconds_after"] is not None
+                row(f"4 {how}: {traffic} traffic, serve's CPU per generation span incl. delivery",
+                    "—" if cpu is None else f"{cpu:.0f} µs" + ("" if drained else " (spool not drained: partial)"),
+                    "", "", "≤ 40 µs" if traffic == "generation" else "",
+                    cpu is not None and drained and cpu <= 40 if traffic == "generation" else None)
     if not failed("outage"):
         o = results["outage"]
         row(f"5 serve RSS, Arthur down {o['outage_seconds']:.0f} s then back",
@@ -391,6 +429,31 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
 
         for measurement, result, baseline in replicas_bench.rows(results["replicas"]):
             row(measurement, result, baseline)
+    if not failed("peer"):
+        pe = results["peer"]
+        serve, phoenix = pe["serve"], pe["phoenix"]
+        def cpu(side: dict[str, Any], per: str) -> str:
+            cpu_us = side["cpu_us_per_durable_span"]
+            return "nothing stored" if cpu_us is None else f"{_us(cpu_us).lstrip('+')} CPU/{per} span"
+
+        row(f"8 serve beside Arize Phoenix: generation traffic, 2 OTLP clients, {pe['seconds']} s",
+            f"serve {serve['accepted_per_s']:,.0f} spans/s accepted (spooled), "
+            f"{serve['stored_per_s']:,.0f}/s delivered to Arthur; {cpu(serve, 'accepted')}",
+            "Phoenix skipped" if "skipped" in phoenix else
+            f"Phoenix {phoenix['version']} {phoenix['accepted_per_s']:,.0f} spans/s accepted, "
+            f"{phoenix['stored_per_s']:,.1f}/s stored; {cpu(phoenix, 'stored')}, "
+            f"{phoenix['cpu_us_per_accepted_span']:,.0f} µs CPU/accepted span",
+            "" if "skipped" in phoenix else f"{serve['accepted_per_s'] / phoenix['accepted_per_s']:.2f}× accepted")
+
+        def kept(side: dict[str, Any]) -> str:
+            x = side["sigint"]
+            parts = f" (spool {x['spooled']:,} + delivered {x['delivered']:,})" if "spooled" in x else ""
+            return (f"kept {x['kept']:,}{parts} of {x['accepted']:,} accepted, {x['lost']:,} lost"
+                    + (", killed after waiting" if x["killed"] else ""))
+
+        row("8 SIGINT under load: what each keeps", f"serve {kept(serve)}",
+            "Phoenix skipped" if "skipped" in phoenix else f"Phoenix {kept(phoenix)}", "", "serve: 0 lost",
+            serve["sigint"]["lost"] <= 0)
     return rows
 
 

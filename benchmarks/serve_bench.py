@@ -2,9 +2,12 @@
 
 4. ingest: 2 load clients (``load_client.py``: OTLPSpanExporter's HTTP client, bodies pre-encoded)
    post protobuf batches of 512 as fast as they are answered, in step: to the do-nothing sink (the
-   baseline), then to ``serve`` decoding in its own process (the default), then to ``serve
+   baseline), to the floor receiver (``floor_receiver.py``: parse, a plain dict per span, one
+   ``executemany``), then to ``serve`` decoding in its own process (the default), then to ``serve
    --decode-processes 2``, each with the local Arthur up and delivering; generation-only traffic,
    then mixed traffic (1 generation span in 10). Spans/s = spans answered 2xx (durably spooled) / s.
+   serve's CPU per generation span counts its processes from the phase's start until its spool is
+   empty: accepting and delivering every record.
 5. outage: ``serve`` in front of a local Arthur of its own, under steady traffic; RSS (from /proc)
    and spool depth (its /metrics) sampled every second: a warm-up with Arthur up, Arthur stopped
    for ``outage_seconds``, then started again with the traffic stopped, until the spool is empty.
@@ -23,6 +26,13 @@ from typing import Any
 
 import _common as c
 import requests
+
+
+def floor_service(bench: Any) -> c.Service:
+    port = c.free_port()
+    argv = [sys.executable, str(c.BENCH / "floor_receiver.py"), "--port", str(port),
+            "--db", str(bench.work / f"floor-{port}.sqlite3")]
+    return c.Service("floor-receiver", argv, f"http://127.0.0.1:{port}", "/stats", bench.logs)
 
 
 def serve_available() -> str | None:
@@ -72,23 +82,37 @@ def ingest(bench: Any) -> dict[str, Any]:
     model_id = c.create_model(bench.arthur.url)
     out: dict[str, Any] = {"clients": 2, "seconds": seconds, "batch": 512}
     with contextlib.ExitStack() as services:
+        floor = services.enter_context(floor_service(bench))
         serves = {name: services.enter_context(serve_service(bench, model_id, None, *extra))
                   for name, extra in SERVE_VARIANTS.items()}
         for traffic in ("generation", "mixed"):
-            # The sink, then each serve; a serve's spool drained before the next phase, so one
-            # serve still delivering cannot take the CPU the next one is measured with.
+            # The sink, the floor, then each serve; a serve's spool drained before the next phase, so
+            # one serve still delivering cannot take the CPU the next one is measured with.
             sink = _phase(bench, {"url": bench.sink.url, "traffic": traffic, "seconds": seconds})
+            before = c.cpu_seconds(floor.pid)
+            floored = _phase(bench, {"url": floor.url, "traffic": traffic, "seconds": seconds})
+            floor_spans = sum(r["spans"] for r in floored)
+            out.setdefault("floor", {})[traffic] = {
+                "spans_per_s": _rate(floored, "spans"), "generation_spans_per_s": _rate(floored, "generation_spans"),
+                "cpu_us_per_span": (c.cpu_seconds(floor.pid) - before) / floor_spans * 1e6 if floor_spans else None,
+                "failed_requests": sum(r["failed_requests"] for r in floored), "clients": floored,
+            }
             for name, serve in serves.items():
                 before = c.tree_cpu_seconds(serve.pid)
                 ours = _phase(bench, {"url": serve.url, "traffic": traffic, "seconds": seconds})
                 busy = max(r["seconds"] for r in ours)
                 cores = (c.tree_cpu_seconds(serve.pid) - before) / busy  # includes its start-up wait, ~0
                 drained = _drain(serve.url, bench.sizes["drain_timeout"])
+                generations = sum(r["generation_spans"] for r in ours)
+                # Until drained: every record accepted in the phase also delivered (the polls of /metrics add ~0)
+                cpu_until_drained = c.tree_cpu_seconds(serve.pid) - before
                 out.setdefault(name, {"argv_extra": list(SERVE_VARIANTS[name])})[traffic] = {
                     "spans_per_s": _rate(ours, "spans"), "generation_spans_per_s": _rate(ours, "generation_spans"),
                     "sink_spans_per_s": _rate(sink, "spans"),
+                    "floor_spans_per_s": out["floor"][traffic]["spans_per_s"],
                     "failed_requests": sum(r["failed_requests"] for r in ours),
                     "serve_cpu_cores": cores, "drain_seconds_after": drained,
+                    "cpu_us_per_generation_span": cpu_until_drained / generations * 1e6 if generations else None,
                     "body_bytes": ours[0]["body_bytes"], "clients": ours, "sink_clients": sink,
                 }
         for name, serve in serves.items():

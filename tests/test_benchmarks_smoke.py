@@ -20,11 +20,12 @@ EXPECTED = {
                     "noise_none_round_median_spread_us", "exporter_runs"},
     "ignored": {"ns_per_ignored_span", "ns_per_span_noop_exporter", "ns_sdk_create_end_span"},
     "throughput": {"arthur", "otlp", "ratio", "records_per_request"},
-    "serve_ingest": {"serve", "serve-2p"},
+    "serve_ingest": {"serve", "serve-2p", "floor"},
     "outage": {"rss_start_mb", "rss_peak_mb", "rss_growth_mb", "spool_peak_depth", "spool_final_depth",
                "drain_seconds", "samples", "png"},
     "startup": {"python", "bare_sdk", "otel_arthur", "arthurai", "added_seconds", "added_rss_mb"},
     "replicas": {"by_replicas", "clients_per_replica", "cores"},
+    "peer": {"serve", "phoenix"},
 }
 # A quick run took 107 s on this 2-core machine shared with six other test runs (replicas section
 # included): twice that, so a busy machine fails it only when the harness really hangs.
@@ -37,7 +38,7 @@ CONFIGURATIONS = {"none", "otel_noop", "otel_otlp", "seed@0ms", "seed@50ms", "ot
 def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--set", "arthurai_runs=0",
-         "--out", str(tmp_path)],
+         "--set", "phoenix=0", "--out", str(tmp_path)],  # Phoenix's install is left to real runs
         capture_output=True, text=True, timeout=QUICK_RUN_SECONDS, cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -53,6 +54,17 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     assert set(results["caller_cost"]["b_vs_a50"]) == {"0ms", "50ms", "outage"}
     for variant in ("serve", "serve-2p"):
         assert {"generation", "mixed", "rss_mb", "delivered"} <= set(results["serve_ingest"][variant])
+        for traffic in ("generation", "mixed"):
+            measured = results["serve_ingest"][variant][traffic]
+            assert measured["floor_spans_per_s"] > 0
+            assert measured["cpu_us_per_generation_span"] > 0
+    for traffic in ("generation", "mixed"):
+        assert results["serve_ingest"]["floor"][traffic]["spans_per_s"] > 0
+    serve_beside_phoenix = results["peer"]["serve"]
+    assert serve_beside_phoenix["accepted_per_s"] > 0
+    # SIGINT under load: every span serve answered 2xx is delivered or still in its spool
+    assert serve_beside_phoenix["sigint"]["accepted"] > 0 and serve_beside_phoenix["sigint"]["lost"] <= 0
+    assert results["peer"]["phoenix"] == {"skipped": "phoenix=0"}
     assert set(results["replicas"]["by_replicas"]) == {"1", "2", "3"}
     for run in results["replicas"]["by_replicas"].values():  # every accepted record reached Arthur
         assert run["all_drained"] and run["stored_in_arthur"] == run["accepted"] > 0
