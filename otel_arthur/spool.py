@@ -9,7 +9,8 @@ Layout::
         └── <owner>.lock           one per open Spool, flock()ed for as long as its process lives
 
     records       seq │ destination │ partner_inference_id │ body │ size │ enqueued_at │ owner
-                  seq is arrival order; body is the InferenceRecord as JSON, size its UTF-8 bytes;
+                  seq is arrival order; body is the item as its destination's codec writes it (v3: the record as
+                  JSON, Arthur's row itself when it needs no binding), size its UTF-8 bytes;
                   owner NULL = pending, else in flight, claimed by that Spool
     dead_letters  seq │ destination │ partner_inference_id │ body │ size │ reason │ message │ dead_at
     totals        name ('records' | 'dead_letters') │ rows │ bytes, kept by each transaction that adds or removes
@@ -70,6 +71,7 @@ from typing import Any, Protocol
 import orjson
 
 from otel_arthur import forking
+from otel_arthur.binding import takes_as_is
 from otel_arthur.mapping import InferenceRecord
 
 try:
@@ -167,7 +169,7 @@ class Claimed:
     """A record taken from the spool by ``claim``; ``seq`` settles it."""
 
     seq: int
-    record: Any  # what the spool's codec decodes: an InferenceRecord for v3
+    record: Any  # what the spool's codec hands delivery (``Codec.claimed``): a StoredRecord for v3
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +220,15 @@ _ORJSON_PLAIN = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETI
 _stdlib_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+_ROW_KEY = '"inference_data":'  # only ever the top-level key: inside a JSON string every " is escaped
+
+
 def encode(record: InferenceRecord) -> str:
+    """The record as JSON: Arthur's inference row itself (``inference_data``) when the fields need no binding for a
+    model whose attributes are the fields (``takes_as_is``), else its ``fields`` for ``Binding.to_row`` to bind."""
     # The dict asdict() would build, without its recursive deep copy (which cost more than the rest of export()).
-    data = {"partner_inference_id": record.partner_inference_id,
-            "inference_timestamp": record.inference_timestamp, "fields": record.fields}
+    data = {"partner_inference_id": record.partner_inference_id, "inference_timestamp": record.inference_timestamp,
+            ("inference_data" if takes_as_is(record.fields) else "fields"): record.fields}
     try:
         return orjson.dumps(data, option=_ORJSON_PLAIN).decode()  # a tenth of the stdlib's time on a 2 KB record
     except orjson.JSONEncodeError:
@@ -231,7 +238,57 @@ def encode(record: InferenceRecord) -> str:
 
 
 def decode(body: str | bytes) -> InferenceRecord:
-    return InferenceRecord(**orjson.loads(body))
+    data = orjson.loads(body)
+    fields = data["inference_data"] if "inference_data" in data else data["fields"]
+    return InferenceRecord(data["partner_inference_id"], data["inference_timestamp"], fields)
+
+
+class StoredRecord:
+    """A claimed v3 record, decoded only if something reads more than its identity.
+
+    ``row``: the stored JSON when it is Arthur's inference row already (see ``encode``), for a sender whose
+    model takes it as it is to send it without decoding and encoding it again.
+    """
+
+    __slots__ = ("partner_inference_id", "body", "_record")
+
+    def __init__(self, partner_inference_id: str, body: str) -> None:
+        self.partner_inference_id = partner_inference_id
+        self.body = body
+        self._record: InferenceRecord | None = None
+
+    @property
+    def row(self) -> str | None:
+        return self.body if _ROW_KEY in self.body else None
+
+    @property
+    def record(self) -> InferenceRecord:
+        if self._record is None:
+            self._record = decode(self.body)
+        return self._record
+
+    @property
+    def inference_timestamp(self) -> str:
+        return self.record.inference_timestamp
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return self.record.fields
+
+    @property
+    def origin(self) -> None:
+        return None  # never spooled
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to the record it stores (and to another of the same)."""
+        if isinstance(other, StoredRecord):
+            other = other.record
+        return self.record == other if isinstance(other, InferenceRecord) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # like the record's, whose fields are a dict
+
+    def __repr__(self) -> str:
+        return f"StoredRecord({self.partner_inference_id!r})"  # not its content: prompts stay out of logs
 
 
 class Codec(Protocol):
@@ -243,6 +300,10 @@ class Codec(Protocol):
 
     def identity(self, item: Any) -> str: ...
 
+    def claimed(self, identity: str, body: str) -> Any:
+        """What delivery is handed for a claimed row (``decode(body)``, or something that reads like it)."""
+        ...
+
 
 class RecordCodec:
     """v3 inference records: the record as JSON, identified by its ``partner_inference_id``."""
@@ -253,6 +314,8 @@ class RecordCodec:
     @staticmethod
     def identity(record: InferenceRecord) -> str:
         return record.partner_inference_id
+
+    claimed = StoredRecord
 
 
 RECORD_CODEC = RecordCodec()
@@ -492,14 +555,15 @@ class Spool:
         """Take up to ``limit`` of this destination's oldest pending records; they are ours until settled."""
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT seq, body FROM records WHERE destination = ? AND owner IS NULL ORDER BY seq LIMIT ?",
+                "SELECT seq, partner_inference_id, body FROM records WHERE destination = ? AND owner IS NULL"
+                " ORDER BY seq LIMIT ?",
                 (self.destination, limit),
             ).fetchall()
             if rows:  # in this transaction the pending rows between the first and last claimed are exactly those
                 db.execute("UPDATE records SET owner = ? WHERE destination = ? AND owner IS NULL AND seq BETWEEN ? AND ?",
                            (self.owner, self.destination, rows[0][0], rows[-1][0]))
-        decode = self.codec.decode
-        return [Claimed(seq, decode(body)) for seq, body in rows]
+        claimed = self.codec.claimed
+        return [Claimed(seq, claimed(identity, body)) for seq, identity, body in rows]
 
     @_retried
     def settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = ()) -> None:
