@@ -24,6 +24,7 @@ Protocol, at least once like the Collector's persistent queue:
     claim   mark the oldest pending rows of this destination as ours, in one IMMEDIATE transaction.
     settle  in one transaction: delete the acknowledged, move the refused to dead_letters, return the rest
             to pending. A crash before ``settle`` re-sends at most that claim: the bound on duplicates.
+            When every record this handle has in flight is acknowledged, its rows are deleted by seq range.
     adopt   at open, and whenever the worker asks: rows whose owner's lock can be taken (its process
             exited, crashed or was killed -9) go back to pending.
     requeue (``otel-arthur spool replay``) move dead letters back to pending as new arrivals, in one transaction.
@@ -346,6 +347,7 @@ class Spool:
         self.owner = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._closed = False
+        self._in_flight: set[int] = set()  # seqs claimed through this handle and not yet settled
         for path in (self.directory, os.path.join(self.directory, OWNERS)):
             os.makedirs(path, mode=0o700, exist_ok=True)  # the mode applies only when it creates them
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # prompts are private: 0600 before SQLite opens it
@@ -420,6 +422,7 @@ class Spool:
         """A new owner: the parent's in-flight records stay claimed by the parent, which settles them."""
         self._lock = threading.Lock()
         self.owner = uuid.uuid4().hex
+        self._in_flight = set()
         if self._owner_fd is not None:
             # Closes only the child's copy: the parent keeps its flock, and its records are adopted
             # when the parent dies, not when every child it forked has died too.
@@ -562,6 +565,7 @@ class Spool:
             if rows:  # in this transaction the pending rows between the first and last claimed are exactly those
                 db.execute("UPDATE records SET owner = ? WHERE destination = ? AND owner IS NULL AND seq BETWEEN ? AND ?",
                            (self.owner, self.destination, rows[0][0], rows[-1][0]))
+        self._in_flight.update(row[0] for row in rows)  # once committed
         claimed = self.codec.claimed
         return [Claimed(seq, claimed(identity, body)) for seq, identity, body in rows]
 
@@ -571,24 +575,38 @@ class Spool:
         now = time.time()
         refused_seqs = {r.seq for r in refused}
         with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO dead_letters (seq, destination, partner_inference_id, body, size, reason, message,"
-                " dead_at) SELECT seq, destination, partner_inference_id, body, size, ?, ?, ? FROM records"
-                " WHERE seq = ? AND owner = ?",
-                [(r.reason, r.message, now, r.seq, self.owner) for r in refused],
-            )
-            removed = dead = removed_bytes = dead_bytes = 0
-            for chunk in _chunks([*acked, *refused_seqs]):
-                for seq, size in db.execute(f"DELETE FROM records WHERE owner = ? AND seq IN ({_marks(chunk)})"
-                                            " RETURNING seq, size", (self.owner, *chunk)):
-                    removed, removed_bytes = removed + 1, removed_bytes + size
-                    if seq in refused_seqs:  # moved: the insert above took the same rows (ours, by seq)
-                        dead, dead_bytes = dead + 1, dead_bytes + size
-            _add_totals(db, "records", -removed, -removed_bytes)
-            _add_totals(db, "dead_letters", dead, dead_bytes)
-            for chunk in _chunks(released):
-                db.execute(f"UPDATE records SET owner = NULL WHERE owner = ? AND seq IN ({_marks(chunk)})",
-                           (self.owner, *chunk))
+            if (not refused and not released and len(acked) == len(self._in_flight)
+                    and self._in_flight.issuperset(acked)):
+                # Every record in flight acknowledged at once (the usual answer): this owner's rows in their seq
+                # range are exactly those, so delete by range, not by a list of seqs (half the CPU).
+                _delete_range(db, self.owner, min(acked), max(acked))
+            else:
+                self._settle_each(db, now, acked, refused, refused_seqs, released)
+        # Once committed: a failed settle leaves its rows ours, so no later range may cover them.
+        self._in_flight.difference_update(acked)
+        self._in_flight.difference_update(refused_seqs)
+        self._in_flight.difference_update(released)
+
+    def _settle_each(self, db: sqlite3.Connection, now: float, acked: Sequence[int], refused: Sequence[Refused],
+                     refused_seqs: set[int], released: Sequence[int]) -> None:
+        db.executemany(
+            "INSERT INTO dead_letters (seq, destination, partner_inference_id, body, size, reason, message,"
+            " dead_at) SELECT seq, destination, partner_inference_id, body, size, ?, ?, ? FROM records"
+            " WHERE seq = ? AND owner = ?",
+            [(r.reason, r.message, now, r.seq, self.owner) for r in refused],
+        )
+        removed = dead = removed_bytes = dead_bytes = 0
+        for chunk in _chunks([*acked, *refused_seqs]):
+            for seq, size in db.execute(f"DELETE FROM records WHERE owner = ? AND seq IN ({_marks(chunk)})"
+                                        " RETURNING seq, size", (self.owner, *chunk)):
+                removed, removed_bytes = removed + 1, removed_bytes + size
+                if seq in refused_seqs:  # moved: the insert above took the same rows (ours, by seq)
+                    dead, dead_bytes = dead + 1, dead_bytes + size
+        _add_totals(db, "records", -removed, -removed_bytes)
+        _add_totals(db, "dead_letters", dead, dead_bytes)
+        for chunk in _chunks(released):
+            db.execute(f"UPDATE records SET owner = NULL WHERE owner = ? AND seq IN ({_marks(chunk)})",
+                       (self.owner, *chunk))
 
     @_retried
     def pending(self, upto: int | None = None) -> int:
@@ -780,6 +798,7 @@ class Spool:
                 db = self._connection()
                 db.execute("UPDATE records SET owner = NULL WHERE owner = ?", (self.owner,))
                 db.close()
+                self._in_flight.clear()
             self._db = None
             self._closed = True
             self._release_owner_lock()
@@ -799,6 +818,14 @@ def _delete_oldest(db: sqlite3.Connection, table: str, condition: str, excess: i
     deleted = db.execute(f"DELETE FROM {table} WHERE seq <= ? AND {condition}", (last,)).rowcount
     _add_totals(db, table, -deleted, -freed)
     return freed, deleted
+
+
+def _delete_range(db: sqlite3.Connection, owner: str, first: int, last: int) -> None:
+    """Delete ``owner``'s rows with ``first <= seq <= last``, keeping the totals."""
+    rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE owner = ? AND seq BETWEEN ? AND ?",
+                            (owner, first, last)).fetchone()
+    db.execute("DELETE FROM records WHERE owner = ? AND seq BETWEEN ? AND ?", (owner, first, last))
+    _add_totals(db, "records", -rows, -size)
 
 
 def _add_totals(db: sqlite3.Connection, table: str, rows: int, size: int) -> None:
