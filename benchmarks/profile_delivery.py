@@ -27,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=20_000, help="records per drain (default: %(default)s)")
     parser.add_argument("--top", type=int, default=25, help="rows of the profile table (default: %(default)s)")
+    parser.add_argument("--sort", default="tottime", help="pstats order: tottime, cumulative… (default: %(default)s)")
     args = parser.parse_args()
 
     from export_bench import _fresh_copies
@@ -70,7 +71,7 @@ def main() -> None:
         profiler = cProfile.Profile(time.thread_time)  # CPU, as the figure: waiting for Arthur is not work
         profiled = drain(profiler)
         print(f"delivery: {plain:.2f} µs CPU per record ({args.spans} records; {profiled:.2f} under cProfile)")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+        pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
         exporter.shutdown()
 
 
