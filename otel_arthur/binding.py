@@ -70,6 +70,20 @@ _COERCE: dict[str, Callable[[Any], Any]] = {
 # FLOAT is not here: a float may still be NaN or infinite, which Arthur refuses.
 _ALREADY = {ValueType.STRING: str, ValueType.UNSTRUCTURED_TEXT: str, ValueType.TIMESTAMP: str,
             ValueType.INTEGER: int, ValueType.BOOLEAN: bool}
+# Each field's own type, as ``takes_as_is`` checks it (FLOAT: a finite float).
+_FIELD_TYPES = {name: _ALREADY.get(spec.value_type, float) for name, spec in FIELDS.items()}
+
+
+def takes_as_is(fields: Mapping[str, Any]) -> bool:
+    """Whether ``to_row`` of a model whose attributes are the fields themselves (``Binding.as_is``) passes these
+    fields through unchanged: prompt and completion present, every value exactly of its own field's type."""
+    if PROMPT not in fields or COMPLETION not in fields:
+        return False
+    for name, value in fields.items():
+        kind = _FIELD_TYPES.get(name)
+        if type(value) is not kind or (kind is float and not math.isfinite(value)):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -81,11 +95,17 @@ class Binding:
     skipped: tuple[str, ...]
     # field -> (attribute name, type needing no coercion, coercion): read once per record field.
     _plan: dict[str, tuple[str, type | None, Callable[[Any], Any]]] = field(init=False, repr=False, compare=False)
+    # Every field lands in the attribute of its own name and value type: a record that ``takes_as_is``
+    # becomes its row unchanged, which is how the spool stores it (delivery then sends the stored JSON).
+    as_is: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         plan = {name: (target.name, _ALREADY.get(target.value_type), _COERCE.get(target.value_type, _identity))
                 for name, target in self.targets.items()}
         object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "as_is", all(
+            name in self.targets and self.targets[name].name == name and self.targets[name].value_type == spec.value_type
+            for name, spec in FIELDS.items()))
 
     def to_row(self, record: InferenceRecord) -> dict[str, Any]:
         data: dict[str, Any] = {}

@@ -632,14 +632,20 @@ class Pipeline:
 
     def _settle_results(self, answered: Sequence[tuple[int, RecordResult]]) -> int:
         """Settle (seq, result) pairs by Arthur's answer; how many go back to pending."""
-        released = [seq for seq, result in answered if result.retryable]
-        self._settle(
-            acked=[seq for seq, result in answered if result.ok],
-            refused=[Refused(seq, DeadLetterReason.RECORD_REJECTED, f"{result.status}: {result.message}")
-                     for seq, result in answered if not result.ok and not result.retryable and not result.dropped],
-            released=released,
-            dropped=[seq for seq, result in answered if result.dropped],
-        )
+        acked: list[int] = []
+        refused: list[Refused] = []
+        released: list[int] = []
+        dropped: list[int] = []
+        for seq, result in answered:  # one pass: this runs for every record delivered
+            if result.ok:
+                acked.append(seq)
+            elif result.retryable:
+                released.append(seq)
+            elif result.dropped:
+                dropped.append(seq)
+            else:
+                refused.append(Refused(seq, DeadLetterReason.RECORD_REJECTED, f"{result.status}: {result.message}"))
+        self._settle(acked=acked, refused=refused, released=released, dropped=dropped)
         return len(released)
 
     def _settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = (),

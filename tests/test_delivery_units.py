@@ -170,3 +170,43 @@ def test_a_split_batch_failing_half_way_reports_what_was_delivered():
     results = ArthurSender(settings, client=HalfWay()).send(records)
     assert [r.status for r in results] == [200, 200, NOT_SENT, NOT_SENT, NOT_SENT]
     assert all(r.retryable for r in results[2:]) and "cannot connect" in results[2].message
+
+
+def test_rows_spooled_in_arthurs_shape_are_sent_as_stored_and_every_row_is_what_the_binding_makes(tmp_path):
+    """A record whose fields are already their own types is spooled as Arthur's row and sent as stored, without
+    decoding, when the model's attributes are the fields; any other record or model is bound as ever."""
+    from otel_arthur.clients.http import RecordResult
+    from otel_arthur.clients.v3 import encode_row
+    from otel_arthur.config import ArthurSettings
+    from otel_arthur.destinations.v3 import ArthurSender
+    from otel_arthur.spool import Spool
+
+    every_field = _model(*((name, spec.value_type, spec.stage) for name, spec in FIELDS.items()))
+    renaming = _model(*TEXT_MODEL, ("prompt_tokens", "INTEGER", "NON_INPUT_DATA"))
+    records = [
+        InferenceRecord("as-is", "t", {"prompt": "p ✓", "completion": "c", "prompt_tokens": 3, "duration": 0.5}),
+        InferenceRecord("coerced", "t", {"prompt": "p", "completion": "c", "prompt_tokens": "3", "duration": 1}),
+        InferenceRecord("no-completion", "t", {"prompt": "p", "prompt_tokens": 3}),
+    ]
+    spool = Spool(tmp_path, "d", 1 << 20)
+    spool.append(records)
+    claimed = [c.record for c in spool.claim(10)]
+    assert [c.row is not None for c in claimed] == [True, False, False]
+    assert claimed == records
+
+    for model in (every_field, renaming):
+        class Capture:
+            def get_model(self, model_id):
+                return model
+
+            def send_inferences(self, model_id, rows, body, read_timeout=None):
+                self.body = body
+                return [RecordResult(200, "success")] * len(rows)
+
+        client = Capture()
+        sender = ArthurSender(ArthurSettings.resolve(url="https://a.example", api_key="k", model_id="m"), client=client)
+        sender.send(claimed)
+        binding = bind(model)
+        assert binding.as_is is (model is every_field)
+        assert client.body == b"[" + b",".join(encode_row(binding.to_row(r)) for r in records) + b"]"
+    spool.close()

@@ -270,3 +270,26 @@ def test_totals_follow_every_change_of_the_file(tmp_path):
             assert db.execute("SELECT rows, bytes FROM totals WHERE name = 'dead_letters'").fetchone() == (0, 0)
     finally:
         spool.close()
+
+
+def test_settling_every_record_in_flight_deletes_those_and_no_other_row_in_their_seq_range(tmp_path, spool):
+    """Acknowledging all of a handle's in-flight records deletes by seq range: rows in that range that are
+    another process's in flight, still in flight or released stay."""
+    other = Spool(tmp_path, DESTINATION, max_bytes=1_000_000)
+    try:
+        spool.append(records(8))
+        first = spool.claim(2)  # id-0, id-1
+        theirs = other.claim(2)  # id-2, id-3
+        second = spool.claim(2)  # id-4, id-5
+        spool.settle(acked=[first[0].seq, second[1].seq])  # id-1 and id-4 still in flight
+        assert spool.pending() == 6
+        spool.settle(acked=[first[1].seq, second[0].seq])
+        assert spool.pending() == 4
+        third = spool.claim(2)  # id-6, id-7
+        spool.settle(acked=[third[0].seq], released=[third[1].seq])
+        assert ids(spool.claim(10)) == ["id-7"]
+        assert spool.pending() == 3 and ids(theirs) == ["id-2", "id-3"]
+        other.settle(acked=[c.seq for c in theirs])
+        assert spool.pending() == 1 and spool.gauges().depth == 1
+    finally:
+        other.close()

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -70,24 +70,24 @@ DROPPED = -1  # another of ours: answered, not stored, and nothing to send again
 
 @dataclass(frozen=True)
 class RecordResult:
-    """One entry of the 207's ``results``, in request order."""
+    """One entry of the 207's ``results``, in request order.
+
+    What it means is worked out once, when made: delivery reads it for every record, and a 207's
+    results are shared objects (``clients.v3``).
+    """
 
     status: int
     message: str
+    ok: bool = field(init=False, repr=False, compare=False)
+    retryable: bool = field(init=False, repr=False, compare=False)
+    """408, 429, 5xx or not sent: this record may be accepted if sent again."""
+    dropped: bool = field(init=False, repr=False, compare=False)
+    """Refused without a dead letter; the sender counted it as dropped (``DROPPED``)."""
 
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def retryable(self) -> bool:
-        """408, 429, 5xx or not sent: this record may be accepted if sent again."""
-        return is_retryable_status(self.status)
-
-    @property
-    def dropped(self) -> bool:
-        """Refused without a dead letter; the sender counted it as dropped (``DROPPED``)."""
-        return self.status == DROPPED
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ok", 200 <= self.status < 300)
+        object.__setattr__(self, "retryable", is_retryable_status(self.status))
+        object.__setattr__(self, "dropped", self.status == DROPPED)
 
 
 def is_retryable_status(status: int) -> bool:

@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -270,18 +271,19 @@ class ArthurClient:
             return parse_model(response.json())
         raise ModelNotFoundError(f"Arthur has no model {model_id!r} (as id or partner_model_id)")
 
-    def send_inferences(self, model_id: str, rows: list[dict[str, Any]], body: bytes | None = None,
+    def send_inferences(self, model_id: str, rows: Sequence[Any], body: bytes | None = None,
                         read_timeout: float | None = None) -> list[RecordResult]:
-        """POST nested rows; one ``RecordResult`` per row, in order. ``body`` may carry the rows pre-encoded;
-        ``read_timeout`` replaces ``ARTHUR_TIMEOUT`` for the wait for the answer."""
-        data = body if body is not None else encode_rows(rows)
+        """POST nested rows; one ``RecordResult`` per row, in order. ``body`` may carry the rows already encoded
+        (``rows`` are then their JSON, only counted); ``read_timeout`` replaces ``ARTHUR_TIMEOUT`` for the wait."""
+        data = body if body is not None else encode_rows(list(rows))
+        count = len(rows)
         response = self._request("POST", f"/models/{model_id}/inferences", data=data, read_timeout=read_timeout)
         if response.status_code != HTTPStatus.MULTI_STATUS:
             self._raise_for_status(response, "sending inferences", refusal=PermanentError)
             raise RetryableError(f"sending inferences: Arthur answered {response.status_code}, expected 207")
         results = parse_multistatus(response)
-        if len(results) != len(rows):
-            raise RetryableError(f"Arthur's 207 has {len(results)} results for {len(rows)} rows")
+        if len(results) != count:
+            raise RetryableError(f"Arthur's 207 has {len(results)} results for {count} rows")
         return results
 
     def close(self) -> None:

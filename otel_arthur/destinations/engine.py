@@ -78,6 +78,10 @@ class EngineSpanCodec:
     def identity(item: EngineSpan) -> str:
         return item.id
 
+    @staticmethod
+    def claimed(identity: str, body: str) -> EngineSpan:
+        return EngineSpanCodec.decode(body)
+
 
 def engine_key(settings: EngineSettings) -> str:
     """Which Engine and task spans are for (URL without user info); spool rows carry it."""

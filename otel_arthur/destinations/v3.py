@@ -21,7 +21,7 @@ from otel_arthur.dedupe import CallMemory
 from otel_arthur.delivery import AnswerWait, Sender, SenderObserver, send_in_batches
 from otel_arthur.mapping import InferenceRecord, MappedSpans, map_span, map_spans
 from otel_arthur.privacy import RecordFilter
-from otel_arthur.spool import RECORD_CODEC
+from otel_arthur.spool import RECORD_CODEC, StoredRecord
 
 
 def destination(settings: ArthurSettings) -> str:
@@ -101,14 +101,13 @@ class ArthurSender:
         """No request lasts past ``deadline`` (``time.monotonic()``): shutdown's."""
         self._client.set_deadline(deadline)
 
-    def send(self, records: Sequence[InferenceRecord]) -> list[RecordResult]:
+    def send(self, records: Sequence[InferenceRecord | StoredRecord]) -> list[RecordResult]:
         binding = self.binding
-        rows = [binding.to_row(record) for record in records]
-        bodies = [encode_row(row) for row in rows]  # each row's JSON, for sizing and joining
+        bodies = [_row_json(binding, record) for record in records]  # each row's JSON, for sizing and joining
 
         def post(batch: range) -> list[RecordResult]:
-            body = b"[" + b",".join(bodies[i] for i in batch) + b"]"
-            return self._client.send_inferences(binding.model_id, rows[batch.start:batch.stop], body,
+            body = b"[" + b",".join(bodies[batch.start:batch.stop]) + b"]"
+            return self._client.send_inferences(binding.model_id, bodies[batch.start:batch.stop], body,
                                                 read_timeout=self.wait.read_timeout(len(body)))
 
         return send_in_batches([len(body) for body in bodies], self._settings.batch_max_records,
@@ -116,3 +115,12 @@ class ArthurSender:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _row_json(binding: Binding, record: InferenceRecord | StoredRecord) -> bytes:
+    """A record's row as JSON: the spooled JSON itself when it is the row already and the model takes it as it is."""
+    if binding.as_is:
+        row = getattr(record, "row", None)  # a StoredRecord's
+        if row is not None:
+            return row.encode()
+    return encode_row(binding.to_row(record))
