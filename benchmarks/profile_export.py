@@ -58,8 +58,7 @@ def main() -> None:
         report("export-ignored", profiler, 200 * len(ignored))
 
         # Hold the delivery thread back while export() spools, then profile it draining the spool.
-        pipeline = exporter._pipeline
-        assert pipeline is not None
+        [pipeline] = exporter._pipelines  # the v3 destination's
         pipeline._stop.set()
         pipeline._wake.set()
         pipeline._thread.join()
