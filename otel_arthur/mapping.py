@@ -77,6 +77,28 @@ class InferenceRecord:
     origin: SpanOrigin | None = field(default=None, compare=False, repr=False)
 
 
+def _read_attributes() -> tuple[frozenset[str], tuple[str, ...]]:
+    """(keys, key prefixes) of every attribute ``map_span`` reads, of any convention: markers, scalars,
+    JSON sources, messages (an indexed layout's by prefix), the error type."""
+    keys = {GenAI.ERROR_TYPE}
+    prefixes = []
+    for convention in CONVENTIONS:
+        keys.update((convention.marker, *convention.json_sources))
+        keys.update(key for scalar_keys in convention.scalars.values() for key in scalar_keys)
+        if convention.system_instructions:
+            keys.add(convention.system_instructions)
+        if convention.message_layout == Messages.JSON:
+            keys.update((convention.input_messages, convention.output_messages))
+        else:
+            prefixes += [f"{convention.input_messages}.", f"{convention.output_messages}."]
+    return frozenset(keys), tuple(prefixes)
+
+
+READ_KEYS, READ_PREFIXES = _read_attributes()
+"""What ``map_span`` reads: an attribute whose key is in ``READ_KEYS`` or starts with one of ``READ_PREFIXES``
+(``serve`` converts only those from the protobuf; the record is the same as from all of them)."""
+
+
 def classify(attributes: Mapping[str, Any]) -> Convention | None:
     """The convention that marks these attributes as a generation, or None."""
     for convention in CONVENTIONS:
@@ -112,7 +134,8 @@ def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
 @dataclass(slots=True)
 class PlainSpan:
     """A finished span as the mapper reads it, in plain values: what ``serve`` builds straight from the
-    protobuf (``otlp.generation_spans``), and what ``map_span`` reads of an SDK ``ReadableSpan``."""
+    protobuf (``otlp.generation_spans``, ``attributes`` only those ``READ_KEYS`` and ``READ_PREFIXES``
+    name), and what ``map_span`` reads of an SDK ``ReadableSpan``."""
 
     name: str
     trace_id: int

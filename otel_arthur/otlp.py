@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from otel_arthur.config import DEFAULT_MAX_SPANS_PER_REQUEST
 from otel_arthur.conventions import CONVENTIONS, OpenInference
-from otel_arthur.mapping import PlainSpan, classify
+from otel_arthur.mapping import READ_KEYS, READ_PREFIXES, PlainSpan, classify
 from otel_arthur.openinference import SPAN_KIND_RULES
 
 PROTOBUF = "application/x-protobuf"
@@ -315,12 +315,27 @@ def attribute_dict(key_values: Any) -> dict[str, Any]:
         # Most values are text: read first, it spares asking which kind (each call into the message
         # costs as much as the read); other scalars are read in place.
         text = value.string_value
-        if text:
-            attributes[kv.key] = text
-        else:
-            kind = value.WhichOneof("value")
-            attributes[kv.key] = getattr(value, kind) if kind in _SCALAR_KINDS else any_value(value)
+        attributes[kv.key] = text if text else _non_text(value)
     return attributes
+
+
+def mapped_attribute_dict(key_values: Any) -> dict[str, Any]:
+    """The ``KeyValue``s the mapper reads (``mapping.READ_KEYS``, ``READ_PREFIXES``) as a dict of Python
+    values: the others' values are never read out of the message (each read costs as much as a lookup)."""
+    attributes = {}
+    keys, prefixes = READ_KEYS, READ_PREFIXES
+    for kv in key_values:
+        key = kv.key
+        if key in keys or key.startswith(prefixes):
+            value = kv.value
+            text = value.string_value
+            attributes[key] = text if text else _non_text(value)
+    return attributes
+
+
+def _non_text(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind in _SCALAR_KINDS else any_value(value)
 
 
 def marked(key_values: Any, markers: Mapping[str, Container[str]] = GENERATION_MARKERS) -> bool:
@@ -340,8 +355,8 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[PlainSpan |
     """Each generation span as a ``PlainSpan``, or a ``RequestError`` saying why it is unusable.
 
     Non-generation spans yield nothing, decided from their marker attributes as they are on the wire.
-    Built straight from the protobuf: one pass over a generation span's attributes, the resource's
-    converted once per ``ResourceSpans``, no SDK objects.
+    Built straight from the protobuf: one pass over a generation span's attributes converting only
+    those the mapper reads, the resource's converted once per ``ResourceSpans``, no SDK objects.
     """
     for resource_spans in request.resource_spans:
         resource: dict[str, Any] | None = None
@@ -351,7 +366,7 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[PlainSpan |
                 key_values = span.attributes
                 if not marked(key_values):
                     continue
-                attributes = attribute_dict(key_values)
+                attributes = mapped_attribute_dict(key_values)
                 if classify(attributes) is None:
                     continue
                 trace_id, span_id = span.trace_id, span.span_id
