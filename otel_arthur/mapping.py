@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -333,8 +334,25 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:room].decode("utf-8", "ignore") + marker
 
 
+_MAX_CACHED_SECONDS = 4096
+_iso_seconds: dict[int, str] = {}
+
+
 def _iso(time_ns: int) -> str:
-    return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat()
+    """``datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat()``, the same text: the date and
+    time of each second written once (spans arrive by the second), the microseconds rounded as it rounds them."""
+    timestamp = time_ns / 1e9
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)  # half to even, as fromtimestamp rounds
+    if micros >= 1_000_000 or fraction < 0:  # rounds up to the next second, or before 1970: rare, written directly
+        return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
+    second = int(whole)
+    prefix = _iso_seconds.get(second)
+    if prefix is None:
+        if len(_iso_seconds) >= _MAX_CACHED_SECONDS:
+            _iso_seconds.clear()
+        prefix = _iso_seconds[second] = datetime.fromtimestamp(second, tz=timezone.utc).isoformat()[:-len("+00:00")]
+    return f"{prefix}.{micros:06d}+00:00" if micros else f"{prefix}+00:00"
 
 
 def _total_tokens(prompt_tokens: Any, completion_tokens: Any) -> int | None:
