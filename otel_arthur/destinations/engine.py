@@ -103,17 +103,29 @@ class SpanPrivacy:
     def key_values(self, key_values: Any, *, events: bool = False) -> None:
         """Filter OTLP ``KeyValue``s in place: a span's attributes, or (``events``) an event's, whose
         texts are all withheld when any content is (events carry prompts and completions by any name)."""
-        side = CONTENT_ATTRIBUTES.side
+        sides, side, text = self._withheld, CONTENT_ATTRIBUTES.side, self.text
         for kv in key_values:
-            withheld = bool(self._withheld) if events else side(kv.key) in self._withheld
+            # With every side sent (the default) no key needs to be told apart: side() is the bulk of the cost.
+            withheld = bool(sides) and (events or side(kv.key) in sides)
             value = kv.value
             kind = value.WhichOneof("value")
             if kind == "string_value":
-                value.string_value = CONTENT_WITHHELD if withheld else self.text(value.string_value)
+                _filter_text(value, withheld, text)
             elif kind == "array_value":
                 for item in value.array_value.values:
                     if item.WhichOneof("value") == "string_value":
-                        item.string_value = CONTENT_WITHHELD if withheld else self.text(item.string_value)
+                        _filter_text(item, withheld, text)
+
+
+def _filter_text(value: Any, withheld: bool, text: Callable[[str], str]) -> None:
+    """An ``AnyValue``'s text withheld or filtered, written back only when it changed (writing costs as much as reading)."""
+    if withheld:
+        value.string_value = CONTENT_WITHHELD
+        return
+    original = value.string_value
+    filtered = text(original)
+    if filtered is not original and filtered != original:
+        value.string_value = filtered
 
 
 class EngineDestination:
