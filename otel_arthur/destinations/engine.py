@@ -100,6 +100,20 @@ class SpanPrivacy:
         self.output_text = self.filter.text_hook(output=True)
         self.text = self.filter.scrub  # every other string: redacted and cut as records' texts are
 
+    def keeps(self, attributes: Mapping[str, Any]) -> bool:
+        """Whether filtering would leave every text of these attributes (``otlp.attribute_dict``'s) as it is:
+        told from the converted values, without reading the message again."""
+        if self._withheld or self.filter.redactor is not None:
+            return False
+        text = self.text
+        for value in attributes.values():
+            if type(value) is str:
+                if text(value) is not value:
+                    return False
+            elif type(value) is tuple and not all(type(item) is not str or text(item) is item for item in value):
+                return False
+        return True
+
     def key_values(self, key_values: Any, *, events: bool = False) -> None:
         """Filter OTLP ``KeyValue``s in place: a span's attributes, or (``events``) an event's, whose
         texts are all withheld when any content is (events carry prompts and completions by any name)."""
@@ -213,13 +227,22 @@ class EngineDestination:
                             resource = self._with_task(_copy(resource_spans.resource))
                         if scope is None:
                             scope = scope_spans.scope.SerializeToString()
-                        message = Span()
-                        message.CopyFrom(span)
                         mapped.records.append(EngineSpan(f"{span.trace_id.hex()}-{span.span_id.hex()}", resource,
-                                                         scope, self._translated(message, attributes)))
+                                                         scope, self._translated_otlp(span, attributes, Span)))
                     except Exception as exc:  # one odd span must not cost the others their place
                         mapped.failed(f"span {span.name!r} cannot be translated: {type(exc).__name__}")
         return mapped
+
+    def _translated_otlp(self, span: Any, attributes: Mapping[str, Any], span_type: type) -> bytes:
+        """``_translated`` of a request's span, which stays as it is: when privacy changes none of its texts
+        (no events to read), its own bytes followed by the added attributes' (protobuf appends a repeated
+        field's entries met later), sparing a copy of the span; else a copy, filtered."""
+        if not span.events and self.privacy.keeps(attributes):
+            added = self._added(attributes, span.start_time_unix_nano)
+            return span.SerializeToString() + span_type(attributes=self._encode_attributes(added)).SerializeToString()
+        message = span_type()
+        message.CopyFrom(span)
+        return self._translated(message, attributes)
 
     # -- both ----------------------------------------------------------------------------------
 
@@ -233,14 +256,18 @@ class EngineDestination:
 
     def _translated(self, message: Any, attributes: Mapping[str, Any]) -> bytes:
         """The OTLP ``Span`` message, privacy applied to what it carries, with the OpenInference attributes added."""
-        privacy = self.privacy
-        added = openinference_attributes(attributes, text=privacy.input_text, output_text=privacy.output_text,
-                                         start_time_ns=message.start_time_unix_nano or None)
-        privacy.key_values(message.attributes)
+        added = self._added(attributes, message.start_time_unix_nano)
+        self.privacy.key_values(message.attributes)
         message.attributes.extend(self._encode_attributes(added))
         for event in message.events:
-            privacy.key_values(event.attributes, events=True)
+            self.privacy.key_values(event.attributes, events=True)
         return message.SerializeToString()
+
+    def _added(self, attributes: Mapping[str, Any], start_time_ns: int) -> dict[str, Any]:
+        """The OpenInference attributes to add, their texts through privacy's hooks."""
+        privacy = self.privacy
+        return openinference_attributes(attributes, text=privacy.input_text, output_text=privacy.output_text,
+                                        start_time_ns=start_time_ns or None)
 
     def prepare(self, item: EngineSpan) -> EngineSpan:
         return item  # privacy was applied when the span was translated
