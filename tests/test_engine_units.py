@@ -146,6 +146,19 @@ def test_serve_translates_every_span_as_the_exporter_does(arthur_env, tmp_path, 
     assert served == exported
 
 
+def test_added_attributes_are_encoded_as_the_sdk_encoder_encodes_them(arthur_env, tmp_path):
+    """Scalars set in place, anything else through the SDK's encoder, which leaves out what it cannot encode."""
+    from opentelemetry.exporter.otlp.proto.common._internal import _encode_attributes
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    values = {"text": "t", "empty": "", "yes": True, "count": 7, "ratio": 0.5, "huge": 2**70, "texts": ("a", "b"),
+              "counts": [1, 2], "kv": {"k": "v"}, "raw": b"\x00", "after": "kept"}
+    span = Span()
+    EngineDestination(_settings(spool_dir=str(tmp_path)))._add_attributes(span.attributes, values)
+    assert list(span.attributes) == _encode_attributes(values)
+    assert [kv.key for kv in span.attributes] == [key for key in values if key != "huge"]
+
+
 def _attributes(item) -> dict:
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
