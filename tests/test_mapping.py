@@ -136,6 +136,18 @@ def test_timestamp_is_the_start_time_as_datetime_writes_it(start_ns):
     assert map_span(span).inference_timestamp == expected  # from the cache
 
 
+@pytest.mark.parametrize(("message", "prompt"), [
+    ({"role": "user", "parts": [{"type": "text", "content": "hi"}]}, "Human: hi"),
+    ({"role": "user", "content": "hi"}, "Human: hi"),
+    ({"role": "user", "parts": None, "content": "hi"}, "Human: "),
+    ({"role": "", "parts": [{"content": "hi"}]}, "unknown: hi"),
+    ({"role": 7, "parts": [{"type": "text", "content": {"a": 1}}]}, '7: {"a": 1}'),
+])
+def test_json_messages_read_alike_one_text_part_or_not(message, prompt):
+    record = map_span(_span({"gen_ai.operation.name": "chat", "gen_ai.input.messages": json.dumps([message])}))
+    assert record.fields["prompt"] == prompt
+
+
 def test_identity_is_deterministic():
     assert partner_inference_id(0xABC, 0xDEF) == partner_inference_id(0xABC, 0xDEF)
     assert partner_inference_id(0xABC, 0xDEF) != partner_inference_id(0xABC, 0xDEE)
