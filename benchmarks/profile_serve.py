@@ -7,6 +7,9 @@ generation span), fresh ids per request. Each stage runs over every body on its 
 timed with ``time.process_time`` (CPU of this process, so other work on a busy machine counts
 little), best of ``--rounds``; per generation span, and for mixed traffic (one generation in ten)
 per ignored span. Spooling and delivery are not here (``benchmarks/serve_bench.py`` measures them).
+Two stages beside ``serve``'s own: the Engine translation of the same requests (it runs in ``serve``
+when the Engine destination is on), and the in-app exporter's mapping of the SDK spans the bodies
+were encoded from.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import sdk_spans  # noqa: E402
 from load_client import BATCH, bodies  # noqa: E402
 
 
@@ -40,8 +44,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from otel_arthur import otlp
-    from otel_arthur.config import ArthurSettings
-    from otel_arthur.destinations import OtlpExtraction
+    from otel_arthur.config import ArthurSettings, EngineSettings
+    from otel_arthur.destinations import OtlpExtraction, destination_for
     from otel_arthur.destinations.v3 import V3Destination
     from otel_arthur.mapping import map_spans
 
@@ -57,6 +61,9 @@ def main() -> None:
     redacting = V3Destination(ArthurSettings.resolve(url="http://127.0.0.1:9", api_key="k", model_id="m",
                                                      allow_insecure=True, spool_dir="/tmp/unused", redact_builtins="builtin"))
     extraction = OtlpExtraction()
+    engine = destination_for(EngineSettings.resolve(engine_url="http://127.0.0.1:9", engine_api_key="k", task_id="t",
+                                                    allow_insecure=True, spool_dir="/tmp/unused"))
+    sdk_batch = list(sdk_spans(BATCH))
 
     stages: dict[str, Callable[[], Any]] = {
         "protobuf parse": lambda: [otlp.parse_request(body, otlp.PROTOBUF) for body, _ in generation],
@@ -66,6 +73,8 @@ def main() -> None:
         "privacy filter, all redaction on": lambda: [[redacting.prepare(r) for r in rs] for rs in records],
         "decode_request total (parse + extract + map)": lambda: [extraction(otlp.parse_request(body, otlp.PROTOBUF))
                                                                  for body, _ in generation],
+        "Engine translation (from_otlp, after parsing)": lambda: [engine.from_otlp(r) for r in parsed],
+        "in-app: map SDK spans (v3 records)": lambda: [map_spans(sdk_batch) for _ in generation],
     }
     _cpu(stages["decode_request total (parse + extract + map)"], 1)  # price table loaded, caches warm
     print(f"{spans} generation spans in {len(generation)} requests; CPU µs per generation span, best of {args.rounds}")

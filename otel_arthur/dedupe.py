@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import orjson
+
 from otel_arthur import forking
 from otel_arthur.fields import COMPLETION, PROMPT
 from otel_arthur.mapping import InferenceRecord, SpanOrigin
@@ -84,7 +86,11 @@ def _call_digest(record: InferenceRecord) -> bytes | None:
     if not isinstance(completion, str) or not completion:
         return None
     key = [record.fields.get("service_name"), record.fields.get(PROMPT), completion]
-    return hashlib.blake2b(json.dumps(key).encode("utf-8", "replace"), digest_size=16).digest()
+    try:
+        text = orjson.dumps(key)  # half the standard library's cost; the digest never leaves the process
+    except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate) the standard library writes
+        text = json.dumps(key).encode("utf-8", "replace")
+    return hashlib.blake2b(text, digest_size=16).digest()
 
 
 def _related(a: _Seen, b: _Seen) -> bool:

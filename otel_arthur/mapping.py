@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -77,6 +78,28 @@ class InferenceRecord:
     origin: SpanOrigin | None = field(default=None, compare=False, repr=False)
 
 
+def _read_attributes() -> tuple[frozenset[str], tuple[str, ...]]:
+    """(keys, key prefixes) of every attribute ``map_span`` reads, of any convention: markers, scalars,
+    JSON sources, messages (an indexed layout's by prefix), the error type."""
+    keys = {GenAI.ERROR_TYPE}
+    prefixes = []
+    for convention in CONVENTIONS:
+        keys.update((convention.marker, *convention.json_sources))
+        keys.update(key for scalar_keys in convention.scalars.values() for key in scalar_keys)
+        if convention.system_instructions:
+            keys.add(convention.system_instructions)
+        if convention.message_layout == Messages.JSON:
+            keys.update((convention.input_messages, convention.output_messages))
+        else:
+            prefixes += [f"{convention.input_messages}.", f"{convention.output_messages}."]
+    return frozenset(keys), tuple(prefixes)
+
+
+READ_KEYS, READ_PREFIXES = _read_attributes()
+"""What ``map_span`` reads: an attribute whose key is in ``READ_KEYS`` or starts with one of ``READ_PREFIXES``
+(``serve`` converts only those from the protobuf; the record is the same as from all of them)."""
+
+
 def classify(attributes: Mapping[str, Any]) -> Convention | None:
     """The convention that marks these attributes as a generation, or None."""
     for convention in CONVENTIONS:
@@ -112,7 +135,8 @@ def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
 @dataclass(slots=True)
 class PlainSpan:
     """A finished span as the mapper reads it, in plain values: what ``serve`` builds straight from the
-    protobuf (``otlp.generation_spans``), and what ``map_span`` reads of an SDK ``ReadableSpan``."""
+    protobuf (``otlp.generation_spans``, ``attributes`` only those ``READ_KEYS`` and ``READ_PREFIXES``
+    name), and what ``map_span`` reads of an SDK ``ReadableSpan``."""
 
     name: str
     trace_id: int
@@ -310,8 +334,25 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:room].decode("utf-8", "ignore") + marker
 
 
+_MAX_CACHED_SECONDS = 4096
+_iso_seconds: dict[int, str] = {}
+
+
 def _iso(time_ns: int) -> str:
-    return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat()
+    """``datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat()``, the same text: the date and
+    time of each second written once (spans arrive by the second), the microseconds rounded as it rounds them."""
+    timestamp = time_ns / 1e9
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)  # half to even, as fromtimestamp rounds
+    if micros >= 1_000_000 or fraction < 0:  # rounds up to the next second, or before 1970: rare, written directly
+        return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
+    second = int(whole)
+    prefix = _iso_seconds.get(second)
+    if prefix is None:
+        if len(_iso_seconds) >= _MAX_CACHED_SECONDS:
+            _iso_seconds.clear()
+        prefix = _iso_seconds[second] = datetime.fromtimestamp(second, tz=timezone.utc).isoformat()[:-len("+00:00")]
+    return f"{prefix}.{micros:06d}+00:00" if micros else f"{prefix}+00:00"
 
 
 def _total_tokens(prompt_tokens: Any, completion_tokens: Any) -> int | None:

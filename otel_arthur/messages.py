@@ -60,6 +60,8 @@ def field_value(value: Any) -> Scalar | None:
     item (``finish_reasons`` has one per choice); mappings, NaN, infinities and integers beyond 64 bits
     are no value.
     """
+    if type(value) is str:  # nearly every value: one test instead of three
+        return value if value.isascii() else clean_text(value)
     if isinstance(value, (tuple, list)):
         value = value[0] if value else None
     if isinstance(value, str):
@@ -209,34 +211,75 @@ def _json_messages(raw: Any) -> list[Message]:
         return []
     read = []
     for message in messages:
-        if isinstance(message, dict):
-            parts = _read_parts(message.get("parts", message.get("content")))
-            read.append(Message(scalar_text(message.get("role")) or "unknown", parts.text, parts.tool_calls,
-                                parts.answered, parts.other_parts))
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if type(role) is not str or not role:
+            role = scalar_text(role) or "unknown"
+        parts = message["parts"] if "parts" in message else message.get("content")
+        # Nearly every message is one text part: read in place, without the general reader's objects.
+        if type(parts) is list and len(parts) == 1 and type(part := parts[0]) is dict \
+                and part.get("type", GenAI.PART_TEXT) == GenAI.PART_TEXT and type(text := part.get("content", "")) is str:
+            read.append(Message(role, text))
+            continue
+        read_parts = _read_parts(parts)
+        read.append(Message(role, read_parts.text, read_parts.tool_calls, read_parts.answered, read_parts.other_parts))
     return read
+
+
+class _MessageKeys(NamedTuple):
+    """The keys of one indexed message, written once per layout and index."""
+
+    base: str
+    role: str
+    content: str
+    tool_call_id: str
+    tool_calls: str
+    first_call_name: str
+    first_call_arguments: str
+
+
+_MAX_KEYED_MESSAGES = 256  # messages an index table holds; the rest of a longer history is keyed on the spot
+_message_keys: dict[tuple[str, str, ToolCallKeys], list[_MessageKeys]] = {}
+
+
+def _keys_of(prefix: str, infix: str, calls: ToolCallKeys, index: int) -> _MessageKeys:
+    base = f"{prefix}.{index}{infix}"
+    tool_calls = f"{base}.{Messages.TOOL_CALLS}"
+    return _MessageKeys(base, f"{base}.role", f"{base}.content", f"{base}.{Messages.TOOL_CALL_ID}", tool_calls,
+                        f"{tool_calls}.0.{calls.name}", f"{tool_calls}.0.{calls.arguments}")
 
 
 def _indexed_messages(attributes: Mapping[str, Any], prefix: str, convention: Convention) -> list[Message]:
     # Ends at the first index with neither role nor content (every instrumentor sets the role), so
     # the attributes themselves bound the loop.
     messages: list[Message] = []
-    keys = convention.tool_call_keys
+    calls = convention.tool_call_keys
+    table = _message_keys.setdefault((prefix, convention.message_infix, calls), [])
+    get = attributes.get
     index = 0
     while True:
-        base = f"{prefix}.{index}{convention.message_infix}"
-        role, content = attributes.get(f"{base}.role"), attributes.get(f"{base}.content")
+        if index < len(table):
+            keys = table[index]
+        else:
+            keys = _keys_of(prefix, convention.message_infix, calls, index)
+            if index < _MAX_KEYED_MESSAGES:
+                table.append(keys)
+        role, content = get(keys.role), get(keys.content)
         if role is None and content is None:
             return messages
         others: tuple[str, ...] = ()
         if content is None and convention.content_parts:
-            text, others = _indexed_content_parts(attributes, f"{base}.{convention.content_parts}")
+            text, others = _indexed_content_parts(attributes, f"{keys.base}.{convention.content_parts}")
         elif convention.json_content_blocks and isinstance(content, str) and content.startswith("[{"):
             text, others = _content_blocks(content)
         else:
             text = attribute_text(content)
-        messages.append(Message(attribute_text(role) or "unknown", text,
-                                _indexed_tool_calls(attributes, f"{base}.{Messages.TOOL_CALLS}", keys),
-                                scalar_text(attributes.get(f"{base}.{Messages.TOOL_CALL_ID}")), others))
+        tool_calls: tuple[ToolCall, ...] = ()
+        if get(keys.first_call_name) is not None or get(keys.first_call_arguments) is not None:
+            tool_calls = _indexed_tool_calls(attributes, keys.tool_calls, calls)
+        messages.append(Message(attribute_text(role) or "unknown", text, tool_calls,
+                                scalar_text(get(keys.tool_call_id)), others))
         index += 1
 
 

@@ -178,8 +178,9 @@ def _generation(attributes: Mapping[str, Any], scalars: Mapping[str, Sequence[st
                     completion, start_time_ns)
     if cost is not None:
         added[SpanAttributes.LLM_COST_TOTAL] = cost
-    parameters = {name: value for key, name in INVOCATION_PARAMETERS
-                  if (value := _json_scalar(attributes.get(key))) is not None}
+    get = attributes.get
+    parameters = {name: value for key, name in INVOCATION_PARAMETERS  # most are not set: no call for those
+                  if (raw := get(key)) is not None and (value := _json_scalar(raw)) is not None}
     if parameters:
         added[SpanAttributes.LLM_INVOCATION_PARAMETERS] = json.dumps(parameters, ensure_ascii=False)
     return added
@@ -190,11 +191,13 @@ def _messages(prefix: str, messages: Sequence[Message], text: TextHook) -> dict[
     added: dict[str, AttributeValue] = {}
     for index, message in enumerate(messages):
         base = f"{prefix}.{index}."
-        added.update(_present({
-            base + MessageAttributes.MESSAGE_ROLE: clean_text(message.role),
-            base + MessageAttributes.MESSAGE_CONTENT: _hooked(message.text, text),
-            base + MessageAttributes.MESSAGE_TOOL_CALL_ID: message.tool_call_id and clean_text(message.tool_call_id),
-        }))
+        # Set only what has a value (an empty text is none), in the order role, content, tool call id.
+        if role := clean_text(message.role):
+            added[base + MessageAttributes.MESSAGE_ROLE] = role
+        if content := _hooked(message.text, text):
+            added[base + MessageAttributes.MESSAGE_CONTENT] = content
+        if message.tool_call_id and (call_id := clean_text(message.tool_call_id)):
+            added[base + MessageAttributes.MESSAGE_TOOL_CALL_ID] = call_id
         for number, call in enumerate(message.tool_calls[:MAX_TOOL_CALLS]):
             call_base = f"{base}{MessageAttributes.MESSAGE_TOOL_CALLS}.{number}."
             added.update(_present({

@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from otel_arthur.config import DEFAULT_MAX_SPANS_PER_REQUEST
 from otel_arthur.conventions import CONVENTIONS, OpenInference
-from otel_arthur.mapping import PlainSpan, classify
+from otel_arthur.mapping import READ_KEYS, READ_PREFIXES, PlainSpan, classify
 from otel_arthur.openinference import SPAN_KIND_RULES
 
 PROTOBUF = "application/x-protobuf"
@@ -315,12 +315,57 @@ def attribute_dict(key_values: Any) -> dict[str, Any]:
         # Most values are text: read first, it spares asking which kind (each call into the message
         # costs as much as the read); other scalars are read in place.
         text = value.string_value
-        if text:
-            attributes[kv.key] = text
-        else:
-            kind = value.WhichOneof("value")
-            attributes[kv.key] = getattr(value, kind) if kind in _SCALAR_KINDS else any_value(value)
+        attributes[kv.key] = text if text else _non_text(value)
     return attributes
+
+
+def generation_attributes(key_values: Any) -> dict[str, Any] | None:
+    """The attributes the mapper reads (``mapping.READ_KEYS``, ``READ_PREFIXES``) as a dict of Python values
+    when a marker says the span is a generation; None, nothing converted, for any other span.
+
+    One pass over the keys finds both the marker and the ``KeyValue``s to convert (reading a key costs as
+    much as a dict lookup, so the keys are read once); the values of the others are never read."""
+    read = []
+    generation = False
+    known, markers = _mapper_reads, GENERATION_MARKERS
+    for kv in key_values:
+        key = kv.key
+        reads = known.get(key)  # one lookup, where the set and the prefixes take two tests
+        if reads is None:
+            reads = _remember_key(key)
+        if reads:  # every generation marker is a key the mapper reads
+            read.append((key, kv))
+            if not generation and (wanted := markers.get(key)) is not None:
+                value = kv.value
+                generation = value.WhichOneof("value") == "string_value" and value.string_value in wanted
+    return converted_values(read) if generation else None
+
+
+_MAX_KNOWN_KEYS = 4096
+_mapper_reads: dict[str, bool] = {}
+"""Attribute key -> whether the mapper reads it, for the keys met so far (a process meets few)."""
+
+
+def _remember_key(key: str) -> bool:
+    if len(_mapper_reads) >= _MAX_KNOWN_KEYS:  # a churn of keys (ids in them) must not grow it
+        _mapper_reads.clear()
+    reads = _mapper_reads[key] = key in READ_KEYS or key.startswith(READ_PREFIXES)
+    return reads
+
+
+def converted_values(read: list[tuple[str, Any]]) -> dict[str, Any]:
+    """(key, ``KeyValue``) pairs as a dict of Python values."""
+    attributes = {}
+    for key, kv in read:
+        value = kv.value
+        text = value.string_value
+        attributes[key] = text if text else _non_text(value)
+    return attributes
+
+
+def _non_text(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind in _SCALAR_KINDS else any_value(value)
 
 
 def marked(key_values: Any, markers: Mapping[str, Container[str]] = GENERATION_MARKERS) -> bool:
@@ -340,19 +385,16 @@ def generation_spans(request: ExportTraceServiceRequest) -> Iterator[PlainSpan |
     """Each generation span as a ``PlainSpan``, or a ``RequestError`` saying why it is unusable.
 
     Non-generation spans yield nothing, decided from their marker attributes as they are on the wire.
-    Built straight from the protobuf: one pass over a generation span's attributes, the resource's
-    converted once per ``ResourceSpans``, no SDK objects.
+    Built straight from the protobuf: one pass over a span's keys finds its marker and the attributes the
+    mapper reads, converted only then; the resource's once per ``ResourceSpans``; no SDK objects.
     """
     for resource_spans in request.resource_spans:
         resource: dict[str, Any] | None = None
         for scope_spans in resource_spans.scope_spans:
             scope: str | None = None
             for span in scope_spans.spans:
-                key_values = span.attributes
-                if not marked(key_values):
-                    continue
-                attributes = attribute_dict(key_values)
-                if classify(attributes) is None:
+                attributes = generation_attributes(span.attributes)
+                if attributes is None or classify(attributes) is None:
                     continue
                 trace_id, span_id = span.trace_id, span.span_id
                 if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id):

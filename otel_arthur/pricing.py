@@ -8,7 +8,9 @@ is imported at the first call that has a model and both token counts, not with o
 stays as it was and the one-time load falls on the thread that runs ``export()`` (the span
 processor's worker under ``BatchSpanProcessor``). Its model lookup is cached per (provider, model),
 misses included (the library caches only hits, and a miss scans every model of the provider). Prices
-are those in force at the call's start, so a span maps to the same cost whenever it is mapped.
+are those in force at the call's start, so a span maps to the same cost whenever it is mapped; a
+model with one price at any time (nearly all) has its costs remembered per counts, whatever the start
+(remembered per start, no call of real traffic would meet a cost twice).
 
 The library's own calculation costs ~57 µs a call (unit registry, usage decomposition, validation
 on every call). Most prices are linear in the two counts a span carries (a plain price per input
@@ -54,8 +56,24 @@ def cost_usd(model: Any, provider: Any, input_tokens: Any, output_tokens: Any,
     """The call's cost in USD at the prices of its start time (default: now), or None when it is not known."""
     if not (isinstance(model, str) and model and _is_count(input_tokens) and _is_count(output_tokens)):
         return None
-    return _cost(provider if isinstance(provider, str) and provider else None, model, input_tokens, output_tokens,
+    provider = provider if isinstance(provider, str) and provider else None
+    if _timeless(provider, model):  # one price at any time: the cost of these counts is remembered whatever the start
+        return _cost(provider, model, input_tokens, output_tokens, _ANY_TIME_NS)
+    return _cost(provider, model, input_tokens, output_tokens,
                  time.time_ns() if start_time_ns is None else start_time_ns)
+
+
+_ANY_TIME_NS = 0
+
+
+@lru_cache(maxsize=MAX_CACHED_MODELS)
+def _timeless(provider: str | None, model: str) -> bool:
+    """Whether the model has one price whatever the time (no price that starts or ends at a date or hour)."""
+    try:
+        found = _priced_model(provider, model)
+    except Exception:  # the cost path says why, once it meets the same
+        return False
+    return found is not None and not isinstance(found[1].prices, list)
 
 
 @lru_cache(maxsize=MAX_CACHED_COSTS)

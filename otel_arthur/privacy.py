@@ -139,6 +139,8 @@ class RecordFilter:
 
     def scrub(self, text: str) -> str:
         """One text as it may leave: lone surrogates replaced, redacted, cut to ``max_text_bytes``."""
+        if self.redactor is None and len(text) <= self._max_text_bytes and text.isascii():
+            return text  # nearly every text: nothing to replace, redact or cut (ASCII: one byte a character)
         text = clean_text(text)
         return cut_text(text if self.redactor is None else self.redactor(text), self._max_text_bytes)
 

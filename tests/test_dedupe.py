@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -192,3 +193,18 @@ def test_an_app_traced_by_one_instrumentor_holds_few_spans_and_a_second_one_is_s
     for start in range(2 * 10**9, 2 * 10**9 + 1_000 * 200, 200):
         stored(memory, [generation(FRAMEWORK, start, start + 100, question=f"q{start}")])
     assert len(memory) > ONE_SOURCE_REMEMBERED
+
+
+@pytest.mark.parametrize("prompt", ["Human: hi", "Human: bad \ud800 text"])
+def test_one_call_is_told_by_its_texts_whatever_they_hold(prompt):
+    """A lone surrogate (which orjson refuses) digests too: the same texts alike, others apart."""
+    from otel_arthur.dedupe import _call_digest
+    from otel_arthur.mapping import InferenceRecord
+
+    def record(**fields):
+        return InferenceRecord("id", "2026-01-01T00:00:00+00:00", {"service_name": "svc", "prompt": prompt, **fields})
+
+    assert _call_digest(record(completion="ok")) == _call_digest(record(completion="ok"))
+    assert _call_digest(record(completion="ok")) != _call_digest(record(completion="ok."))
+    assert _call_digest(record(completion="ok")) != _call_digest(record(completion="ok", service_name="other"))
+    assert _call_digest(record()) is None

@@ -130,6 +130,35 @@ def test_serve_takes_every_kind_of_ai_span_and_converts_no_other(arthur_env, tmp
         == len(ai + others)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"max_text_bytes": 64}, {"redact_builtins": "email"},
+                                       {"send_content": False}])
+def test_serve_translates_every_span_as_the_exporter_does(arthur_env, tmp_path, overrides):
+    """From a request (its own bytes and the added attributes', or a filtered copy) as from the SDK span."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+    from spanfixtures import SPANS_DIR, load_spans
+
+    spans = [span for path in sorted(SPANS_DIR.glob("*.json")) for span in load_spans(path.name)]
+    destination = EngineDestination(_settings(spool_dir=str(tmp_path), engine_spans="all", **overrides))
+    served = {item.id: Span.FromString(item.span) for item in destination.from_otlp(encode_spans(spans)).records}
+    exported = {item.id: Span.FromString(item.span) for item in destination.items(spans).records}
+    assert len(served) == len(spans) and any(span.events for span in served.values())
+    assert served == exported
+
+
+def test_added_attributes_are_encoded_as_the_sdk_encoder_encodes_them(arthur_env, tmp_path):
+    """Scalars set in place, anything else through the SDK's encoder, which leaves out what it cannot encode."""
+    from opentelemetry.exporter.otlp.proto.common._internal import _encode_attributes
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    values = {"text": "t", "empty": "", "yes": True, "count": 7, "ratio": 0.5, "huge": 2**70, "texts": ("a", "b"),
+              "counts": [1, 2], "kv": {"k": "v"}, "raw": b"\x00", "after": "kept"}
+    span = Span()
+    EngineDestination(_settings(spool_dir=str(tmp_path)))._add_attributes(span.attributes, values)
+    assert list(span.attributes) == _encode_attributes(values)
+    assert [kv.key for kv in span.attributes] == [key for key in values if key != "huge"]
+
+
 def _attributes(item) -> dict:
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 

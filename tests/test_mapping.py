@@ -121,6 +121,33 @@ def test_unknown_content_is_replaced_not_fatal():
     assert record.inference_timestamp == "2023-11-14T22:13:20+00:00"
 
 
+@pytest.mark.parametrize("start_ns", [
+    1_700_000_000_000_000_000, 1_700_000_000_000_000_001, 1_700_000_000_000_000_500, 1_700_000_000_000_001_500,
+    1_700_000_000_999_999_499, 1_700_000_000_999_999_500, 1_700_000_000_999_999_999, 1_700_000_000_123_456_789,
+    1, 999_999_999,
+])
+def test_timestamp_is_the_start_time_as_datetime_writes_it(start_ns):
+    """Written from a per-second cache: the same text, the microseconds rounded half to even as
+    ``fromtimestamp`` rounds them (up into the next second too)."""
+    span = ReadableSpan(name="span", context=SpanContext(0xABC, 0xDEF, is_remote=False),
+                        attributes={"gen_ai.operation.name": "chat"}, start_time=start_ns, end_time=start_ns)
+    expected = datetime.fromtimestamp(start_ns / 1e9, tz=timezone.utc).isoformat()
+    assert map_span(span).inference_timestamp == expected
+    assert map_span(span).inference_timestamp == expected  # from the cache
+
+
+@pytest.mark.parametrize(("message", "prompt"), [
+    ({"role": "user", "parts": [{"type": "text", "content": "hi"}]}, "Human: hi"),
+    ({"role": "user", "content": "hi"}, "Human: hi"),
+    ({"role": "user", "parts": None, "content": "hi"}, "Human: "),
+    ({"role": "", "parts": [{"content": "hi"}]}, "unknown: hi"),
+    ({"role": 7, "parts": [{"type": "text", "content": {"a": 1}}]}, '7: {"a": 1}'),
+])
+def test_json_messages_read_alike_one_text_part_or_not(message, prompt):
+    record = map_span(_span({"gen_ai.operation.name": "chat", "gen_ai.input.messages": json.dumps([message])}))
+    assert record.fields["prompt"] == prompt
+
+
 def test_identity_is_deterministic():
     assert partner_inference_id(0xABC, 0xDEF) == partner_inference_id(0xABC, 0xDEF)
     assert partner_inference_id(0xABC, 0xDEF) != partner_inference_id(0xABC, 0xDEE)

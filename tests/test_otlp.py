@@ -247,11 +247,35 @@ def test_spans_that_are_no_generation_are_never_converted(monkeypatch):
     """Decided from the raw marker attributes: only generations (and their resource, once) are converted."""
     converted = []
     attribute_dict = otlp.attribute_dict
+    converted_values = otlp.converted_values
     monkeypatch.setattr(otlp, "attribute_dict", lambda kvs: converted.append(len(kvs)) or attribute_dict(kvs))
+    monkeypatch.setattr(otlp, "converted_values", lambda kvs: converted.append(len(kvs)) or converted_values(kvs))
     spans = list(otlp.generation_spans(encode_spans(_spans())))
     assert len(spans) == len(EXPECTED) and len(_spans()) > len(EXPECTED)
     resources = {id(span.resource) for span in spans}
     assert len(converted) == len(EXPECTED) + len(resources)
+
+
+def test_plain_spans_carry_only_the_attributes_the_mapper_reads():
+    """The rest stay unread in the protobuf; what is kept is every attribute ``map_span`` reads."""
+    from otel_arthur.mapping import READ_KEYS, READ_PREFIXES
+
+    by_id = {f"{span.context.trace_id:032x}-{span.context.span_id:016x}": span for span in _spans()}
+    for plain in otlp.generation_spans(encode_spans(_spans())):
+        sdk = by_id[f"{plain.trace_id:032x}-{plain.span_id:016x}"]
+        read = {key for key in sdk.attributes if key in READ_KEYS or key.startswith(READ_PREFIXES)}
+        assert set(plain.attributes) == read and read < set(sdk.attributes)
+
+
+def test_a_churn_of_attribute_keys_leaves_the_memory_of_keys_bounded():
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    marker = KeyValue(key="gen_ai.operation.name", value=AnyValue(string_value="chat"))
+    for batch in range(3):
+        key_values = [marker, *(KeyValue(key=f"request.{batch}.{n}", value=AnyValue(int_value=n))
+                                for n in range(otlp._MAX_KNOWN_KEYS))]
+        assert otlp.generation_attributes(key_values) == {"gen_ai.operation.name": "chat"}
+        assert len(otlp._mapper_reads) <= otlp._MAX_KNOWN_KEYS
 
 
 def test_plain_spans_map_as_the_sdk_spans_they_were_encoded_from():

@@ -37,3 +37,26 @@ def test_every_linear_price_costs_what_the_library_calculates():
 ], ids=["tiered", "per-request"])
 def test_prices_that_are_not_linear_go_through_the_library(model_price):
     assert pricing._linear_prices(model_price) is None
+
+
+def test_costs_are_at_the_prices_in_force_at_the_start_whether_they_change_or_not():
+    """A model with one price is costed once per counts whatever the start; one whose price changes, at its start."""
+    from datetime import datetime, timezone
+
+    starts = [datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2026, 6, 1, 3, tzinfo=timezone.utc),
+              datetime(2027, 1, 1, 15, tzinfo=timezone.utc)]
+    usage = genai_prices.Usage(input_tokens=29, output_tokens=8)
+    changing = timeless = 0
+    for provider in genai_prices.data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            found = pricing._priced_model(provider.id, model.id)
+            if found is None:
+                continue
+            provider_info, model_info = found
+            costs = [float(model_info.calc_price(usage, provider_info, genai_request_timestamp=at).total_price)
+                     for at in starts]
+            changing += len(set(costs)) > 1
+            timeless += not isinstance(model_info.prices, list)
+            for at, expected in zip(starts, costs):
+                assert pricing.cost_usd(model.id, provider.id, 29, 8, int(at.timestamp()) * 10**9) == expected, model.id
+    assert changing > 10 and timeless > 1000

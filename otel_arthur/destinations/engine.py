@@ -45,6 +45,7 @@ _logger = logging.getLogger(__name__)
 
 TASK_ATTRIBUTE = "arthur.task"  # the resource attribute the Engine routes a trace by, first
 REJECTION_LOG_INTERVAL = 60.0  # seconds; at most one line about refused spans per interval
+_VALUE_KINDS = {str: "string_value", bool: "bool_value", int: "int_value", float: "double_value"}  # AnyValue's fields
 _DELIVERED = RecordResult(200, "")
 _REJECTED = RecordResult(DROPPED, "refused by Arthur Engine inside a 206")
 
@@ -104,20 +105,46 @@ class SpanPrivacy:
         self.output_text = self.filter.text_hook(output=True)
         self.text = self.filter.scrub  # every other string: redacted and cut as records' texts are
 
+    def keeps(self, attributes: Mapping[str, Any]) -> bool:
+        """Whether filtering would leave every text of these attributes (``otlp.attribute_dict``'s) as it is:
+        told from the converted values, without reading the message again."""
+        if self._withheld or self.filter.redactor is not None:
+            return False
+        text = self.text
+        for value in attributes.values():
+            if type(value) is str:
+                if text(value) is not value:
+                    return False
+            elif type(value) is tuple and not all(type(item) is not str or text(item) is item for item in value):
+                return False
+        return True
+
     def key_values(self, key_values: Any, *, events: bool = False) -> None:
         """Filter OTLP ``KeyValue``s in place: a span's attributes, or (``events``) an event's, whose
         texts are all withheld when any content is (events carry prompts and completions by any name)."""
-        side = CONTENT_ATTRIBUTES.side
+        sides, side, text = self._withheld, CONTENT_ATTRIBUTES.side, self.text
         for kv in key_values:
-            withheld = bool(self._withheld) if events else side(kv.key) in self._withheld
+            # With every side sent (the default) no key needs to be told apart: side() is the bulk of the cost.
+            withheld = bool(sides) and (events or side(kv.key) in sides)
             value = kv.value
             kind = value.WhichOneof("value")
             if kind == "string_value":
-                value.string_value = CONTENT_WITHHELD if withheld else self.text(value.string_value)
+                _filter_text(value, withheld, text)
             elif kind == "array_value":
                 for item in value.array_value.values:
                     if item.WhichOneof("value") == "string_value":
-                        item.string_value = CONTENT_WITHHELD if withheld else self.text(item.string_value)
+                        _filter_text(item, withheld, text)
+
+
+def _filter_text(value: Any, withheld: bool, text: Callable[[str], str]) -> None:
+    """An ``AnyValue``'s text withheld or filtered, written back only when it changed (writing costs as much as reading)."""
+    if withheld:
+        value.string_value = CONTENT_WITHHELD
+        return
+    original = value.string_value
+    filtered = text(original)
+    if filtered is not original and filtered != original:
+        value.string_value = filtered
 
 
 class EngineDestination:
@@ -205,13 +232,24 @@ class EngineDestination:
                             resource = self._with_task(_copy(resource_spans.resource))
                         if scope is None:
                             scope = scope_spans.scope.SerializeToString()
-                        message = Span()
-                        message.CopyFrom(span)
                         mapped.records.append(EngineSpan(f"{span.trace_id.hex()}-{span.span_id.hex()}", resource,
-                                                         scope, self._translated(message, attributes)))
+                                                         scope, self._translated_otlp(span, attributes, Span)))
                     except Exception as exc:  # one odd span must not cost the others their place
                         mapped.failed(f"span {span.name!r} cannot be translated: {type(exc).__name__}")
         return mapped
+
+    def _translated_otlp(self, span: Any, attributes: Mapping[str, Any], span_type: type) -> bytes:
+        """``_translated`` of a request's span, which stays as it is: when privacy changes none of its texts
+        (no events to read), its own bytes followed by the added attributes' (protobuf appends a repeated
+        field's entries met later), sparing a copy of the span; else a copy, filtered."""
+        if not span.events and self.privacy.keeps(attributes):
+            added = self._added(attributes, span.start_time_unix_nano)
+            appended = span_type()
+            self._add_attributes(appended.attributes, added)
+            return span.SerializeToString() + appended.SerializeToString()
+        message = span_type()
+        message.CopyFrom(span)
+        return self._translated(message, attributes)
 
     # -- both ----------------------------------------------------------------------------------
 
@@ -225,14 +263,31 @@ class EngineDestination:
 
     def _translated(self, message: Any, attributes: Mapping[str, Any]) -> bytes:
         """The OTLP ``Span`` message, privacy applied to what it carries, with the OpenInference attributes added."""
-        privacy = self.privacy
-        added = openinference_attributes(attributes, text=privacy.input_text, output_text=privacy.output_text,
-                                         start_time_ns=message.start_time_unix_nano or None)
-        privacy.key_values(message.attributes)
-        message.attributes.extend(self._encode_attributes(added))
+        added = self._added(attributes, message.start_time_unix_nano)
+        self.privacy.key_values(message.attributes)
+        self._add_attributes(message.attributes, added)
         for event in message.events:
-            privacy.key_values(event.attributes, events=True)
+            self.privacy.key_values(event.attributes, events=True)
         return message.SerializeToString()
+
+    def _add_attributes(self, key_values: Any, attributes: Mapping[str, Any]) -> None:
+        """``attributes`` appended to OTLP ``KeyValue``s: scalars set in place, at a third of the cost of the
+        SDK encoder's ``KeyValue`` and ``AnyValue`` objects, which are copied in; other values through it."""
+        for key, value in attributes.items():
+            kind = _VALUE_KINDS.get(type(value))
+            if kind is not None:
+                try:
+                    setattr(key_values.add(key=key).value, kind, value)
+                    continue
+                except ValueError:  # an integer past 64 bits: the encoder's to log and leave out
+                    del key_values[-1]
+            key_values.extend(self._encode_attributes({key: value}))
+
+    def _added(self, attributes: Mapping[str, Any], start_time_ns: int) -> dict[str, Any]:
+        """The OpenInference attributes to add, their texts through privacy's hooks."""
+        privacy = self.privacy
+        return openinference_attributes(attributes, text=privacy.input_text, output_text=privacy.output_text,
+                                        start_time_ns=start_time_ns or None)
 
     def prepare(self, item: EngineSpan) -> EngineSpan:
         return item  # privacy was applied when the span was translated
