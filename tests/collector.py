@@ -46,6 +46,17 @@ def go_command() -> str | None:
     return found
 
 
+_build_results: list[subprocess.CompletedProcess[str]] = []
+
+
+def run_build_script() -> subprocess.CompletedProcess[str]:
+    """The build script's run, once per test run (conftest starts it before the first test: a first build
+    takes about 6 minutes on 2 cores, far past a test's own timeout)."""
+    if not _build_results:
+        _build_results.append(subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1800))
+    return _build_results[0]
+
+
 def build_collector() -> Path:
     """The Collector binary, built (or found up to date) by the build script; skips loudly without Go."""
     if go_command() is None:
@@ -55,7 +66,7 @@ def build_collector() -> Path:
             pytest.fail(reason)
         warnings.warn(reason, pytest.PytestWarning, stacklevel=2)
         pytest.skip(reason)
-    result = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1800)
+    result = run_build_script()
     if result.returncode != 0:
         pytest.fail(f"build-collector exited {result.returncode}:\n{result.stderr[-4000:]}")
     return Path(result.stdout.strip().splitlines()[-1])

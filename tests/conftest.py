@@ -148,6 +148,19 @@ def figures(request):
             reporter.write_line(f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Builds the Collector before the first test when a collected test needs it, so that a first build
+    (about 6 minutes on 2 cores) is not counted against one test's timeout; later runs find it built."""
+    if any("collector_binary" in getattr(item, "fixturenames", ()) for item in session.items):
+        from collector import go_command, run_build_script
+
+        if go_command() is not None:
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line("building the OpenTelemetry Collector (collector-config/build-collector) ...")
+            run_build_script()
+
+
 @pytest.fixture(scope="session")
 def collector_binary() -> Path:
     """The real OpenTelemetry Collector, built once per run by collector-config/build-collector (reused
