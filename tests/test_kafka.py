@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import datetime
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,15 @@ from typing import Any
 import pytest
 import yaml
 from arthurmodel import create_model_over_http
-from collector import CONFIG_DIR, RETRY_LINE, CollectorConfig, CollectorProcess, prepare_config, running_collector
+from collector import (
+    CONFIG_DIR,
+    RETRY_LINE,
+    CollectorConfig,
+    CollectorLog,
+    CollectorProcess,
+    prepare_config,
+    running_collector,
+)
 from kafkabroker import KafkaBroker, kafka_classpath, require_tools, running_broker
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
@@ -40,6 +49,9 @@ CONSUMER_CONFIG = CONFIG_DIR / "collector-kafka-consumer.yaml"
 PARTITIONS = 3
 REPLICAS = 3
 TRACES, SPANS_PER_TRACE = 300, 3
+# The kafka receiver commits the offsets it marked this often (its autocommit.interval default; the
+# consumer config keeps it): a marking test must look after more than one commit.
+AUTOCOMMIT_INTERVAL_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +153,12 @@ def traces_of_generation_spans(traces: int, spans_per_trace: int, seed: int) -> 
             for t, trace_id in enumerate(rng.getrandbits(128) for _ in range(traces)) for s in range(spans_per_trace)]
 
 
+def retrying_for(log: CollectorLog) -> float:
+    """Seconds from the first to the last of the exporter's retry lines, by the Collector's own timestamps."""
+    stamps = [datetime.fromisoformat(line.split("\t", 1)[0]) for line in log.lines(RETRY_LINE)]
+    return (stamps[-1] - stamps[0]).total_seconds() if stamps else 0.0
+
+
 def record_ids(spans: Sequence[ReadableSpan]) -> set[str]:
     return {map_span(span).partner_inference_id for span in spans}
 
@@ -178,7 +196,9 @@ def test_offsets_are_committed_only_after_serve_answered(kafka_broker, collector
         queued.consumer.kill9()  # every offset committed, nothing delivered: the spans were only in its memory
 
         synchronous.consumer.start()  # its serve is not running yet
-        wait_for(lambda: synchronous.consumer.collector_log.lines(RETRY_LINE), timeout=60)
+        # Retrying for more than two commit intervals: an offset marked before serve answered is committed by now.
+        wait_for(lambda: retrying_for(synchronous.consumer.collector_log) > 2 * AUTOCOMMIT_INTERVAL_SECONDS,
+                 timeout=60, interval=0.5)
         committed_while_away = sum(kafka_broker.committed_offsets("marking-sync", topic).values())
         synchronous.consumer.kill9()
         synchronous.serve.start()
