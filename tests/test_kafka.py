@@ -2,9 +2,10 @@
 
 The chat app (real OpenLLMetry + ``ChatOpenAI``) → producer Collector → topic → one consumer Collector →
 ``serve`` → local Arthur: each record exactly what the in-app mapping makes of the app's span, as for the
-other configs in tests/test_collector_real.py. Then, at volume: app (OpenTelemetry SDK, OTLPSpanExporter) → Collector (collector-kafka-producer.yaml) → topic of 3
-partitions → one Collector per replica (collector-kafka-consumer.yaml, one consumer group) → its own
-``otel-arthur serve`` (own spool) → one local Arthur. Replicas are killed with SIGKILL mid-run and
+other configs in tests/test_collector_real.py. Then, at volume: app (OpenTelemetry SDK, OTLPSpanExporter) →
+Collector (collector-kafka-producer.yaml) → topic of 3 partitions → one Collector per replica
+(collector-kafka-consumer.yaml, one consumer group) → its own ``otel-arthur serve`` (own spool) → one
+local Arthur. Replicas are killed with SIGKILL mid-run and
 restarted on their spool and port: every record arrives; copies (at least once) are counted.
 
 The broker (KRaft, one node) runs from Maven Central's jars on the machine's JDK (tests/kafkabroker.py);
