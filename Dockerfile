@@ -2,6 +2,8 @@
 #   docker build -t otel-arthur:0.1.0 .
 #   docker run -v otel-arthur-spool:/var/lib/otel-arthur -p 4319:4319 -p 4320:4320 \
 #     -e ARTHUR_ENDPOINT_URL=https://app.arthur.ai -e ARTHUR_API_KEY -e ARTHUR_MODEL_ID=… otel-arthur:0.1.0
+# With OTEL_ARTHUR_RECEIVER_TOKEN set, also give --tls-cert-file/--tls-key-file (or, behind a proxy that
+# ends TLS, --allow-plaintext-token): serve refuses a token in clear on 0.0.0.0.
 # The same python image in both stages: the virtual environment's interpreter link must hold.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

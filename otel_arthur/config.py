@@ -7,6 +7,7 @@ used; a bad explicit argument raises ``ValueError`` (the OpenTelemetry SDK's rul
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -503,6 +504,7 @@ OTEL_ARTHUR_RECEIVER_GRPC_PORT = "OTEL_ARTHUR_RECEIVER_GRPC_PORT"
 OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE = "OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE"
 OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE = "OTEL_ARTHUR_RECEIVER_TLS_KEY_FILE"
 OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE = "OTEL_ARTHUR_RECEIVER_TLS_CLIENT_CA_FILE"
+OTEL_ARTHUR_RECEIVER_ALLOW_PLAINTEXT_TOKEN = "OTEL_ARTHUR_RECEIVER_ALLOW_PLAINTEXT_TOKEN"
 
 DEFAULT_RECEIVER_HOST = "127.0.0.1"  # beside the Collector; bind 0.0.0.0 explicitly to listen beyond the host
 DEFAULT_RECEIVER_PORT = 4319  # next to the Collector's own OTLP ports, 4317 (gRPC) and 4318 (HTTP)
@@ -539,10 +541,17 @@ class ReceiverSettings:
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
     """Clients must present a certificate signed by this CA (mutual TLS)."""
+    allow_plaintext_token: bool = False
+    """A token without TLS beyond loopback is accepted: TLS ends in front (a proxy, a service mesh)."""
 
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None
+
+    @property
+    def token_in_clear_beyond_host(self) -> bool:
+        """Clients would send the bearer token unencrypted to an address other hosts can reach."""
+        return self.auth_token is not None and not self.tls and not _loopback(self.host)
 
     @classmethod
     def resolve(
@@ -562,6 +571,7 @@ class ReceiverSettings:
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
         tls_client_ca_file: str | None = None,
+        allow_plaintext_token: bool | None = None,
     ) -> ReceiverSettings:
         """Each setting from its argument, else ``OTEL_ARTHUR_RECEIVER_*``, else its default.
 
@@ -620,7 +630,16 @@ class ReceiverSettings:
             tls_cert_file=tls_cert_file,
             tls_key_file=tls_key_file,
             tls_client_ca_file=tls_client_ca_file,
+            allow_plaintext_token=(allow_plaintext_token if allow_plaintext_token is not None
+                                   else _env_bool(OTEL_ARTHUR_RECEIVER_ALLOW_PLAINTEXT_TOKEN, False)),
         )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 _TLS_FLAGS = {OTEL_ARTHUR_RECEIVER_TLS_CERT_FILE: "--tls-cert-file",

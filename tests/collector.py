@@ -1,15 +1,19 @@
 """The real OpenTelemetry Collector in the tests: built once per run by ``collector-config/build-collector``
 (the ``collector_binary`` fixture), run with a config from ``collector-config/`` (or one a test changed)
 whose addresses and storage directory are rewritten to this test's (free 127.0.0.1 ports, a tmp
-directory), and always stopped; its log is kept for assertions."""
+directory), and always stopped; its log is kept for assertions. And the app in front of it (the chat app,
+real OpenLLMetry + ``ChatOpenAI``) with the check of what reaches Arthur, shared by the tests that run it."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +25,10 @@ import pytest
 import yaml
 from processes import Restartable, free_port
 from servehelpers import wait_for
+from spanfixtures import load_span
+from test_serve_e2e import APP, QUESTIONS, clean_env, expected_turns
+
+from otel_arthur.mapping import map_span
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "collector-config"
@@ -177,3 +185,28 @@ def running_collector(binary: Path, config: CollectorConfig, log_path: Path,
 def retry_intervals(log: CollectorLog) -> list[str]:
     """The interval of each "will retry" line, as the Collector printed it (e.g. ``5s``)."""
     return [found[1] for line in log.lines(RETRY_LINE) if (found := re.search(r'"interval": "([^"]+)"', line))]
+
+
+def run_chat(config: CollectorConfig, openai_server) -> list[Any]:
+    """The chat app, exporting to the Collector; the spans it made (it exits once they are exported)."""
+    result = subprocess.run(
+        [sys.executable, str(APP), *QUESTIONS], capture_output=True, text=True, timeout=120,
+        env=clean_env(OPENAI_BASE_URL=openai_server.url + "/v1", OPENAI_API_KEY="unused",
+                      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=config.traces, OTEL_EXPORTER_OTLP_COMPRESSION="gzip"))
+    assert result.returncode == 0, result.stderr
+    return [load_span(s) for s in json.loads(result.stdout)]
+
+
+def assert_exact_records(local_arthur, model_id: str, spans: list[Any], timeout: float = 90) -> list[dict[str, Any]]:
+    """Arthur holds one record per LLM call, each field what the in-app mapping makes of the app's span."""
+    records = {r.partner_inference_id: r for r in map(map_span, spans) if r is not None}
+    assert len(records) == len(QUESTIONS)
+    wait_for(lambda: len(local_arthur.inferences(model_id)) >= len(records), timeout=timeout)
+    time.sleep(0.3)  # nothing more may arrive
+    rows = sorted(local_arthur.inferences(model_id), key=lambda r: r["inference_timestamp"])
+    assert sorted(r["partner_inference_id"] for r in rows) == sorted(records)  # each once
+    for row, (prompt, completion) in zip(rows, expected_turns()):
+        assert row["inference_data"] == records[row["partner_inference_id"]].fields
+        assert row["inference_data"]["prompt"] == prompt
+        assert row["inference_data"]["completion"] == completion.content
+    return rows

@@ -5,16 +5,14 @@
 The app (tests/apps/otlp_chat.py: OpenLLMetry, ``ChatOpenAI`` against the local OpenAI endpoint) exports
 OTLP/HTTP to the Collector; ``serve`` runs in this process on a free port; records are read back from the
 local Arthur and compared field by field with what the in-app mapping makes of the app's own spans.
-The Kafka configs (collector-kafka-*.yaml) need a broker and are run by tests/test_kafka.py; the
-load-balancing one needs three replicas over gRPC and is run by tests/test_collector_grpc.py.
+The load-balancing config speaks OTLP/gRPC: its static resolver lists the one ``serve``'s gRPC port
+(its run over three replicas, one killed, is tests/test_collector_grpc.py's). The Kafka configs
+(collector-kafka-*.yaml) need a broker and are run, with the same app and checks, by tests/test_kafka.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,31 +22,31 @@ from typing import Any
 import collector
 import pytest
 import requests
+import yaml
 from arthurmodel import create_model_over_http
 from collector import (
     CONFIG_DIR,
     DROP_LINE,
     PARTIAL_SUCCESS_LINE,
     RETRY_LINE,
-    CollectorConfig,
+    assert_exact_records,
     prepare_config,
     retry_intervals,
+    run_chat,
     running_collector,
 )
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from processes import free_port
-from servehelpers import PROTOBUF, Served, arthur_settings, serving, wait_for
-from spanfixtures import load_span
-from test_serve_e2e import APP, QUESTIONS, clean_env, expected_turns
+from servehelpers import PROTOBUF, Served, arthur_settings, grpc_serving, serving, wait_for
+from test_serve_e2e import QUESTIONS, clean_env
 from test_zero_code import otlp_sink
 
 from otel_arthur.config import ReceiverSettings
 from otel_arthur.local.runner import BackgroundServer
 from otel_arthur.mapping import map_span
 
-CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml")
-                 if not p.name.startswith("collector-kafka-") and p.name != "collector-loadbalancing.yaml")
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("collector-kafka-"))
 TOKEN = "collector-token"
 TO_ARTHUR = CONFIG_DIR / "collector-to-arthur.yaml"
 OUTAGE_SECONDS = 10
@@ -60,31 +58,6 @@ def receiver(**overrides: Any) -> ReceiverSettings:
 
 def collector_env() -> dict[str, str]:
     return clean_env(OTEL_ARTHUR_RECEIVER_TOKEN=TOKEN)
-
-
-def run_chat(config: CollectorConfig, openai_server) -> list[Any]:
-    """The chat app, exporting to the Collector; the spans it made (it exits once they are exported)."""
-    result = subprocess.run(
-        [sys.executable, str(APP), *QUESTIONS], capture_output=True, text=True, timeout=120,
-        env=clean_env(OPENAI_BASE_URL=openai_server.url + "/v1", OPENAI_API_KEY="unused",
-                      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=config.traces, OTEL_EXPORTER_OTLP_COMPRESSION="gzip"))
-    assert result.returncode == 0, result.stderr
-    return [load_span(s) for s in json.loads(result.stdout)]
-
-
-def assert_exact_records(local_arthur, model_id: str, spans: list[Any]) -> list[dict[str, Any]]:
-    """Arthur holds one record per LLM call, each field what the in-app mapping makes of the app's span."""
-    records = {r.partner_inference_id: r for r in map(map_span, spans) if r is not None}
-    assert len(records) == len(QUESTIONS)
-    wait_for(lambda: len(local_arthur.inferences(model_id)) >= len(records), timeout=90)
-    time.sleep(0.3)  # nothing more may arrive
-    rows = sorted(local_arthur.inferences(model_id), key=lambda r: r["inference_timestamp"])
-    assert sorted(r["partner_inference_id"] for r in rows) == sorted(records)  # each once
-    for row, (prompt, completion) in zip(rows, expected_turns()):
-        assert row["inference_data"] == records[row["partner_inference_id"]].fields
-        assert row["inference_data"]["prompt"] == prompt
-        assert row["inference_data"]["completion"] == completion.content
-    return rows
 
 
 def counters(served: Served) -> dict[str, float]:
@@ -106,19 +79,31 @@ def span_ids(requests: list[ExportTraceServiceRequest]) -> list[str]:
             for scope_spans in resource_spans.scope_spans for span in scope_spans.spans]
 
 
+def with_grpc_replicas(source: Path, grpc_target: str) -> dict[str, Any]:
+    """``source`` read, its ``loadbalancing`` exporters' static resolver listing ``grpc_target`` alone."""
+    config: dict[str, Any] = yaml.safe_load(source.read_text())
+    for name, exporter in config["exporters"].items():
+        if name.split("/")[0] == "loadbalancing":
+            exporter["resolver"]["static"]["hostnames"] = [grpc_target]
+    return config
+
+
 @pytest.mark.parametrize("source", CONFIGS, ids=lambda p: p.name)
 def test_every_config_app_to_collector_to_serve_to_arthur(source: Path, collector_binary, openai_server,
                                                            local_arthur, tmp_path, figures):
     model_id = create_model_over_http(local_arthur)
     with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool"), receiver()) as served, \
+            grpc_serving(served.receiver, receiver(grpc_port=0)) as grpc_server, \
             other_backend() as (backend_url, backend_received):
-        config = prepare_config(source, tmp_path / "collector", served.url, backend_url)
+        config = prepare_config(with_grpc_replicas(source, f"127.0.0.1:{grpc_server.port}"), tmp_path / "collector",
+                                served.url, backend_url, name=source.name)
         with running_collector(collector_binary, config, tmp_path / "collector.log", collector_env()) as log:
             spans = run_chat(config, openai_server)
             rows = assert_exact_records(local_arthur, model_id, spans)
             if "otlphttp/tracing" in config.path.read_text():
                 wait_for(lambda: len(span_ids(backend_received)) >= len(spans))
         seen = counters(served)
+        grpc_calls = sum(s.value for s in grpc_server.samples() if s.labels["code"] == "OK")
     assert not log.lines(DROP_LINE) and not log.lines(RETRY_LINE), log.text()
     generations = len(QUESTIONS)
     if source.name == "collector-llm-only.yaml":  # the filter processor let through only the LLM calls
@@ -129,8 +114,10 @@ def test_every_config_app_to_collector_to_serve_to_arthur(source: Path, collecto
         assert seen["otel_arthur_receiver_spans_ignored_total"] == len(spans) - generations
     if "otlphttp/tracing" in config.path.read_text():  # the second backend got every span, once
         assert sorted(span_ids(backend_received)) == sorted(format(s.context.span_id, "016x") for s in spans)
+    assert (grpc_calls > 0) is ("loadbalancing" in config.path.read_text())  # the spans came over OTLP/gRPC
     figures[source.name] = {
         "spans_made": len(spans), "spans_at_serve": int(seen["otel_arthur_receiver_spans_received_total"]),
+        "grpc_calls": int(grpc_calls),
         "records": len(rows), "spans_at_second_backend": len(span_ids(backend_received))}
 
 

@@ -1,8 +1,11 @@
 """Kafka as the durable bus between Collectors and ``serve`` replicas, with a real Apache Kafka broker.
 
-app (OpenTelemetry SDK, OTLPSpanExporter) → Collector (collector-kafka-producer.yaml) → topic of 3
-partitions → one Collector per replica (collector-kafka-consumer.yaml, one consumer group) → its own
-``otel-arthur serve`` (own spool) → one local Arthur. Replicas are killed with SIGKILL mid-run and
+The chat app (real OpenLLMetry + ``ChatOpenAI``) → producer Collector → topic → one consumer Collector →
+``serve`` → local Arthur: each record exactly what the in-app mapping makes of the app's span, as for the
+other configs in tests/test_collector_real.py. Then, at volume: app (OpenTelemetry SDK, OTLPSpanExporter) →
+Collector (collector-kafka-producer.yaml) → topic of 3 partitions → one Collector per replica
+(collector-kafka-consumer.yaml, one consumer group) → its own ``otel-arthur serve`` (own spool) → one
+local Arthur. Replicas are killed with SIGKILL mid-run and
 restarted on their spool and port: every record arrives; copies (at least once) are counted.
 
 The broker (KRaft, one node) runs from Maven Central's jars on the machine's JDK (tests/kafkabroker.py);
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import datetime
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,17 +25,29 @@ from typing import Any
 import pytest
 import yaml
 from arthurmodel import create_model_over_http
-from collector import CONFIG_DIR, RETRY_LINE, CollectorConfig, CollectorProcess, prepare_config, running_collector
+from collector import (
+    CONFIG_DIR,
+    DROP_LINE,
+    RETRY_LINE,
+    CollectorConfig,
+    CollectorLog,
+    CollectorProcess,
+    assert_exact_records,
+    prepare_config,
+    run_chat,
+    running_collector,
+)
 from kafkabroker import KafkaBroker, kafka_classpath, require_tools, running_broker
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from processes import ServeReplica
-from servehelpers import wait_for
+from servehelpers import arthur_settings, serving, wait_for
 from spanfixtures import generation_spans, reidentified
 from test_serve import arthur_exporters, assert_sends_to_serves_defaults
 from test_serve_e2e import clean_env
 
+from otel_arthur.config import ReceiverSettings
 from otel_arthur.local import arthur
 from otel_arthur.mapping import map_span
 
@@ -40,6 +56,10 @@ CONSUMER_CONFIG = CONFIG_DIR / "collector-kafka-consumer.yaml"
 PARTITIONS = 3
 REPLICAS = 3
 TRACES, SPANS_PER_TRACE = 300, 3
+TOKEN = "kafka-token"
+# The kafka receiver commits the offsets it marked this often (its autocommit.interval default; the
+# consumer config keeps it): a marking test must look after more than one commit.
+AUTOCOMMIT_INTERVAL_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +161,44 @@ def traces_of_generation_spans(traces: int, spans_per_trace: int, seed: int) -> 
             for t, trace_id in enumerate(rng.getrandbits(128) for _ in range(traces)) for s in range(spans_per_trace)]
 
 
+def retrying_for(log: CollectorLog) -> float:
+    """Seconds from the first to the last of the exporter's retry lines, by the Collector's own timestamps."""
+    stamps = [datetime.fromisoformat(line.split("\t", 1)[0]) for line in log.lines(RETRY_LINE)]
+    return (stamps[-1] - stamps[0]).total_seconds() if stamps else 0.0
+
+
 def record_ids(spans: Sequence[ReadableSpan]) -> set[str]:
     return {map_span(span).partner_inference_id for span in spans}
 
 
 def delivered(local_arthur: arthur.RunningLocalArthur, model_id: str) -> set[str]:
     return {row["partner_inference_id"] for row in local_arthur.inferences(model_id)}
+
+
+def test_chat_app_through_kafka_to_serve_exact_records(kafka_broker, collector_binary, openai_server, local_arthur,
+                                                      tmp_path, figures):
+    topic, group = "chat", "chat-serve"
+    kafka_broker.create_topic(topic, PARTITIONS)
+    model_id = create_model_over_http(local_arthur)
+    producer = producer_config(kafka_broker, topic, tmp_path / "producer")
+    receiver = ReceiverSettings(port=0, auth_token=TOKEN, shutdown_timeout=5)
+    with serving(arthur_settings(local_arthur.url, model_id, tmp_path / "spool"), receiver) as served:
+        consumer = prepare_config(consumer_config(kafka_broker, topic, group), tmp_path / "consumer", served.url,
+                                  name=CONSUMER_CONFIG.name)
+        with running_collector(collector_binary, producer, tmp_path / "producer.log", clean_env()) as producer_log, \
+                running_collector(collector_binary, consumer, tmp_path / "consumer.log",
+                                  clean_env(OTEL_ARTHUR_RECEIVER_TOKEN=TOKEN)) as consumer_log:
+            spans = run_chat(producer, openai_server)
+            rows = assert_exact_records(local_arthur, model_id, spans, timeout=120)
+            messages = sum(kafka_broker.end_offsets(topic).values())
+            wait_for(lambda: sum(kafka_broker.committed_offsets(group, topic).values()) == messages, timeout=60,
+                     interval=0.5)
+        received = {s.name: s.value for s in served.receiver.counters.samples()}
+    assert received["otel_arthur_receiver_spans_received_total"] == len(spans)  # every span, once
+    assert not producer_log.lines(DROP_LINE) and not consumer_log.lines(DROP_LINE)
+    figures["chat app -> producer Collector -> Kafka -> consumer Collector -> serve"] = {
+        "spans_made": len(spans), "kafka_messages": messages,
+        "spans_at_serve": int(received["otel_arthur_receiver_spans_received_total"]), "records": len(rows)}
 
 
 def test_offsets_are_committed_only_after_serve_answered(kafka_broker, collector_binary, local_arthur, tmp_path,
@@ -178,7 +230,9 @@ def test_offsets_are_committed_only_after_serve_answered(kafka_broker, collector
         queued.consumer.kill9()  # every offset committed, nothing delivered: the spans were only in its memory
 
         synchronous.consumer.start()  # its serve is not running yet
-        wait_for(lambda: synchronous.consumer.collector_log.lines(RETRY_LINE), timeout=60)
+        # Retrying for more than two commit intervals: an offset marked before serve answered is committed by now.
+        wait_for(lambda: retrying_for(synchronous.consumer.collector_log) > 2 * AUTOCOMMIT_INTERVAL_SECONDS,
+                 timeout=60, interval=0.5)
         committed_while_away = sum(kafka_broker.committed_offsets("marking-sync", topic).values())
         synchronous.consumer.kill9()
         synchronous.serve.start()

@@ -463,6 +463,33 @@ def test_loadbalancing_config_routes_by_trace_id_over_grpc_to_serve_replicas():
     assert 0 < batch["send_batch_max_size"] <= c.DEFAULT_MAX_BODY_BYTES // (64 * 1024)
 
 
+def test_serve_doc_describes_every_collector_config_as_it_is():
+    """docs/serve.md's table of collector-config/: one row per file, naming its receivers, exporters and ports."""
+    yaml = pytest.importorskip("yaml")
+    doc = (ROOT / "docs" / "serve.md").read_text()
+    rows = {re.match(r"\| `(collector-[\w-]+\.yaml)`", line)[1]: line for line in doc.splitlines()
+            if re.match(r"\| `collector-[\w-]+\.yaml`", line)}
+    configs = sorted((ROOT / "collector-config").glob("*.yaml"))
+    assert sorted(rows) == [p.name for p in configs]
+    count = {3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}[len(configs)]
+    assert f"`collector-config/` holds {count} commented, ready configs" in " ".join(doc.split())
+    for path in configs:
+        document = yaml.safe_load(path.read_text())
+        [pipeline] = document["service"]["pipelines"].values()
+        named = set(re.findall(r"`([\w-]+)`", rows[path.name]))
+        kinds = {part.split("/")[0] for part in pipeline["receivers"] + pipeline["exporters"]}
+        ports: set[int] = set()
+        for name in pipeline["exporters"]:
+            exporter = document["exporters"][name]
+            kinds |= set(exporter.get("protocol", {}))  # loadbalancing: the protocol it speaks to each backend
+            if "endpoint" in exporter and urlsplit(exporter["endpoint"]).hostname == c.DEFAULT_RECEIVER_HOST:
+                ports.add(urlsplit(exporter["endpoint"]).port)
+            replicas = exporter.get("resolver", {}).get("static", {}).get("hostnames", [])
+            ports |= {int(hostname.rsplit(":", 1)[1]) for hostname in replicas}
+        assert kinds <= named, (path.name, kinds - named)
+        assert all(str(port) in rows[path.name] for port in ports), (path.name, ports)
+
+
 def test_llm_only_filter_covers_exactly_the_conventions():
     yaml = pytest.importorskip("yaml")
     document = yaml.safe_load((ROOT / "collector-config" / "collector-llm-only.yaml").read_text())

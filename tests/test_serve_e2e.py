@@ -9,6 +9,7 @@ exporter's retry rules are the Collector's ``otlphttp`` ones. Behaviour is asser
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -109,9 +110,13 @@ SPANS_PER_REQUEST = 20
 
 
 class ServeProcess:
-    """``otel-arthur serve`` as a subprocess on a free port; its log in a file."""
+    """``otel-arthur serve`` as a subprocess on a free port, in its own process group; its log in a file.
 
-    def __init__(self, env: dict[str, str], log: Path, *flags: str, open_files: int | None = None) -> None:
+    Started by the constructor: when the start line does not appear, the constructor stops the group
+    before failing, since the caller has no object to stop yet."""
+
+    def __init__(self, env: dict[str, str], log: Path, *flags: str, open_files: int | None = None,
+                 start_timeout: float = 30.0) -> None:
         """``open_files``: the process's file-descriptor limit (ulimit -n), when not inherited."""
         self.log = log
         self._log_file = log.open("w")
@@ -119,7 +124,11 @@ class ServeProcess:
         self.process = subprocess.Popen([str(BIN / "otel-arthur"), "serve", "--port", "0", "--grpc-port", "0", *flags],
                                         env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
                                         start_new_session=True, preexec_fn=limit)
-        scheme, port, grpc_port = wait_for(self._ports)
+        try:
+            scheme, port, grpc_port = wait_for(self._ports, timeout=start_timeout)
+        except BaseException:  # pytest.fail raises a BaseException
+            self.stop()
+            raise
         self.url = f"{scheme}://127.0.0.1:{port}"
         self.grpc_target = f"127.0.0.1:{grpc_port}"
 
@@ -132,10 +141,65 @@ class ServeProcess:
         return (found[1], found[2], found[3]) if found else None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        """SIGKILL to the whole group (serve and its decode processes), even when serve itself has exited."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is empty already
+        self.process.wait()
         self._log_file.close()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    members = []
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while listing
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat_path.parent.name))
+    return members
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+def test_a_serve_process_that_never_says_it_listens_is_stopped_with_its_group(local_arthur, tmp_path, monkeypatch):
+    model_id = create_model_over_http(local_arthur)
+    env = clean_env(ARTHUR_ENDPOINT_URL=local_arthur.url, ARTHUR_API_KEY=local_arthur.api_key,
+                    ARTHUR_MODEL_ID=model_id, ARTHUR_ALLOW_INSECURE="true", ARTHUR_SPOOL_DIR=str(tmp_path / "spool"))
+    log = tmp_path / "serve.log"
+    started: list[subprocess.Popen[bytes]] = []
+    popen = subprocess.Popen
+
+    def recorded(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def stop_the_decoder() -> None:
+        # Stopped (SIGSTOP), it cannot notice serve's end and exit on its own: only a signal to the group ends it.
+        found = wait_for(lambda: log.exists() and re.search(r"pids ([\d, ]+)\)", log.read_text()), timeout=30)
+        for pid in re.findall(r"\d+", found[1]):
+            os.kill(int(pid), signal.SIGSTOP)
+
+    monkeypatch.setattr(subprocess, "Popen", recorded)
+    stopper = threading.Thread(target=stop_the_decoder)
+    try:
+        stopper.start()
+        # On "localhost" its start line never matches the 127.0.0.1 that ServeProcess waits for.
+        with pytest.raises(pytest.fail.Exception, match="not within"):
+            ServeProcess(env, log, "--host", "localhost", "--decode-processes", "1", start_timeout=10)
+        stopper.join()
+        [process] = started
+        assert "Receiving OTLP" in log.read_text()  # it did start: the group had to be stopped
+        assert process.poll() is not None
+        wait_for(lambda: not group_members(process.pid), timeout=15)  # its stopped decode process too
+    finally:
+        stopper.join()
+        for process in started:  # old code left them running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def request_body(first: int) -> tuple[bytes, list[str]]:

@@ -8,6 +8,7 @@ serve`` as a process for TLS, metrics and shutdown. Behaviour is asserted, never
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
@@ -422,12 +423,35 @@ def test_unusable_tls_settings_are_one_line_and_the_configuration_exit_code(case
     assert expected in line and "TLS" in line
 
 
-@pytest.mark.parametrize(("host", "tls", "warned"), [("0.0.0.0", False, True), ("10.1.2.3", False, True),
-                                                     ("127.0.0.1", False, False), ("localhost", False, False),
-                                                     ("::1", False, False), ("0.0.0.0", True, False)])
-def test_a_token_in_clear_beyond_the_host_is_warned_about(host, tls, warned, certificates, caplog):
+@pytest.mark.parametrize(("host", "tls", "refused"), [("0.0.0.0", False, True), ("10.1.2.3", False, True),
+                                                      ("127.0.0.1", False, False), ("localhost", False, False),
+                                                      ("::1", False, False), ("0.0.0.0", True, False)])
+def test_a_token_in_clear_beyond_the_host_is_refused_unless_allowed(host, tls, refused, certificates, caplog):
     tls_files = {"tls_cert_file": str(certificates.server), "tls_key_file": str(certificates.server_key)} if tls else {}
+    settings = ReceiverSettings(host=host, auth_token="secret", **tls_files)
+    if refused:
+        with pytest.raises(c.ConfigurationError) as refusal:
+            serve_app._refuse_token_in_clear(settings)
+        assert "TLS is off" in str(refusal.value) and "--allow-plaintext-token" in str(refusal.value)
+        assert "secret" not in str(refusal.value)
+    else:
+        serve_app._refuse_token_in_clear(settings)
     with caplog.at_level(logging.WARNING, logger=serve_app.__name__):
-        serve_app._warn_if_token_in_clear(ReceiverSettings(host=host, auth_token="secret", **tls_files))
-    assert any("TLS is off" in r.getMessage() for r in caplog.records) is warned
+        serve_app._refuse_token_in_clear(dataclasses.replace(settings, allow_plaintext_token=True))
+    assert any("TLS is off" in r.getMessage() for r in caplog.records) is refused
     assert all("secret" not in r.getMessage() for r in caplog.records)
+
+
+def test_serve_refuses_to_start_with_a_token_in_clear_beyond_the_host(serve_env, monkeypatch):
+    env, _ = serve_env  # with OTEL_ARTHUR_RECEIVER_TOKEN
+    # Old code would listen on every interface here: the timeout ends that run as a failure.
+    done = subprocess.run([str(BIN / "otel-arthur"), "serve", "--host", "0.0.0.0", "--port", "0", "--grpc-port", "0"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == exit_codes.CONFIGURATION
+    assert "TLS is off" in done.stderr and "--allow-plaintext-token" in done.stderr and TOKEN not in done.stderr
+    assert "Receiving OTLP" not in done.stderr
+    monkeypatch.setenv(c.OTEL_ARTHUR_RECEIVER_ALLOW_PLAINTEXT_TOKEN, "true")
+    assert ReceiverSettings.resolve().allow_plaintext_token is True
+    assert ReceiverSettings.resolve(allow_plaintext_token=False).allow_plaintext_token is False
+    args = cli.build_parser().parse_args(["serve", "--allow-plaintext-token"])
+    assert args.allow_plaintext_token is True

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import os
 import signal
@@ -55,7 +54,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from otel_arthur.config import (
+    OTEL_ARTHUR_RECEIVER_ALLOW_PLAINTEXT_TOKEN,
     ArthurSettings,
+    ConfigurationError,
     EngineSettings,
     ReceiverSettings,
     display_url,
@@ -275,7 +276,8 @@ def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: Rec
 
     ``destinations``: the settings of each destination to deliver to (v3, Arthur Engine, or both).
     """
-    sock = _bind(settings.host, settings.port)  # before anything else: a taken port fails fast
+    _refuse_token_in_clear(settings)
+    sock = _bind(settings.host, settings.port)  # before anything else but the settings: a taken port fails fast
     port = sock.getsockname()[1]
     pipelines: list[Pipeline] = []
     try:
@@ -306,7 +308,6 @@ def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: Rec
                             lifespan="on", timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1),
                             server_header=False, **_uvicorn_tls(settings))
     server = _Server(config, lifecycle, grpc_receiver)
-    _warn_if_token_in_clear(settings)
     scheme = "https" if settings.tls else "http"
     _logger.info("Receiving OTLP/HTTP traces on %s://%s:%d%s and OTLP/gRPC on %s:%d for %s; spool %s; auth %s; TLS %s",
                  scheme, settings.host, port, TRACES_PATH, settings.host, grpc_receiver.port,
@@ -339,18 +340,19 @@ def _uvicorn_tls(settings: ReceiverSettings) -> dict[str, object]:
     return options
 
 
-def _warn_if_token_in_clear(settings: ReceiverSettings) -> None:
-    """A bearer token sent in clear beyond this host can be read on the way: say so, once, at start."""
-    if settings.auth_token and not settings.tls and not _loopback(settings.host):
-        _logger.warning("A bearer token is required but TLS is off and %s is reachable beyond this host: clients "
-                        "send the token in clear; set --tls-cert-file and --tls-key-file", settings.host)
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+def _refuse_token_in_clear(settings: ReceiverSettings) -> None:
+    """A bearer token sent in clear beyond this host can be read on the way: refuse to start, unless told
+    that TLS ends in front of this process (``ConfigurationError``, exit 3)."""
+    if not settings.token_in_clear_beyond_host:
+        return
+    if not settings.allow_plaintext_token:
+        raise ConfigurationError(
+            f"a bearer token is required but TLS is off and {settings.host} is reachable beyond this host: clients "
+            "would send the token in clear. Pass --tls-cert-file and --tls-key-file, listen on 127.0.0.1, or, "
+            f"behind a proxy or mesh that ends TLS, pass --allow-plaintext-token or set "
+            f"{OTEL_ARTHUR_RECEIVER_ALLOW_PLAINTEXT_TOKEN}=true")
+    _logger.warning("A bearer token is required but TLS is off on %s: allowed by --allow-plaintext-token, on the "
+                    "understanding that TLS ends in front of this process", settings.host)
 
 
 def _described(destination: ArthurSettings | EngineSettings) -> str:

@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "require 'Authorization: Bearer TOKEN' on POST /v1/traces (gRPC: authorization metadata), else 401 "
         "(gRPC: UNAUTHENTICATED)",
         c.OTEL_ARTHUR_RECEIVER_TOKEN, "none, no authentication"))
+    receiver.add_argument("--allow-plaintext-token", action="store_true", default=None, help=_help(
+        "start with --auth-token, no TLS and a --host beyond loopback (refused otherwise: the token would "
+        "travel in clear); only when a proxy or service mesh in front ends TLS",
+        c.OTEL_ARTHUR_RECEIVER_ALLOW_PLAINTEXT_TOKEN, "false"))
     receiver.add_argument("--shutdown-timeout", type=float, help=_help(
         "seconds from SIGTERM to exit: requests in flight finish, then delivery; the rest stays spooled",
         c.OTEL_ARTHUR_RECEIVER_SHUTDOWN_TIMEOUT, c.DEFAULT_RECEIVER_SHUTDOWN_TIMEOUT))
@@ -155,5 +159,6 @@ def run(args: argparse.Namespace) -> int:
         max_spans_per_request=args.max_spans_per_request, header_timeout=args.header_timeout,
         body_timeout=args.body_timeout, max_connections=args.max_connections, grpc_port=args.grpc_port,
         tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file, tls_client_ca_file=args.tls_client_ca_file,
+        allow_plaintext_token=args.allow_plaintext_token,
     )
     return serve(destinations, receiver)
