@@ -359,3 +359,36 @@ def test_a_request_cannot_carry_a_text_that_is_not_valid_utf8():
                 ' {"stringValue": "a\\ud800b"}}]}]}]}]}')
     with pytest.raises(otlp.RequestError):
         otlp.parse_request(document.encode(), otlp.JSON)
+
+
+@pytest.mark.parametrize("engine_spans", ["ai", "all"])
+def test_both_destinations_share_the_conversion_and_store_what_each_stores_alone(arthur_env, tmp_path, monkeypatch,
+                                                                               engine_spans):
+    """serve with v3 and the Engine converts each span's attributes once; the records and spans are each one's own,
+    a marker that is not a text (bytes whose base64 reads as a marking value) included."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+    from spanfixtures import SPANS_DIR, load_spans
+
+    from otel_arthur import otlp
+    from otel_arthur.destinations import OtlpExtraction
+
+    request = encode_spans([span for path in sorted(SPANS_DIR.glob("*.json")) for span in load_spans(path.name)])
+    odd = Span(trace_id=b"\x07" * 16, span_id=b"\x08" * 8, name="bytes marker", start_time_unix_nano=5)
+    odd.attributes.add(key="gen_ai.operation.name").value.bytes_value = b"r\x16\xad"  # base64: "chat"
+    odd.attributes.add(key="gen_ai.request.model").value.string_value = "gpt-4o-mini"
+    request.resource_spans[0].scope_spans[0].spans.append(odd)
+    settings = _settings(spool_dir=str(tmp_path), engine_spans=engine_spans)
+    alone = {**OtlpExtraction()(request), **OtlpExtraction(v3_mapper=None, engine=settings)(request)}
+    conversions = {"generation": 0, "any": 0}
+    generation_attributes, marked_attribute_dict = otlp.generation_attributes, otlp.marked_attribute_dict
+    monkeypatch.setattr(otlp, "generation_attributes", lambda kvs: conversions.__setitem__(
+        "generation", conversions["generation"] + 1) or generation_attributes(kvs))
+    monkeypatch.setattr(otlp, "marked_attribute_dict", lambda kvs: conversions.__setitem__(
+        "any", conversions["any"] + 1) or marked_attribute_dict(kvs))
+    both = OtlpExtraction(engine=settings)(request)
+    assert both["v3"].records == alone["v3"].records and len(both["v3"].records) > 5
+    assert both["engine"].records == alone["engine"].records
+    assert both["v3"].unmappable == alone["v3"].unmappable
+    spans = otlp.count_spans(request)
+    assert conversions["any"] == len(both["engine"].records) and conversions["generation"] + conversions["any"] == spans

@@ -214,8 +214,11 @@ class EngineDestination:
 
     # -- serve's front door: OTLP requests -------------------------------------------------------
 
-    def from_otlp(self, request: Any) -> MappedSpans:
-        """The spans of a parsed ``ExportTraceServiceRequest``; one that cannot be translated costs only itself."""
+    def from_otlp(self, request: Any, converted: Any = None) -> MappedSpans:
+        """The spans of a parsed ``ExportTraceServiceRequest``; one that cannot be translated costs only itself.
+
+        ``converted`` (an ``otlp.Converted``, empty), when given, gets each span's converted attributes, for v3.
+        """
         from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
         from otel_arthur import otlp  # serve's decoding (the server extra)
@@ -226,10 +229,16 @@ class EngineDestination:
             for scope_spans in resource_spans.scope_spans:
                 scope: bytes | None = None
                 for span in scope_spans.spans:
+                    if converted is not None:
+                        converted.append(None)
                     try:
                         if self._only_ai and not otlp.marked(span.attributes, otlp.AI_MARKERS):
                             continue  # decided from the raw markers, nothing converted
-                        attributes = otlp.attribute_dict(span.attributes)
+                        if converted is None:
+                            attributes = otlp.attribute_dict(span.attributes)
+                        else:
+                            converted[-1] = otlp.marked_attribute_dict(span.attributes)
+                            attributes = converted[-1][0]
                         if self._only_ai and span_kind(attributes) is None:
                             continue
                         if len(span.trace_id) != 16 or len(span.span_id) != 8 or not any(span.trace_id):
