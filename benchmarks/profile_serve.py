@@ -7,8 +7,8 @@ generation span), fresh ids per request. Each stage runs over every body on its 
 timed with ``time.process_time`` (CPU of this process, so other work on a busy machine counts
 little), best of ``--rounds``; per generation span, and for mixed traffic (one generation in ten)
 per ignored span. Spooling and delivery are not here (``benchmarks/serve_bench.py`` measures them).
-Two stages beside ``serve``'s own: the Engine translation of the same requests (it runs in ``serve``
-when the Engine destination is on), and the in-app exporter's mapping of the SDK spans the bodies
+Stages beside ``serve``'s own: the Engine translation of the same requests (it runs in ``serve``
+when the Engine destination is on), both destinations' work (sharing the attributes converted), and the in-app exporter's mapping of the SDK spans the bodies
 were encoded from.
 """
 
@@ -61,8 +61,10 @@ def main() -> None:
     redacting = V3Destination(ArthurSettings.resolve(url="http://127.0.0.1:9", api_key="k", model_id="m",
                                                      allow_insecure=True, spool_dir="/tmp/unused", redact_builtins="builtin"))
     extraction = OtlpExtraction()
-    engine = destination_for(EngineSettings.resolve(engine_url="http://127.0.0.1:9", engine_api_key="k", task_id="t",
-                                                    allow_insecure=True, spool_dir="/tmp/unused"))
+    engine_settings = EngineSettings.resolve(engine_url="http://127.0.0.1:9", engine_api_key="k", task_id="t",
+                                             allow_insecure=True, spool_dir="/tmp/unused")
+    engine = destination_for(engine_settings)
+    both = OtlpExtraction(engine=engine_settings)
     sdk_batch = list(sdk_spans(BATCH))
 
     stages: dict[str, Callable[[], Any]] = {
@@ -74,6 +76,7 @@ def main() -> None:
         "decode_request total (parse + extract + map)": lambda: [extraction(otlp.parse_request(body, otlp.PROTOBUF))
                                                                  for body, _ in generation],
         "Engine translation (from_otlp, after parsing)": lambda: [engine.from_otlp(r) for r in parsed],
+        "v3 and Engine both (extraction, after parsing)": lambda: [both(r) for r in parsed],
         "in-app: map SDK spans (v3 records)": lambda: [map_spans(sdk_batch) for _ in generation],
     }
     _cpu(stages["decode_request total (parse + extract + map)"], 1)  # price table loaded, caches warm

@@ -319,6 +319,28 @@ def attribute_dict(key_values: Any) -> dict[str, Any]:
     return attributes
 
 
+def marked_attribute_dict(key_values: Any,
+                          markers: Mapping[str, Container[str]] = GENERATION_MARKERS) -> tuple[dict[str, Any], bool]:
+    """``attribute_dict``'s dict, and ``marked``'s answer, in one pass (when every value is converted anyway)."""
+    attributes = {}
+    found = False
+    for kv in key_values:
+        key, value = kv.key, kv.value
+        text = value.string_value  # non-empty only for a text: the marker test is marked()'s
+        if text:
+            attributes[key] = text
+            if not found and (wanted := markers.get(key)) is not None:
+                found = text in wanted
+        else:
+            attributes[key] = _non_text(value)
+    return attributes, found
+
+
+Converted = list["tuple[dict[str, Any], bool] | None"]
+"""Per span of a request, in order: its attributes converted by another destination's pass and whether a generation
+marker holds a marking text (``marked_attribute_dict``), or None where that pass converted nothing."""
+
+
 def generation_attributes(key_values: Any) -> dict[str, Any] | None:
     """The attributes the mapper reads (``mapping.READ_KEYS``, ``READ_PREFIXES``) as a dict of Python values
     when a marker says the span is a generation; None, nothing converted, for any other span.
@@ -381,19 +403,27 @@ def marked(key_values: Any, markers: Mapping[str, Container[str]] = GENERATION_M
     return False
 
 
-def generation_spans(request: ExportTraceServiceRequest) -> Iterator[PlainSpan | RequestError]:
+def generation_spans(request: ExportTraceServiceRequest,
+                     converted: Converted | None = None) -> Iterator[PlainSpan | RequestError]:
     """Each generation span as a ``PlainSpan``, or a ``RequestError`` saying why it is unusable.
 
     Non-generation spans yield nothing, decided from their marker attributes as they are on the wire.
     Built straight from the protobuf: one pass over a span's keys finds its marker and the attributes the
-    mapper reads, converted only then; the resource's once per ``ResourceSpans``; no SDK objects.
+    mapper reads, converted only then (or taken from ``converted``: every attribute, the record the same);
+    the resource's once per ``ResourceSpans``; no SDK objects.
     """
+    ordinal = -1
     for resource_spans in request.resource_spans:
         resource: dict[str, Any] | None = None
         for scope_spans in resource_spans.scope_spans:
             scope: str | None = None
             for span in scope_spans.spans:
-                attributes = generation_attributes(span.attributes)
+                ordinal += 1
+                shared = converted[ordinal] if converted is not None else None
+                if shared is None:
+                    attributes = generation_attributes(span.attributes)
+                else:
+                    attributes = shared[0] if shared[1] else None
                 if attributes is None or classify(attributes) is None:
                     continue
                 trace_id, span_id = span.trace_id, span.span_id

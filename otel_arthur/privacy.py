@@ -104,7 +104,7 @@ class RecordFilter:
     def __init__(self, content: ContentPolicy, redactor: Redactor | None, max_text_bytes: int) -> None:
         self.content = content
         self.redactor = redactor
-        self._max_text_bytes = max_text_bytes
+        self.max_text_bytes = max_text_bytes
         self._withheld = {name: CONTENT_WITHHELD for name, sent in
                           ((PROMPT, content.send_prompt), (COMPLETION, content.send_completion)) if not sent}
 
@@ -125,7 +125,7 @@ class RecordFilter:
                 and value != CONTENT_WITHHELD else value
                 for name, value in record.fields.items()
             })
-        return limit_text(record, self._max_text_bytes)
+        return limit_text(record, self.max_text_bytes)
 
     def text_hook(self, *, output: bool) -> Callable[[str], str | None]:
         """The same switch, redaction and size cap for one text of a span translated to OpenInference.
@@ -139,10 +139,10 @@ class RecordFilter:
 
     def scrub(self, text: str) -> str:
         """One text as it may leave: lone surrogates replaced, redacted, cut to ``max_text_bytes``."""
-        if self.redactor is None and len(text) <= self._max_text_bytes and text.isascii():
+        if self.redactor is None and len(text) <= self.max_text_bytes and text.isascii():
             return text  # nearly every text: nothing to replace, redact or cut (ASCII: one byte a character)
         text = clean_text(text)
-        return cut_text(text if self.redactor is None else self.redactor(text), self._max_text_bytes)
+        return cut_text(text if self.redactor is None else self.redactor(text), self.max_text_bytes)
 
 
 def _withhold(text: str) -> None:

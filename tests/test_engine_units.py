@@ -318,3 +318,77 @@ def test_a_priced_generation_reaches_the_engine_with_the_cost_of_its_v3_record(a
     [item] = EngineDestination(_settings(spool_dir=str(tmp_path))).items([span]).records
     sent = {kv.key: kv.value for kv in Span.FromString(item.span).attributes}
     assert sent["llm.cost.total"].double_value == map_span(span).fields["cost_usd"] > 0
+
+
+def test_a_span_within_the_text_cap_is_translated_unread_exactly_as_when_read(arthur_env, tmp_path):
+    """Privacy tells a span within the cap unchanged from its size alone (parsed strings are valid UTF-8, each
+    shorter than the span): at the cap, at the longest text's UTF-8 size and just under it, served == exported."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    prompt = "Grüße, 日本語 and 🙂 " * 20
+    attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                  "gen_ai.prompt.0.role": "user", "gen_ai.prompt.0.content": prompt,
+                  "gen_ai.completion.0.role": "assistant", "gen_ai.completion.0.content": "ok"}
+    spans = [_span(1, resource=Resource.create({}), attributes=attributes)]
+    request = encode_spans(spans)
+    span_bytes = len(request.resource_spans[0].scope_spans[0].spans[0].SerializeToString())
+    longest = len(prompt.encode())
+    for cap in (span_bytes, longest, longest - 1):
+        destination = EngineDestination(_settings(spool_dir=str(tmp_path), max_text_bytes=cap))
+        served = Span.FromString(destination.from_otlp(request).records[0].span)
+        assert served == Span.FromString(destination.items(spans).records[0].span)
+        content = next(kv.value.string_value for kv in served.attributes if kv.key == "gen_ai.prompt.0.content")
+        assert (content == prompt) == (cap >= longest)
+
+
+def test_a_request_cannot_carry_a_text_that_is_not_valid_utf8():
+    """What lets privacy skip reading a span within the cap: no lone surrogate gets past parsing, either encoding."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from otel_arthur import otlp
+
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="x")
+    span.attributes.add(key="k").value.string_value = "a-b"
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.append(span)
+    body = request.SerializeToString().replace(b"a-b", b"\xed\xa0\x80")  # U+D800 encoded as UTF-8 would be
+    with pytest.raises(otlp.RequestError):
+        otlp.parse_request(body, otlp.PROTOBUF)
+    document = ('{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "x", "attributes": [{"key": "k", "value":'
+                ' {"stringValue": "a\\ud800b"}}]}]}]}]}')
+    with pytest.raises(otlp.RequestError):
+        otlp.parse_request(document.encode(), otlp.JSON)
+
+
+@pytest.mark.parametrize("engine_spans", ["ai", "all"])
+def test_both_destinations_share_the_conversion_and_store_what_each_stores_alone(arthur_env, tmp_path, monkeypatch,
+                                                                               engine_spans):
+    """serve with v3 and the Engine converts each span's attributes once; the records and spans are each one's own,
+    a marker that is not a text (bytes whose base64 reads as a marking value) included."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+    from spanfixtures import SPANS_DIR, load_spans
+
+    from otel_arthur import otlp
+    from otel_arthur.destinations import OtlpExtraction
+
+    request = encode_spans([span for path in sorted(SPANS_DIR.glob("*.json")) for span in load_spans(path.name)])
+    odd = Span(trace_id=b"\x07" * 16, span_id=b"\x08" * 8, name="bytes marker", start_time_unix_nano=5)
+    odd.attributes.add(key="gen_ai.operation.name").value.bytes_value = b"r\x16\xad"  # base64: "chat"
+    odd.attributes.add(key="gen_ai.request.model").value.string_value = "gpt-4o-mini"
+    request.resource_spans[0].scope_spans[0].spans.append(odd)
+    settings = _settings(spool_dir=str(tmp_path), engine_spans=engine_spans)
+    alone = {**OtlpExtraction()(request), **OtlpExtraction(v3_mapper=None, engine=settings)(request)}
+    conversions = {"generation": 0, "any": 0}
+    generation_attributes, marked_attribute_dict = otlp.generation_attributes, otlp.marked_attribute_dict
+    monkeypatch.setattr(otlp, "generation_attributes", lambda kvs: conversions.__setitem__(
+        "generation", conversions["generation"] + 1) or generation_attributes(kvs))
+    monkeypatch.setattr(otlp, "marked_attribute_dict", lambda kvs: conversions.__setitem__(
+        "any", conversions["any"] + 1) or marked_attribute_dict(kvs))
+    both = OtlpExtraction(engine=settings)(request)
+    assert both["v3"].records == alone["v3"].records and len(both["v3"].records) > 5
+    assert both["engine"].records == alone["engine"].records
+    assert both["v3"].unmappable == alone["v3"].unmappable
+    spans = otlp.count_spans(request)
+    assert conversions["any"] == len(both["engine"].records) and conversions["generation"] + conversions["any"] == spans

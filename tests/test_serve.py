@@ -509,3 +509,26 @@ def test_metrics_families_as_samples_lack_nothing_counted(served):
     helps = dict(re.findall(r"^# HELP (\S+) (.*)$", text, flags=re.M))
     assert all(help_text not in (name, name.removesuffix("_total")) for name, help_text in helps.items())
     assert Counter(line.split()[3] for line in text.splitlines() if line.startswith("# TYPE"))["histogram"] == 1
+
+
+def test_serving_keeps_start_up_out_of_collections_and_still_frees_cycles():
+    """``settle_gc`` (run once serve has started; in a process of its own here, as serve is one)."""
+    import subprocess
+    import sys
+
+    script = """
+import gc, weakref
+from otel_arthur.serve.app import GC_YOUNG_THRESHOLD, settle_gc
+settle_gc()
+assert gc.get_freeze_count() > 1000 and gc.get_threshold()[0] == GC_YOUNG_THRESHOLD and gc.isenabled()
+class Node: pass
+node = Node(); node.me = node; alive = weakref.ref(node); del node
+kept = []
+for _ in range(GC_YOUNG_THRESHOLD * 2):  # objects that stay, no explicit collect: a cycle is still freed in time
+    kept.append([None])
+    if alive() is None:
+        break
+assert alive() is None
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr

@@ -52,8 +52,9 @@ class Destination(Protocol):
         """What this destination stores for these spans (``mapping.map_spans``: one bad span costs only itself)."""
         ...
 
-    def from_otlp(self, request: Any) -> MappedSpans:
-        """The same for the spans of a parsed ``ExportTraceServiceRequest`` (``serve``)."""
+    def from_otlp(self, request: Any, converted: Any = None) -> MappedSpans:
+        """The same for the spans of a parsed ``ExportTraceServiceRequest`` (``serve``). ``converted``
+        (``otlp.Converted``): the attributes one destination's pass converts, filled by the Engine, read by v3."""
         ...
 
     def prepare(self, item: Any) -> Any:
@@ -91,13 +92,15 @@ class OtlpExtraction:
                      if on)
 
     def __call__(self, request: Any) -> dict[str, MappedSpans]:
+        # Both on: the Engine converts every attribute of its spans, and v3 maps its generations from those values.
+        converted: list[Any] | None = [] if self.v3_mapper is not None and self.engine is not None else None
         mapped = {}
+        if self.engine is not None:
+            mapped["engine"] = _engine(self.engine).from_otlp(request, converted)
         if self.v3_mapper is not None:
             from otel_arthur.destinations.v3 import records_from_otlp
 
-            mapped["v3"] = records_from_otlp(request, self.v3_mapper)
-        if self.engine is not None:
-            mapped["engine"] = _engine(self.engine).from_otlp(request)
+            mapped["v3"] = records_from_otlp(request, self.v3_mapper, converted)
         return mapped
 
 

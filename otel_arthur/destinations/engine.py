@@ -104,12 +104,19 @@ class SpanPrivacy:
         self.input_text = self.filter.text_hook(output=False)
         self.output_text = self.filter.text_hook(output=True)
         self.text = self.filter.scrub  # every other string: redacted and cut as records' texts are
+        # Without these, only a text over the size cap (or with a lone surrogate) changes.
+        self.may_keep = not self._withheld and self.filter.redactor is None
 
-    def keeps(self, attributes: Mapping[str, Any]) -> bool:
-        """Whether filtering would leave every text of these attributes (``otlp.attribute_dict``'s) as it is:
-        told from the converted values, without reading the message again."""
-        if self._withheld or self.filter.redactor is not None:
+    def keeps(self, attributes: Mapping[str, Any], span_bytes: int) -> bool:
+        """Whether filtering would leave every text of these attributes (``otlp.attribute_dict``'s of a parsed
+        span of ``span_bytes`` serialized) as it is: told from the converted values, without reading the message
+        again, or from the size alone."""
+        if not self.may_keep:
             return False
+        # Each text is shorter than its span, and a parsed protobuf string is valid UTF-8 (no lone surrogate
+        # to replace): within the cap, scrub keeps every one as it is, unread.
+        if span_bytes <= self.filter.max_text_bytes:
+            return True
         text = self.text
         for value in attributes.values():
             if type(value) is str:
@@ -207,8 +214,11 @@ class EngineDestination:
 
     # -- serve's front door: OTLP requests -------------------------------------------------------
 
-    def from_otlp(self, request: Any) -> MappedSpans:
-        """The spans of a parsed ``ExportTraceServiceRequest``; one that cannot be translated costs only itself."""
+    def from_otlp(self, request: Any, converted: Any = None) -> MappedSpans:
+        """The spans of a parsed ``ExportTraceServiceRequest``; one that cannot be translated costs only itself.
+
+        ``converted`` (an ``otlp.Converted``, empty), when given, gets each span's converted attributes, for v3.
+        """
         from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
         from otel_arthur import otlp  # serve's decoding (the server extra)
@@ -219,10 +229,16 @@ class EngineDestination:
             for scope_spans in resource_spans.scope_spans:
                 scope: bytes | None = None
                 for span in scope_spans.spans:
+                    if converted is not None:
+                        converted.append(None)
                     try:
                         if self._only_ai and not otlp.marked(span.attributes, otlp.AI_MARKERS):
                             continue  # decided from the raw markers, nothing converted
-                        attributes = otlp.attribute_dict(span.attributes)
+                        if converted is None:
+                            attributes = otlp.attribute_dict(span.attributes)
+                        else:
+                            converted[-1] = otlp.marked_attribute_dict(span.attributes)
+                            attributes = converted[-1][0]
                         if self._only_ai and span_kind(attributes) is None:
                             continue
                         if len(span.trace_id) != 16 or len(span.span_id) != 8 or not any(span.trace_id):
@@ -242,11 +258,12 @@ class EngineDestination:
         """``_translated`` of a request's span, which stays as it is: when privacy changes none of its texts
         (no events to read), its own bytes followed by the added attributes' (protobuf appends a repeated
         field's entries met later), sparing a copy of the span; else a copy, filtered."""
-        if not span.events and self.privacy.keeps(attributes):
-            added = self._added(attributes, span.start_time_unix_nano)
-            appended = span_type()
-            self._add_attributes(appended.attributes, added)
-            return span.SerializeToString() + appended.SerializeToString()
+        if not span.events and self.privacy.may_keep:
+            own = span.SerializeToString()
+            if self.privacy.keeps(attributes, len(own)):
+                appended = span_type()
+                self._add_attributes(appended.attributes, self._added(attributes, span.start_time_unix_nano))
+                return own + appended.SerializeToString()
         message = span_type()
         message.CopyFrom(span)
         return self._translated(message, attributes)

@@ -44,8 +44,8 @@ class V3Destination:
     def items(self, spans: Sequence[ReadableSpan]) -> MappedSpans:
         return map_spans(spans, map_span)
 
-    def from_otlp(self, request: Any) -> MappedSpans:
-        return records_from_otlp(request)
+    def from_otlp(self, request: Any, converted: Any = None) -> MappedSpans:
+        return records_from_otlp(request, converted=converted)
 
     def prepare(self, item: InferenceRecord) -> InferenceRecord:
         return self._filter(item)  # content switches, redaction, size caps
@@ -54,11 +54,12 @@ class V3Destination:
         return ArthurSender(self.settings, observe_request=observer.observe_request)
 
 
-def records_from_otlp(request: Any, mapper: Callable[[Any], Any] = map_span) -> MappedSpans:
-    """The records of a parsed ``ExportTraceServiceRequest``'s generation spans, span by span."""
+def records_from_otlp(request: Any, mapper: Callable[[Any], Any] = map_span, converted: Any = None) -> MappedSpans:
+    """The records of a parsed ``ExportTraceServiceRequest``'s generation spans, span by span; ``converted``:
+    attributes the Engine's pass converted already (``otlp.Converted``)."""
     from otel_arthur import otlp  # serve's decoding (the server extra)
 
-    return map_spans(otlp.generation_spans(request), mapper)
+    return map_spans(otlp.generation_spans(request, converted), mapper)
 
 
 class ArthurSender:

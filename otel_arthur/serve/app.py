@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -71,7 +72,7 @@ from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
 from otel_arthur.stats import GAUGE, Sample
 
-__all__ = ["EXIT_GRACE", "TRACES_PATH", "Lifecycle", "create_app", "serve"]
+__all__ = ["EXIT_GRACE", "GC_YOUNG_THRESHOLD", "TRACES_PATH", "Lifecycle", "create_app", "serve", "settle_gc"]
 
 _logger = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ TRACES_PATH = "/v1/traces"  # OTLP/HTTP's default path; the Collector's otlphttp
 _BACKLOG = 2048  # uvicorn's own default
 EXIT_GRACE = 0.5  # seconds past the shutdown timeout after which the process ends, whatever still runs
 _RESERVED_DESCRIPTORS = 64  # for the spool, logs, decode processes' pipes and Arthur, beside the connections
+# Tracked objects allocated (net) before a young collection: room for a request's spans, records and rows
+# (~10 a span, 512-span requests, two at once), which then die before any collection walks them.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 class Lifecycle:
@@ -229,6 +233,19 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def settle_gc() -> None:
+    """The collector set for serving, once started: serve is its own process, not a host application's.
+
+    What start-up built (modules, the server stacks: ~75k objects) lives as long as the process, so it is
+    frozen out of every collection (each full one walked it: ~2 µs per generation span); and a young
+    collection waits for ``GC_YOUNG_THRESHOLD`` objects, not 700, so a request's objects are not walked and
+    promoted while they are still in use (~1 µs). Collections still run: cycles are freed as before.
+    """
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def _exit_at_the_latest(seconds: float) -> None:
     """End the process ``seconds`` from now if it still runs: a daemon timer, so a timely exit cancels it."""
     def exit_now() -> None:
@@ -315,6 +332,7 @@ def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: Rec
                  "bearer token" if settings.auth_token else "none",
                  ("mutual" if settings.tls_client_ca_file else "on") if settings.tls else "off")
     previous = signal.signal(signal.SIGTERM, _drained)
+    settle_gc()
     try:
         grpc_receiver.start()
         server.run(sockets=[sock])
