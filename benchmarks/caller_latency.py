@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--schedule-delay-ms", type=int, default=100)
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="otel-arthur-latency-") as work:
         logs = Path(work)
         arthur, openai, sink = c.local_arthur(logs, logs / "arthur.sqlite3"), c.local_openai(logs), c.otlp_sink(logs)
@@ -61,7 +62,8 @@ def main() -> None:
               f" (rounds: {', '.join(f'{x:.0f}' for x in added)})")
     print(f"no-op median {statistics.median(r['median'] for r in per_round['otel_noop']):.0f} µs;"
           f" background CPU per call: no-op {statistics.fmean(background['otel_noop']):.0f} µs,"
-          f" exporter {statistics.fmean(background['otel_arthur']):.0f} µs")
+          f" exporter {statistics.fmean(background['otel_arthur']):.0f} µs;"
+          f" load average {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
