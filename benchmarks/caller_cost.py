@@ -28,6 +28,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,16 @@ def thread_cpu_ns() -> dict[int, int]:
     return times
 
 
-def measure(llm: Any, messages: list[Any], warmup: int, calls: int) -> dict[str, Any]:
-    """Wall time of each call on this (the caller's) thread; CPU of this thread and of all the others."""
+def measure(llm: Any, messages: list[Any], warmup: int, calls: int,
+            settle: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Wall time of each call on this (the caller's) thread; CPU of this thread and of all the others.
+
+    ``settle`` runs after the warm-up: one-off start-up work (binding the model, importing the HTTP
+    client) then lands before the measured calls, not inside them.
+    """
     for _ in range(warmup):
         llm.invoke(messages)
+    settle()
     times_us: list[float] = []
     clock = time.perf_counter_ns
     threads_start = thread_cpu_ns()
@@ -97,6 +104,18 @@ def make_exporter(config: str, phase: dict[str, Any], args: dict[str, Any]) -> A
             return SpanExportResult.SUCCESS
 
     return NoopExporter()
+
+
+def steady_state(config: str, processor: Any, exporter: Any, phase: dict[str, Any]) -> Callable[[], None]:
+    """After the warm-up: the warm-up's spans exported and, Arthur being up, delivered (the model bound)."""
+
+    def settle() -> None:
+        if processor is not None:
+            processor.force_flush()
+        if config == "otel_arthur" and not phase.get("outage"):
+            exporter.force_flush(60_000)
+
+    return settle
 
 
 def main() -> None:
@@ -144,7 +163,8 @@ def main() -> None:
                 raise SystemExit(f"unknown configuration {config!r}")
             llm = ChatOpenAI(base_url=args["openai_url"] + "/v1", api_key="unused", model="gpt-4o-mini",
                              temperature=0.1, max_retries=0, callbacks=callbacks)
-            result = measure(llm, messages, args["warmup"], phase.get("calls", args["calls"]))
+            result = measure(llm, messages, args["warmup"], phase.get("calls", args["calls"]),
+                             settle=steady_state(config, processor, exporter, phase))
             result["label"] = phase["label"]
             if processor is not None:  # this phase's spans leave, and its processor stops, before the next phase
                 processor.force_flush()

@@ -32,7 +32,8 @@ from otel_arthur.config import (
     v3_configured,
 )
 from otel_arthur.destinations import Destination, destination_for
-from otel_arthur.mapping import classify, span_attributes
+from otel_arthur.mapping import MappedSpans, classify, span_attributes
+from otel_arthur.pacing import Pacer
 from otel_arthur.pipeline import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     Pipeline,
@@ -42,6 +43,8 @@ from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import PipelineStats
 
 _logger = logging.getLogger(__name__)
+
+PACE_SPANS = 8  # spans mapped between looks at the pacer: ~0.1-0.25 ms of generation spans, ~3 µs of ignored ones
 
 
 class ArthurSpanExporter(SpanExporter):
@@ -91,6 +94,7 @@ class ArthurSpanExporter(SpanExporter):
         self._engine_settings: EngineSettings | None = None
         self._pipelines: list[Pipeline] = []
         self._disabled = False  # a destination asked for cannot run: its generations are failed exports
+        self._pacer = Pacer()  # export() runs on the span processor's thread, in the application's interpreter
         privacy = {"send_content": send_content, "redact_builtins": redact_builtins,
                    "redact_patterns": redact_patterns, "max_text_bytes": max_text_bytes,
                    "spool_dir": spool_dir, "spool_max_bytes": spool_max_bytes}
@@ -130,7 +134,7 @@ class ArthurSpanExporter(SpanExporter):
 
     def _start(self, destination: Destination, retry_policy: RetryPolicy | None) -> None:
         try:
-            self._pipelines.append(Pipeline(to=destination, retry_policy=retry_policy))
+            self._pipelines.append(Pipeline(to=destination, retry_policy=retry_policy, pacer=Pacer()))
         except (OSError, sqlite3.Error) as exc:
             _logger.error("%s export disabled: cannot use the spool in %s (%s)", destination.title,
                           destination.settings.spool_dir, exc)
@@ -146,17 +150,32 @@ class ArthurSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         # A generation meant for a destination that cannot run is not exported: say so.
         spooled = not (self._disabled and any(classify(span_attributes(span)) for span in spans))
+        self._pacer.begin()
         for pipeline in self._pipelines:
             try:
-                mapped = pipeline.destination.items(spans)  # a span that cannot be mapped costs only itself
+                mapped = self._mapped(pipeline.destination, spans)
                 pipeline.count_received(len(spans), len(mapped.records))
                 if mapped.unmappable:
                     pipeline.drop_unmappable(mapped.unmappable, mapped.reason)
-                spooled = pipeline.submit(mapped.records) and spooled
+                spooled = pipeline.submit(mapped.records, self._pacer) and spooled
             except Exception:  # never into the application
                 _logger.exception("Unexpected error exporting to %s", pipeline.destination.title)
                 spooled = False
         return SpanExportResult.SUCCESS if spooled else SpanExportResult.FAILURE
+
+    def _mapped(self, destination: Destination, spans: Sequence[ReadableSpan]) -> MappedSpans:
+        """The spans mapped ``PACE_SPANS`` at a time, pacing between (a span that cannot be mapped costs only itself)."""
+        if len(spans) <= PACE_SPANS:
+            return destination.items(spans)
+        mapped = MappedSpans()
+        for start in range(0, len(spans), PACE_SPANS):
+            part = destination.items(spans[start:start + PACE_SPANS])
+            mapped.records += part.records
+            if part.unmappable:
+                mapped.unmappable += part.unmappable
+                mapped.reason = mapped.reason or part.reason
+            self._pacer.pause_if_due()
+        return mapped
 
     def stats(self, destination: str | None = None) -> PipelineStats:
         """Counters and spool gauges (``PipelineStats.samples()`` for metrics); all zero when disabled.

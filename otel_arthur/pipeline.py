@@ -62,6 +62,7 @@ from otel_arthur.delivery import Sender
 from otel_arthur.destinations import Destination
 from otel_arthur.destinations.v3 import V3Destination
 from otel_arthur.mapping import InferenceRecord
+from otel_arthur.pacing import Pacer
 from otel_arthur.retry import RetryPolicy, RetrySender
 from otel_arthur.spool import Appended, Gauges, Refused, Spool, SpoolClosed, SpoolFull
 from otel_arthur.stats import Counters, DropReason, PipelineStats
@@ -185,6 +186,7 @@ class Pipeline:
         transport: Sender | None = None,
         retry_policy: RetryPolicy | None = None,
         redact: Callable[[str], str] | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         """Opens (or creates) the spool and starts the worker; ``OSError`` or ``sqlite3.Error`` if it cannot.
 
@@ -193,6 +195,7 @@ class Pipeline:
         means something from the start), then delivers.
         ``to``: the destination (``otel_arthur.destinations``); by default the v3 one for ``settings``.
         ``redact``: a hook run on every text field after the configured redaction (``otel_arthur.privacy``).
+        ``pacer``: the worker's, consulted between its steps, in an application's interpreter (``otel_arthur.pacing``).
         """
         if to is None:
             assert settings is not None, "a Pipeline needs settings or a destination"
@@ -211,6 +214,7 @@ class Pipeline:
         self._health = _Health(self._spool, to.title)
         self._transport = transport or to.sender(self._counters)
         self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
+        self._pacer = pacer
         self._model_fetched = False
         self._closed = False
         self._close_lock = threading.Lock()
@@ -279,17 +283,18 @@ class Pipeline:
                         " its batch spooled (counted as dropped, reason %s; latest: %s)",
                         unreported, DropReason.UNMAPPABLE, reason)
 
-    def submit(self, records: Sequence[InferenceRecord]) -> bool:
+    def submit(self, records: Sequence[InferenceRecord], pacer: Pacer | None = None) -> bool:
         """Spool records for delivery (texts cut to the size limits). False when they were dropped.
 
         A record that cannot be spooled is dropped alone (``unmappable``); the others are spooled.
+        ``pacer``: the calling thread's, consulted between records and before the spool's transaction.
         """
         if not records:
             return True
         with self._one_per_call(records) as choice:
-            return self._submit(choice)
+            return self._submit(choice, pacer)
 
-    def _submit(self, choice: Choice) -> bool:
+    def _submit(self, choice: Choice, pacer: Pacer | None) -> bool:
         records = choice.records
         if self._closed:
             self._counters.drop(DropReason.SHUTDOWN, len(records))
@@ -298,7 +303,7 @@ class Pipeline:
             choice.taken()
             return True
         try:
-            appended, _ = self._append(records)
+            appended, _ = self._append(records, pacer=pacer)
         except SpoolClosed:
             self._counters.drop(DropReason.SHUTDOWN, len(records))
             return False
@@ -385,14 +390,15 @@ class Pipeline:
         if choice.stored and choice.duplicates:
             self._counters.add("deduplicated", choice.duplicates)
 
-    def _append(self, records: Sequence[Any], *, refuse_when_full: bool = False) -> tuple[Appended, int]:
+    def _append(self, records: Sequence[Any], *, refuse_when_full: bool = False,
+                pacer: Pacer | None = None) -> tuple[Appended, int]:
         """Spool what is prepared for ``records``, whichever front door they came through.
 
         A record that cannot be prepared or encoded is left out and the rest spooled; once they are,
         it is counted (``drop_unmappable``) and in the count returned.
         """
         failures: list[str] = []
-        prepared = self._prepared(records, failures)
+        prepared = self._prepared(records, failures, pacer)
         try:
             appended = self._spool.append(prepared, refuse_when_full=refuse_when_full)
         except _UNENCODABLE:  # append stores nothing when it raises: find the culprit (paid only here), spool the rest
@@ -401,7 +407,7 @@ class Pipeline:
             self.drop_unmappable(len(failures), failures[0])
         return appended, len(failures)
 
-    def _prepared(self, records: Sequence[Any], failures: list[str]) -> list[Any]:
+    def _prepared(self, records: Sequence[Any], failures: list[str], pacer: Pacer | None = None) -> list[Any]:
         """Content switches, redaction, size caps; a record the filter raises on is left out, said in ``failures``."""
         prepared, prepare = [], self._destination.prepare
         for record in records:
@@ -409,6 +415,8 @@ class Pipeline:
                 prepared.append(prepare(record))
             except Exception as exc:  # a surprise (a hook's text that cannot be encoded…) costs only its record
                 failures.append(_unspoolable(self._spool.codec.identity(record), exc))
+            if pacer is not None:  # redaction may cost tens of µs a record
+                pacer.pause_if_due()
         return prepared
 
     def _encodable(self, records: Sequence[Any], failures: list[str]) -> list[Any]:
@@ -544,6 +552,8 @@ class Pipeline:
                     adopt_at = time.monotonic() + ADOPT_INTERVAL
                     self._spool.adopt_orphans()
                 self._wake.clear()
+                if self._pacer is not None:
+                    self._pacer.begin()
                 outcome = self._deliver_batch() if self._model_fetched else self._bind()
                 errors = 0
                 if outcome is _Outcome.IDLE:
@@ -602,6 +612,7 @@ class Pipeline:
         claimed = self._spool.claim(self._settings.batch_max_records)
         if not claimed:
             return _Outcome.IDLE
+        self._pause_if_due()
         unsettled = {index: c.seq for index, c in enumerate(claimed)}  # until Arthur's answer is recorded
 
         def settle_answered(answered: list[tuple[int, RecordResult]]) -> None:
@@ -627,8 +638,14 @@ class Pipeline:
             raise
         self._model_fetched = True  # the model is bound before anything is sent
         self._health.up()
+        self._pause_if_due()
         released = self._settle_results([(seq, results[index]) for index, seq in unsettled.items()])
+        self._pause_if_due()
         return _Outcome.RETRY_LATER if released else _Outcome.SETTLED
+
+    def _pause_if_due(self) -> None:
+        if self._pacer is not None:
+            self._pacer.pause_if_due()
 
     def _settle_results(self, answered: Sequence[tuple[int, RecordResult]]) -> int:
         """Settle (seq, result) pairs by Arthur's answer; how many go back to pending."""
