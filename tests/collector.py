@@ -182,9 +182,9 @@ def running_collector(binary: Path, config: CollectorConfig, log_path: Path,
         collector.stop()
 
 
-def retry_intervals(log: CollectorLog) -> list[str]:
+def retry_intervals(retry_lines: list[str]) -> list[str]:
     """The interval of each "will retry" line, as the Collector printed it (e.g. ``5s``)."""
-    return [found[1] for line in log.lines(RETRY_LINE) if (found := re.search(r'"interval": "([^"]+)"', line))]
+    return [found[1] for line in retry_lines if (found := re.search(r'"interval": "([^"]+)"', line))]
 
 
 def run_chat(config: CollectorConfig, openai_server) -> list[Any]:
