@@ -23,7 +23,7 @@ from otel_arthur.local import arthur
 from otel_arthur.local.runner import BackgroundServer
 from otel_arthur.pipeline import Pipeline, shutdown_side_by_side
 from otel_arthur.retry import RetryPolicy
-from otel_arthur.serve.app import TRACES_PATH, create_app
+from otel_arthur.serve.app import KEEP_ALIVE_SECONDS, TRACES_PATH, create_app
 from otel_arthur.serve.grpc_receiver import GrpcReceiver
 from otel_arthur.serve.receiver import Receiver
 
@@ -64,7 +64,7 @@ def serving(settings: ArthurSettings | EngineSettings | Sequence[ArthurSettings 
     try:
         app = create_app(pipelines, receiver)
         lifecycle = app.state.lifecycle
-        with BackgroundServer(app, port=receiver.port) as server:
+        with BackgroundServer(app, port=receiver.port, timeout_keep_alive=KEEP_ALIVE_SECONDS) as server:
             yield Served(server.url, pipelines, app.state.receiver)
     finally:
         if lifecycle is not None:

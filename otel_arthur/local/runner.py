@@ -27,6 +27,7 @@ class BackgroundServer:
         *,
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
+        timeout_keep_alive: int = 5,
     ) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -39,6 +40,7 @@ class BackgroundServer:
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
             timeout_graceful_shutdown=2,
+            timeout_keep_alive=timeout_keep_alive,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

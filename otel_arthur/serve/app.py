@@ -72,6 +72,11 @@ from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
 from otel_arthur.stats import GAUGE, Sample
 
+# An idle kept-alive connection is closed by the client, not by serve: uvicorn's 5 s default equals
+# serve's Retry-After, so a Collector retrying on its idle connection met the close half-way ("connection
+# reset by peer", one more retry); the Collector's HTTP client closes idle connections after 90 s.
+KEEP_ALIVE_SECONDS = 120
+
 __all__ = ["EXIT_GRACE", "GC_YOUNG_THRESHOLD", "TRACES_PATH", "Lifecycle", "create_app", "serve", "settle_gc"]
 
 _logger = logging.getLogger(__name__)
@@ -323,7 +328,7 @@ def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: Rec
                             receiver.counters.connection_closed)
     config = uvicorn.Config(app, http=guard.protocol(), log_config=None, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1),
-                            server_header=False, **_uvicorn_tls(settings))
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS, server_header=False, **_uvicorn_tls(settings))
     server = _Server(config, lifecycle, grpc_receiver)
     scheme = "https" if settings.tls else "http"
     _logger.info("Receiving OTLP/HTTP traces on %s://%s:%d%s and OTLP/gRPC on %s:%d for %s; spool %s; auth %s; TLS %s",
