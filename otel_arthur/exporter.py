@@ -169,11 +169,7 @@ class ArthurSpanExporter(SpanExporter):
             return destination.items(spans)
         mapped = MappedSpans()
         for start in range(0, len(spans), PACE_SPANS):
-            part = destination.items(spans[start:start + PACE_SPANS])
-            mapped.records += part.records
-            if part.unmappable:
-                mapped.unmappable += part.unmappable
-                mapped.reason = mapped.reason or part.reason
+            mapped.extend(destination.items(spans[start:start + PACE_SPANS]))
             self._pacer.pause_if_due()
         return mapped
 

@@ -243,6 +243,12 @@ class MappedSpans:
         self.unmappable += 1
         self.reason = self.reason or reason
 
+    def extend(self, later: MappedSpans) -> None:
+        """``later``'s spans, mapped after these: their records, their failures (the first reason kept)."""
+        self.records += later.records
+        self.unmappable += later.unmappable
+        self.reason = self.reason or later.reason
+
 
 def map_spans(spans: Iterable[ReadableSpan | PlainSpan | Exception],
               mapper: Callable[[Any], Any] = map_span) -> MappedSpans:
