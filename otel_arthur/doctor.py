@@ -503,11 +503,11 @@ def check_engine(settings: EngineSettings) -> EngineCheck:
                                "request carrying it")
         return EngineCheck(None, True)
     if status == HTTPStatus.NOT_FOUND:
-        raise SetupRefused(f"Arthur Engine answered 404 for {response.request.path_url}: is "
+        raise SetupRefused(f"Arthur Engine answered 404 for {response.path_url}: is "
                            f"{display_url(settings.url)} an Arthur Engine? (check {ARTHUR_ENGINE_URL})")
     if status == HTTPStatus.TOO_MANY_REQUESTS or status >= 500:
         raise Unreachable(f"Arthur Engine answered {status}{detail}")
-    raise SetupRefused(f"Arthur Engine answered {status} to GET {response.request.path_url}{detail}")
+    raise SetupRefused(f"Arthur Engine answered {status} to GET {response.path_url}{detail}")
 
 
 def _json_object(response: Any) -> dict[str, Any]:

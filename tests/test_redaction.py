@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 
 import pytest
-import requests
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
+from urllib3 import HTTPConnectionPool
 
 from otel_arthur import ArthurSpanExporter
 from otel_arthur.clients.http import RetryableError
@@ -264,14 +264,13 @@ def test_redacted_values_reach_neither_the_spool_file_nor_any_request_body(local
                                                                          monkeypatch):
     model_id = new_model()
     bodies: list[bytes] = []
-    send = requests.Session.request
+    send = HTTPConnectionPool.urlopen
 
-    def recording(self, method, url, **kwargs):  # every request of this process, the exporter's included
-        body = kwargs.get("data") or (json.dumps(kwargs["json"]).encode() if kwargs.get("json") is not None else b"")
-        bodies.append(body if isinstance(body, bytes) else str(body).encode())
-        return send(self, method, url, **kwargs)
+    def recording(self, method, url, body=None, **kwargs):  # every request of this process (urllib3 under requests too)
+        bodies.append(body if isinstance(body, bytes) else str(body or "").encode())
+        return send(self, method, url, body=body, **kwargs)
 
-    monkeypatch.setattr(requests.Session, "request", recording)
+    monkeypatch.setattr(HTTPConnectionPool, "urlopen", recording)
 
     def hook(text):
         return text.replace("Acme Corp", "[REDACTED:customer]")

@@ -20,22 +20,20 @@ The key is sent to the Engine's URL only; no secret ever appears in a message.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from otel_arthur import forking
 from otel_arthur.clients.http import (
     PermanentError,
+    Response,
     RetryableError,
+    Service,
     SetupError,
     ThrottledError,
-    Timeouts,
     is_retryable_status,
     parse_retry_after,
-    pooled_session,
-    request_errors,
+    refuse_redirect,
 )
 from otel_arthur.config import (
     ARTHUR_ENGINE_API_KEY,
@@ -44,9 +42,6 @@ from otel_arthur.config import (
     EngineSettings,
     display_url,
 )
-
-if TYPE_CHECKING:
-    import requests
 
 TRACES_PATH = "/api/v1/traces"
 TASKS_PATH = "/api/v2/tasks"
@@ -72,50 +67,24 @@ class EngineTaskNotFound(SetupError):
 
 
 class EngineClient:
-    """Thread-safe; one pooled session, made on first use (on the delivery thread)."""
+    """Thread-safe; one ``Service`` (keep-alive connections, made on first use, on the delivery thread)."""
 
-    def __init__(self, settings: EngineSettings, session: requests.Session | None = None) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
-        self._session_given = session
-        self._session_made: requests.Session | None = None
-        self._lock = threading.Lock()
-        self._auth = {"Authorization": f"Bearer {settings.api_key}"}
-        self._timeouts = Timeouts(settings.timeout)
-        forking.register(after_in_child=self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        """A session of the child's own at its next request (``ArthurClient._after_fork_in_child`` says why)."""
-        self._lock = threading.Lock()
-        self._session_made = None
+        self._http = Service(settings.url, settings.verify_ssl, settings.timeout,
+                             {"Authorization": f"Bearer {settings.api_key}"})
 
     def __repr__(self) -> str:
         return f"EngineClient(url={display_url(self._settings.url)!r}, task_id={self._settings.task_id!r})"
 
-    @property
-    def _session(self) -> requests.Session:
-        if self._session_made is None:
-            with self._lock:
-                if self._session_made is None:
-                    self._session_made = pooled_session(self._settings.url, self._settings.verify_ssl,
-                                                        self._session_given)
-        return self._session_made
-
     def set_deadline(self, deadline: float) -> None:
         """From now on no request lasts past ``deadline`` (``time.monotonic()``), nor starts after it."""
-        self._timeouts.deadline = deadline
-
-    def _request(self, method: str, path: str, *, read_timeout: float | None = None,
-                 **kwargs: Any) -> requests.Response:
-        headers = self._auth | kwargs.pop("headers", {})
-        connect, read = self._timeouts(method, path, read_timeout)
-        with request_errors(method, path, self._settings.url, connect, read):
-            return self._session.request(method, self._settings.url + path, headers=headers,
-                                         timeout=(connect, read), **kwargs)
+        self._http.set_deadline(deadline)
 
     def send_traces(self, body: bytes, spans: int, read_timeout: float | None = None) -> IngestResult:
         """POST one serialized ``ExportTraceServiceRequest`` carrying ``spans`` spans."""
-        response = self._request("POST", TRACES_PATH, data=body, headers={"Content-Type": PROTOBUF},
-                                 read_timeout=read_timeout)
+        response = self._http.request("POST", TRACES_PATH, body=body, headers={"Content-Type": PROTOBUF},
+                                      read_timeout=read_timeout)
         status = response.status_code
         if status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
             answer = _json(response)
@@ -126,9 +95,9 @@ class EngineClient:
         self._raise_for_status(response, "sending traces")
         raise RetryableError(f"sending traces: Arthur Engine answered {status}")  # 1xx/3xx: not an answer
 
-    def task_answer(self, task_id: str) -> requests.Response:
+    def task_answer(self, task_id: str) -> Response:
         """``GET /api/v2/tasks/{task_id}`` as the Engine answered it, whatever the status (``doctor`` reads it)."""
-        return self._request("GET", f"{TASKS_PATH}/{task_id}")
+        return self._http.request("GET", f"{TASKS_PATH}/{task_id}")
 
     def get_task(self, task_id: str) -> dict[str, Any]:
         """The task, or ``EngineTaskNotFound``; ``SetupError`` when the key may not read it."""
@@ -138,10 +107,11 @@ class EngineClient:
         self._raise_for_status(response, f"reading task {task_id!r}")
         return _json(response)
 
-    def _raise_for_status(self, response: requests.Response, what: str) -> None:
+    def _raise_for_status(self, response: Response, what: str) -> None:
         status = response.status_code
         if status < 300:
             return
+        refuse_redirect(response, what, "Arthur Engine")
         detail = _detail(response)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status == HTTPStatus.TOO_MANY_REQUESTS:
@@ -153,16 +123,15 @@ class EngineClient:
         if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
             raise (EngineForbidden if status == HTTPStatus.FORBIDDEN else SetupError)(f"{what}: Arthur Engine refused the API key ({ARTHUR_ENGINE_API_KEY}): {status}{detail}")
         if status == HTTPStatus.NOT_FOUND:
-            raise SetupError(f"{what}: Arthur Engine answered 404 for {response.request.path_url}: check"
+            raise SetupError(f"{what}: Arthur Engine answered 404 for {response.path_url}: check"
                              f" {ARTHUR_ENGINE_URL}, or the Engine is too old for {TRACES_PATH}")
         raise PermanentError(f"{what}: Arthur Engine answered {status}{detail}")
 
     def close(self) -> None:
-        if self._session_made is not None:
-            self._session_made.close()
+        self._http.close()
 
 
-def _json(response: requests.Response) -> dict[str, Any]:
+def _json(response: Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
@@ -174,7 +143,7 @@ def _count(value: object, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
-def _detail(response: requests.Response) -> str:
+def _detail(response: Response) -> str:
     body = _json(response)
     message = body.get("detail") or body.get("message") or body.get("rejection_reasons")
     if isinstance(message, list):

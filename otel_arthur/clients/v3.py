@@ -4,8 +4,8 @@ It speaks exactly what ``arthurai`` 3.33.3 speaks (tests/test_conformance.py pro
 key in ``Authorization`` or a JWT from ``POST /login``'s ``Authorization`` cookie, renewed
 5 minutes before its ``exp``; ``Arthur-Organization-ID`` from ``GET /users/me`` (or
 ``/users/me/auth_info`` on 403) unless configured; ``GET /models/{id}?id_type=…&expand=attributes``;
-``POST /models/{id}/inferences`` answered by a strict 207. It costs one pooled ``requests.Session``
-instead of the SDK's ~5 s and ~367 MB import. Its errors are ``clients.http``'s.
+``POST /models/{id}/inferences`` answered by a strict 207. It costs one ``clients.http.Service``
+(a urllib3 pool) instead of the SDK's ~5 s and ~367 MB import. Its errors are ``clients.http``'s.
 """
 
 from __future__ import annotations
@@ -19,27 +19,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-
-if TYPE_CHECKING:
-    import requests
 
 from otel_arthur import forking
 from otel_arthur.clients.http import (
     JSON,
     PermanentError,
     RecordResult,
+    Response,
     RetryableError,
+    Service,
     SetupError,
     ThrottledError,
-    Timeouts,
     is_retryable_status,
     is_uuid,
     parse_retry_after,
-    pooled_session,
-    request_errors,
+    refuse_redirect,
 )
 from otel_arthur.config import ArthurSettings, display_url
 
@@ -87,7 +84,7 @@ def jwt_expiry(token: str) -> float | None:
         return None
 
 
-def parse_multistatus(response: requests.Response) -> list[RecordResult]:
+def parse_multistatus(response: Response) -> list[RecordResult]:
     """The SDK's strictness on a 207 body: counts keys exact, a status per result, failures agree."""
     try:
         body = response.json()
@@ -118,22 +115,16 @@ def _record_result(status: Any, message: Any) -> RecordResult:
     return RecordResult(int(status), str(message))
 
 
-# Fragments of requests' / urllib3's error texts -> a short reason; no URL query, header or secret is in them.
-
 class ArthurClient:
-    """Thread-safe client over one pooled session. Authenticates lazily, on the first request."""
+    """Thread-safe client over one ``Service``. Authenticates lazily, on the first request."""
 
-    def __init__(self, settings: ArthurSettings, session: requests.Session | None = None) -> None:
+    def __init__(self, settings: ArthurSettings) -> None:
         self._settings = settings
-        self._base = settings.url + API_PREFIX
-        self._session_given = session
-        self._session_made: requests.Session | None = None
-        self._session_lock = threading.Lock()
+        self._http = Service(settings.url, settings.verify_ssl, settings.timeout, {}, prefix=API_PREFIX)
         self._auth_lock = threading.Lock()
         self._token: str | None = settings.api_key
         self._token_refresh_at = float("inf")  # an API key never expires
         self._organization_id = settings.organization_id
-        self._timeouts = Timeouts(settings.timeout)  # no request outlives a deadline once set (shutdown's)
         forking.register(after_in_child=self._after_fork_in_child)
 
     def __repr__(self) -> str:
@@ -143,13 +134,13 @@ class ArthurClient:
     # -- authentication -------------------------------------------------------------------
 
     def _login(self) -> None:
-        response = self._request_raw(
-            "POST", "/login", json={"login": self._settings.login, "password": self._settings.password}
-        )
+        credentials = {"login": self._settings.login, "password": self._settings.password}
+        response = self._http.request("POST", "/login", body=orjson.dumps(credentials),
+                                      headers={"Content-Type": JSON})
         if response.status_code == HTTPStatus.UNAUTHORIZED:
             raise AuthenticationError(f"Arthur refused login {self._settings.login!r} (401)")
         self._raise_for_status(response, "login")
-        token = response.cookies.get("Authorization")
+        token = response.cookie("Authorization")
         if not token:
             raise SetupError("Arthur's login response set no Authorization cookie")
         expiry = jwt_expiry(token)
@@ -159,9 +150,9 @@ class ArthurClient:
         self._token_refresh_at = expiry - REFRESH_BEFORE_EXPIRY
 
     def _resolve_organization(self) -> str:
-        response = self._request_raw("GET", "/users/me", headers={"Authorization": self._token})
+        response = self._http.request("GET", "/users/me", headers={"Authorization": self._token})
         if response.status_code == HTTPStatus.FORBIDDEN:
-            response = self._request_raw("GET", "/users/me/auth_info", headers={"Authorization": self._token})
+            response = self._http.request("GET", "/users/me/auth_info", headers={"Authorization": self._token})
             self._raise_for_status(response, "organization lookup")
             organizations = response.json().get("organization_ids") or []
             if len(organizations) != 1:
@@ -194,53 +185,32 @@ class ArthurClient:
     # -- transport ------------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
-        """Fresh locks and a session of the child's own at its next request; the token stays valid.
-
-        The parent's pooled connections are the parent's: two processes writing to one socket garble
-        both. The inherited session is dropped, not closed: its pool's lock may have been held at the fork.
-        """
-        self._session_lock = threading.Lock()
+        """A fresh lock (the token stays valid); the ``Service`` renews its own connections."""
         self._auth_lock = threading.Lock()
-        self._session_made = None
-
-    @property
-    def _session(self) -> requests.Session:
-        """Made at the first request, on the delivery thread: importing ``requests`` takes about 130 ms,
-        which an application constructing the exporter at start-up should not wait for."""
-        if self._session_made is None:
-            with self._session_lock:
-                if self._session_made is None:
-                    self._session_made = pooled_session(self._base, self._settings.verify_ssl, self._session_given)
-        return self._session_made
 
     def set_deadline(self, deadline: float) -> None:
         """From now on no request lasts past ``deadline`` (``time.monotonic()``), nor starts after it."""
-        self._timeouts.deadline = deadline
+        self._http.set_deadline(deadline)
 
-    def _request_raw(self, method: str, path: str, *, read_timeout: float | None = None,
-                     **kwargs: Any) -> requests.Response:
-        connect, read = self._timeouts(method, path, read_timeout)
-        with request_errors(method, path, self._settings.url, connect, read):
-            return self._session.request(method, self._base + path, timeout=(connect, read), **kwargs)
-
-    def _request(self, method: str, path: str, *, data: bytes | None = None, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, *, body: bytes | None = None, **kwargs: Any) -> Response:
         """An authenticated request; a 401 on a JWT logs in once more (it can be revoked before exp)."""
-        extra = {"Content-Type": JSON} if data is not None else {}
-        response = self._request_raw(method, path, data=data, headers=self._auth_headers() | extra, **kwargs)
+        extra = {"Content-Type": JSON} if body is not None else {}
+        response = self._http.request(method, path, body=body, headers=self._auth_headers() | extra, **kwargs)
         if response.status_code == HTTPStatus.UNAUTHORIZED and not self._settings.has_api_key:
             self._forget_token()
-            response = self._request_raw(method, path, data=data, headers=self._auth_headers() | extra, **kwargs)
+            response = self._http.request(method, path, body=body, headers=self._auth_headers() | extra, **kwargs)
         if response.status_code == HTTPStatus.UNAUTHORIZED:
             raise AuthenticationError(f"Arthur refused the credentials for {method} {path} (401)")
         return response
 
     @staticmethod
-    def _raise_for_status(response: requests.Response, what: str,
+    def _raise_for_status(response: Response, what: str,
                           refusal: type[PermanentError] = SetupError) -> None:
         """Raise what a non-2xx answer means; ``refusal`` for a 4xx that is about the request itself."""
         status = response.status_code
         if status < 300:
             return
+        refuse_redirect(response, what, "Arthur")
         detail = _error_detail(response)
         if status == HTTPStatus.TOO_MANY_REQUESTS:
             raise ThrottledError(f"{what}: Arthur is throttling (429){detail}",
@@ -277,7 +247,7 @@ class ArthurClient:
         (``rows`` are then their JSON, only counted); ``read_timeout`` replaces ``ARTHUR_TIMEOUT`` for the wait."""
         data = body if body is not None else encode_rows(list(rows))
         count = len(rows)
-        response = self._request("POST", f"/models/{model_id}/inferences", data=data, read_timeout=read_timeout)
+        response = self._request("POST", f"/models/{model_id}/inferences", body=data, read_timeout=read_timeout)
         if response.status_code != HTTPStatus.MULTI_STATUS:
             self._raise_for_status(response, "sending inferences", refusal=PermanentError)
             raise RetryableError(f"sending inferences: Arthur answered {response.status_code}, expected 207")
@@ -287,8 +257,7 @@ class ArthurClient:
         return results
 
     def close(self) -> None:
-        if self._session_made is not None:
-            self._session_made.close()
+        self._http.close()
 
 
 def encode_rows(rows: list[dict[str, Any]]) -> bytes:
@@ -300,7 +269,7 @@ def encode_row(row: dict[str, Any]) -> bytes:
     return orjson.dumps(row)
 
 
-def _error_detail(response: requests.Response) -> str:
+def _error_detail(response: Response) -> str:
     try:
         body = response.json()
     except ValueError:
