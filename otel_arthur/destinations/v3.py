@@ -107,8 +107,12 @@ class ArthurSender:
         bodies = [_row_json(binding, record) for record in records]  # each row's JSON, for sizing and joining
 
         def post(batch: range) -> list[RecordResult]:
-            body = b"[" + b",".join(bodies[batch.start:batch.stop]) + b"]"
-            return self._client.send_inferences(binding.model_id, bodies[batch.start:batch.stop], body,
+            rows = bodies[batch.start:batch.stop]
+            # The JSON array in one copy of the rows: the brackets go on the first and last row, not the whole.
+            rows[0] = b"[" + rows[0]
+            rows[-1] += b"]"
+            body = b",".join(rows)
+            return self._client.send_inferences(binding.model_id, rows, body,
                                                 read_timeout=self.wait.read_timeout(len(body)))
 
         return send_in_batches([len(body) for body in bodies], self._settings.batch_max_records,
