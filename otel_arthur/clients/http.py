@@ -235,10 +235,13 @@ class Service:
 
         connect, read = self._timeouts(method, path, read_timeout)
         path_url = quote(self._path_base + path, safe=_PATH_SAFE) + (f"?{urlencode(params)}" if params else "")
+        try:
+            pool, origin = self._pool()
+        except HTTPError as exc:  # e.g. a proxy of a scheme urllib3 cannot speak: nothing went out
+            raise RetryableError(f"{method} {path}: {type(exc).__name__}") from None
         answered = False
         started = time.monotonic()
         try:
-            pool, origin = self._pool()
             answer = pool.urlopen(method, origin + path_url, body=body,
                                   headers=self._headers | headers if headers else self._headers,
                                   retries=False, redirect=False, assert_same_host=False,
