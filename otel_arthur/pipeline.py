@@ -126,6 +126,7 @@ class Readiness:
 class _Outcome(enum.Enum):
     IDLE = "nothing to send"
     SETTLED = "every record delivered or dead-lettered"
+    CAUGHT_UP = "every record delivered or dead-lettered, and the claim took all that waited"
     RETRY_LATER = "some records went back to pending"
     BLOCKED = "Arthur refuses the set-up"
 
@@ -209,7 +210,7 @@ class Pipeline:
         self._stop = threading.Event()  # shutdown began: interrupts every wait of the worker
         self._wake = threading.Event()  # records were submitted
         self._ready = threading.Event()  # deliver now, without lingering: a batch's worth waits, or a flush or shutdown
-        self._unsent = 0  # records submitted since the worker last looked (unlocked: a lost update only lingers)
+        self._unsent = 0  # records submitted and not yet claimed by the worker (unlocked: a lost update only lingers)
         self._progress = threading.Condition()  # the worker settled a batch
         self._health = _Health(self._spool, to.title)
         self._transport = transport or to.sender(self._counters)
@@ -471,6 +472,7 @@ class Pipeline:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
+                self._ready.set()  # again: the worker clears it each time it looks
                 with self._progress:
                     self._progress.wait(min(remaining, FLUSH_POLL))
             return not self._spool.dead_lettered_since(started, upto=mark) and self._counters.dropped_total() == dropped
@@ -546,18 +548,28 @@ class Pipeline:
         # Fetch the model at start-up, but give the application a moment first (or its first record):
         # a process that exits at once should not pay for a request it never needed (~70 ms).
         self._wake.wait(BIND_DELAY)
+        after_full_batch = False  # then the next claim takes only another full batch, else it lingers for one
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= adopt_at:
                     adopt_at = time.monotonic() + ADOPT_INTERVAL
                     self._spool.adopt_orphans()
                 self._wake.clear()
+                self._ready.clear()  # set again by a flush, shutdown, or a batch's worth not yet claimed
                 if self._pacer is not None:
                     self._pacer.begin()
-                outcome = self._deliver_batch() if self._model_fetched else self._bind()
+                left_fewer = False  # a full batch was sent, and fewer than another (maybe none) are left waiting
+                if self._model_fetched:
+                    outcome = self._deliver_batch(whole_batch=after_full_batch)
+                    left_fewer = after_full_batch and outcome is _Outcome.IDLE
+                    after_full_batch = outcome is _Outcome.SETTLED
+                else:
+                    outcome = self._bind()
                 errors = 0
-                if outcome is _Outcome.IDLE:
-                    self._wait_for_records()
+                if outcome is _Outcome.IDLE or outcome is _Outcome.CAUGHT_UP:
+                    # Caught up: linger for the next batch's worth rather than claim the few that came in during
+                    # the POST (at 4 spans an export, chasing those made one request per ~25 records).
+                    self._wait_for_records(left_fewer)
                 elif outcome is _Outcome.BLOCKED:
                     if self._stop.is_set():
                         return  # it failed while shutdown waited for it: another try would only hold the exit
@@ -573,19 +585,17 @@ class Pipeline:
                 self._stop.wait(self._policy.interval(errors, self._rng))
         self._drain()
 
-    def _wait_for_records(self) -> None:
-        """Sleep until records are submitted (or ``IDLE_POLL``: other processes' leftovers), then linger until a
-        batch's worth waits, a flush or shutdown asks, or ``delivery_linger`` has passed."""
-        if self._wake.wait(IDLE_POLL) and self._settings.delivery_linger > 0:
+    def _wait_for_records(self, some_wait: bool = False) -> None:
+        """Sleep until records are submitted (or ``IDLE_POLL``: other processes' leftovers; at once when ``some_wait``),
+        then linger until a batch's worth waits, a flush or shutdown asks, or ``delivery_linger`` has passed."""
+        if (some_wait or self._wake.wait(IDLE_POLL)) and self._settings.delivery_linger > 0:
             self._ready.wait(self._settings.delivery_linger)
-        self._ready.clear()
-        self._unsent = 0
 
     def _drain(self) -> None:
         """Shutdown: deliver until the deadline, an empty spool or the first failure; no waiting to retry."""
         try:
             while time.monotonic() < self._drain_deadline:
-                if self._deliver_batch() is not _Outcome.SETTLED:
+                if self._deliver_batch() not in (_Outcome.SETTLED, _Outcome.CAUGHT_UP):
                     return
         except SpoolClosed:
             return
@@ -608,8 +618,14 @@ class Pipeline:
         self._model_fetched = True
         return _Outcome.SETTLED
 
-    def _deliver_batch(self) -> _Outcome:
-        claimed = self._spool.claim(self._settings.batch_max_records)
+    def _deliver_batch(self, whole_batch: bool = False) -> _Outcome:
+        """Claim, send and settle one batch; ``whole_batch``: only if a full batch waits (else IDLE)."""
+        limit = self._settings.batch_max_records
+        claimed = self._spool.claim(limit, minimum=limit if whole_batch else 1)
+        if len(claimed) == limit:
+            self._unsent = max(0, self._unsent - limit)
+        elif not whole_batch:
+            self._unsent = 0  # it took all that waited
         if not claimed:
             return _Outcome.IDLE
         self._pause_if_due()
@@ -641,7 +657,9 @@ class Pipeline:
         self._pause_if_due()
         released = self._settle_results([(seq, results[index]) for index, seq in unsettled.items()])
         self._pause_if_due()
-        return _Outcome.RETRY_LATER if released else _Outcome.SETTLED
+        if released:
+            return _Outcome.RETRY_LATER
+        return _Outcome.SETTLED if len(claimed) == limit else _Outcome.CAUGHT_UP
 
     def _pause_if_due(self) -> None:
         if self._pacer is not None:

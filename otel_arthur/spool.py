@@ -554,14 +554,19 @@ class Spool:
         return dropped
 
     @_retried
-    def claim(self, limit: int) -> list[Claimed]:
-        """Take up to ``limit`` of this destination's oldest pending records; they are ours until settled."""
+    def claim(self, limit: int, minimum: int = 1) -> list[Claimed]:
+        """Take up to ``limit`` of this destination's oldest pending records; they are ours until settled.
+
+        None unless at least ``minimum`` wait (a worker that just sent a full batch takes only another full one).
+        """
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT seq, partner_inference_id, body FROM records WHERE destination = ? AND owner IS NULL"
                 " ORDER BY seq LIMIT ?",
                 (self.destination, limit),
             ).fetchall()
+            if len(rows) < minimum:
+                rows = []
             if rows:  # in this transaction the pending rows between the first and last claimed are exactly those
                 db.execute("UPDATE records SET owner = ? WHERE destination = ? AND owner IS NULL AND seq BETWEEN ? AND ?",
                            (self.owner, self.destination, rows[0][0], rows[-1][0]))
