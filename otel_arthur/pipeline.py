@@ -43,8 +43,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +56,7 @@ from otel_arthur.clients.http import (
     SetupError,
 )
 from otel_arthur.config import ArthurSettings
-from otel_arthur.dedupe import Choice
+from otel_arthur.dedupe import CallMemory, Choice
 from otel_arthur.delivery import Sender
 from otel_arthur.destinations import Destination
 from otel_arthur.destinations.v3 import V3Destination
@@ -202,6 +201,8 @@ class Pipeline:
             assert settings is not None, "a Pipeline needs settings or a destination"
             to = V3Destination(settings, redact)
         self._destination = to
+        # One record per call (``dedupe``): v3 only, the Engine keeps every span.
+        self._calls: CallMemory | None = getattr(to, "calls", None)
         self._settings = settings = to.settings
         self._spool = Spool(settings.spool_dir, to.key, settings.spool_max_bytes, to.codec)
         self._counters = Counters()
@@ -292,8 +293,12 @@ class Pipeline:
         """
         if not records:
             return True
-        with self._one_per_call(records) as choice:
-            return self._submit(choice, pacer)
+        if self._calls is None:
+            return self._submit(Choice(list(records), 0), pacer)
+        with self._calls.choosing(records) as choice:
+            submitted = self._submit(choice, pacer)
+        self._count_duplicates(choice)
+        return submitted
 
     def _submit(self, choice: Choice, pacer: Pacer | None) -> bool:
         records = choice.records
@@ -336,8 +341,12 @@ class Pipeline:
         """
         if not records:
             return Accepted()
-        with self._one_per_call(records) as choice:
-            return self._accept(choice)
+        if self._calls is None:
+            return self._accept(Choice(list(records), 0))
+        with self._calls.choosing(records) as choice:
+            accepted = self._accept(choice)
+        self._count_duplicates(choice)
+        return accepted
 
     def _accept(self, choice: Choice) -> Refusal | Accepted:
         if self._closed:
@@ -374,20 +383,14 @@ class Pipeline:
         """Wake the worker, which lingers (``delivery_linger``) until a batch's worth waits: one request for many
         exports rather than one each (an export of a few spans cost a POST, ~1.3 ms, and woke the thread)."""
         self._unsent += records
-        if self._unsent >= self._settings.batch_max_records:
+        # Event.set takes the event's lock and notifies even when set: once per export, so only when it is not.
+        if self._unsent >= self._settings.batch_max_records and not self._ready.is_set():
             self._ready.set()
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
-    @contextmanager
-    def _one_per_call(self, records: Sequence[Any]) -> Iterator[Choice]:
-        """The records minus second spans of one call (``dedupe``; v3 only: the Engine keeps every span),
-        counted once stored."""
-        calls = getattr(self._destination, "calls", None)
-        if calls is None:
-            yield Choice(list(records), 0)
-            return
-        with calls.choosing(records) as choice:
-            yield choice
+    def _count_duplicates(self, choice: Choice) -> None:
+        """Second spans of one call left out (``dedupe``), counted once the rest was stored."""
         if choice.stored and choice.duplicates:
             self._counters.add("deduplicated", choice.duplicates)
 
