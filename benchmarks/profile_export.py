@@ -30,7 +30,6 @@ def main() -> None:
 
     from pyinstrument import Profiler
 
-    from otel_arthur import ArthurSpanExporter
     from otel_arthur import pipeline as pipeline_module
 
     def report(name: str, profiler: Profiler, per: int) -> None:
@@ -44,13 +43,7 @@ def main() -> None:
     ignored = list(c.sdk_spans(512, generation_share=0.0))
     generations = list(c.sdk_spans(args.spans))
     with tempfile.TemporaryDirectory(prefix="otel-arthur-profile-") as work, \
-            c.local_arthur(Path(work), Path(work) / "arthur.sqlite3") as arthur:
-        model_id = c.create_model(arthur.url)
-        exporter = ArthurSpanExporter(url=arthur.url, api_key=c.API_KEY, model_id=model_id, allow_insecure=True,
-                                      spool_dir=str(Path(work) / "spool"))
-        exporter.export(generations[:1])
-        exporter.force_flush(60_000)  # the model is fetched and bound before anything is profiled
-
+            c.exporter_on_local_arthur(Path(work), bind_with=generations) as (_, exporter):
         profiler = Profiler(interval=0.0002, async_mode="disabled")
         with profiler:
             for _ in range(200):
