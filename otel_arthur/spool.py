@@ -559,13 +559,15 @@ class Spool:
         None unless at least ``minimum`` wait (a worker that just sent a full batch takes only another full one).
         """
         with self._transaction() as db:
+            if minimum > 1 and db.execute(  # counted without reading the bodies of fewer than wanted
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM records WHERE destination = ? AND owner IS NULL LIMIT ?)",
+                    (self.destination, minimum)).fetchone()[0] < minimum:
+                return []
             rows = db.execute(
                 "SELECT seq, partner_inference_id, body FROM records WHERE destination = ? AND owner IS NULL"
                 " ORDER BY seq LIMIT ?",
                 (self.destination, limit),
             ).fetchall()
-            if len(rows) < minimum:
-                rows = []
             if rows:  # in this transaction the pending rows between the first and last claimed are exactly those
                 db.execute("UPDATE records SET owner = ? WHERE destination = ? AND owner IS NULL AND seq BETWEEN ? AND ?",
                            (self.owner, self.destination, rows[0][0], rows[-1][0]))
