@@ -2,6 +2,7 @@
 
     uv run --frozen python benchmarks/profile_export.py                 # text, to the terminal
     uv run --frozen python benchmarks/profile_export.py --html /tmp/p   # and an HTML page per path
+    uv run --frozen python benchmarks/profile_export.py --batch 4       # export()'s fixed costs at small batches
 
 Three paths, each over SDK-made spans (attributes in ``BoundedAttributes``, as a span processor
 hands them over): ``export()`` of non-LLM spans (classify and ignore), ``export()`` of recorded
@@ -25,6 +26,7 @@ import _common as c  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=20_000, help="generation spans (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=512, help="generation spans per export (default: %(default)s)")
     parser.add_argument("--html", type=Path, help="also write <dir>/<path>.html")
     args = parser.parse_args()
 
@@ -57,8 +59,8 @@ def main() -> None:
         pipeline._thread.join()
         profiler = Profiler(interval=0.0002, async_mode="disabled")
         with profiler:
-            for i in range(0, len(generations), 512):
-                exporter.export(generations[i:i + 512])
+            for i in range(0, len(generations), args.batch):
+                exporter.export(generations[i:i + args.batch])
         report("export-generations", profiler, len(generations))
 
         # Then drain it, batch by batch, on this thread: the worker's own step (claim, bind, POST, settle).
