@@ -591,6 +591,8 @@ class Pipeline:
     def _wait_for_records(self, some_wait: bool = False) -> None:
         """Sleep until records are submitted (or ``IDLE_POLL``: other processes' leftovers; at once when ``some_wait``),
         then linger until a batch's worth waits, a flush or shutdown asks, or ``delivery_linger`` has passed."""
+        if self._stop.is_set():  # shutdown set the events before the loop cleared them: no waiting for them
+            return
         if (some_wait or self._wake.wait(IDLE_POLL)) and self._settings.delivery_linger > 0:
             self._ready.wait(self._settings.delivery_linger)
 
