@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import API_KEY, emit  # noqa: E402
+from _common import API_KEY, arthur_exporter, emit  # noqa: E402
 
 HISTORY = (
     ("system", "You are a helpful assistant. Answer in one short paragraph."),
@@ -88,10 +88,7 @@ def make_exporter(config: str, phase: dict[str, Any], args: dict[str, Any]) -> A
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
     if config == "otel_arthur":
-        from otel_arthur import ArthurSpanExporter
-
-        return ArthurSpanExporter(url=phase["arthur_url"], api_key=API_KEY, model_id=phase["model_id"],
-                                  allow_insecure=True, spool_dir=phase["spool_dir"])
+        return arthur_exporter(phase["arthur_url"], phase["model_id"], phase["spool_dir"])
     if config == "otel_otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,

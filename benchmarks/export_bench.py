@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import API_KEY, arthur_stats, emit, inference_requests  # noqa: E402
+from _common import arthur_exporter, arthur_stats, emit, inference_requests  # noqa: E402
 
 BATCH = 512
 
@@ -32,11 +32,8 @@ def ignored(args: dict) -> dict:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from otel_arthur import ArthurSpanExporter
-
     spans = list(sdk_spans(args["spans"], generation_share=0.0))
-    exporter = ArthurSpanExporter(url=args["arthur_url"], api_key=API_KEY, model_id=args["model_id"],
-                                  allow_insecure=True, spool_dir=args["spool_dir"])
+    exporter = arthur_exporter(args["arthur_url"], args["model_id"], args["spool_dir"])
 
     class Noop(SpanExporter):
         def export(self, spans):
@@ -76,13 +73,8 @@ def arthur(args: dict) -> dict:
     """Generation spans through ArthurSpanExporter (map + spool + deliver) until Arthur has every one."""
     from _common import generation_templates, sdk_spans
 
-    from otel_arthur import ArthurSpanExporter
-
     spans = _fresh_copies(list(sdk_spans(len(generation_templates()))), args["spans"])
-    exporter = ArthurSpanExporter(url=args["arthur_url"], api_key=API_KEY, model_id=args["model_id"],
-                                  allow_insecure=True, spool_dir=args["spool_dir"])
-    exporter.export(spans[:1])  # binds to the model (one GET) before the clock starts
-    exporter.force_flush(60_000)
+    exporter = arthur_exporter(args["arthur_url"], args["model_id"], args["spool_dir"], bind_with=spans)  # one GET, first
     before = arthur_stats(args["arthur_url"])
     delivered_before = exporter.stats().delivered
     cpu = time.process_time()

@@ -27,13 +27,8 @@ import _common as c  # noqa: E402
 def measure(arthur_url: str, model_id: str, spool_dir: str, batch: int, spans: int) -> dict[str, float]:
     from export_bench import _fresh_copies
 
-    from otel_arthur import ArthurSpanExporter
-
     generations = _fresh_copies(list(c.sdk_spans(len(c.generation_templates()))), spans)
-    exporter = ArthurSpanExporter(url=arthur_url, api_key=c.API_KEY, model_id=model_id, allow_insecure=True,
-                                  spool_dir=spool_dir)
-    exporter.export(generations[:1])
-    exporter.force_flush(60_000)  # bound to the model before the clock starts
+    exporter = c.arthur_exporter(arthur_url, model_id, spool_dir, bind_with=generations)  # bound before the clock starts
     delivered_before = exporter.stats().delivered
     cpu, wall = time.process_time(), time.perf_counter()
     export_cpu = 0.0

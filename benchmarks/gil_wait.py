@@ -48,10 +48,7 @@ def worker(args: dict[str, Any]) -> None:
 
         exporter: Any = NoopExporter()
     else:
-        from otel_arthur import ArthurSpanExporter
-
-        exporter = ArthurSpanExporter(url=args["arthur_url"], api_key=c.API_KEY, model_id=args["model_id"],
-                                      allow_insecure=True, spool_dir=args["spool_dir"])
+        exporter = c.arthur_exporter(args["arthur_url"], args["model_id"], args["spool_dir"])
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-gil"}))
     processor = BatchSpanProcessor(exporter, schedule_delay_millis=100)
     provider.add_span_processor(processor)

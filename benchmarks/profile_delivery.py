@@ -32,17 +32,11 @@ def main() -> None:
 
     from export_bench import _fresh_copies
 
-    from otel_arthur import ArthurSpanExporter
     from otel_arthur import pipeline as pipeline_module
 
     templates = list(c.sdk_spans(len(c.generation_templates())))
     with tempfile.TemporaryDirectory(prefix="otel-arthur-profile-") as work, \
-            c.local_arthur(Path(work), Path(work) / "arthur.sqlite3") as arthur:
-        model_id = c.create_model(arthur.url)
-        exporter = ArthurSpanExporter(url=arthur.url, api_key=c.API_KEY, model_id=model_id, allow_insecure=True,
-                                      spool_dir=str(Path(work) / "spool"))
-        exporter.export(templates[:1])
-        exporter.force_flush(60_000)  # the model is fetched and bound before anything is measured
+            c.exporter_on_local_arthur(Path(work), bind_with=templates) as (_, exporter):
         pipeline = exporter._pipelines[0]
         assert pipeline is not None
         pipeline._stop.set()  # hold the worker back: this thread drains the spool

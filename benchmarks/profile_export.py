@@ -2,6 +2,7 @@
 
     uv run --frozen python benchmarks/profile_export.py                 # text, to the terminal
     uv run --frozen python benchmarks/profile_export.py --html /tmp/p   # and an HTML page per path
+    uv run --frozen python benchmarks/profile_export.py --batch 4       # export()'s fixed costs at small batches
 
 Three paths, each over SDK-made spans (attributes in ``BoundedAttributes``, as a span processor
 hands them over): ``export()`` of non-LLM spans (classify and ignore), ``export()`` of recorded
@@ -25,12 +26,12 @@ import _common as c  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=20_000, help="generation spans (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=512, help="generation spans per export (default: %(default)s)")
     parser.add_argument("--html", type=Path, help="also write <dir>/<path>.html")
     args = parser.parse_args()
 
     from pyinstrument import Profiler
 
-    from otel_arthur import ArthurSpanExporter
     from otel_arthur import pipeline as pipeline_module
 
     def report(name: str, profiler: Profiler, per: int) -> None:
@@ -44,13 +45,7 @@ def main() -> None:
     ignored = list(c.sdk_spans(512, generation_share=0.0))
     generations = list(c.sdk_spans(args.spans))
     with tempfile.TemporaryDirectory(prefix="otel-arthur-profile-") as work, \
-            c.local_arthur(Path(work), Path(work) / "arthur.sqlite3") as arthur:
-        model_id = c.create_model(arthur.url)
-        exporter = ArthurSpanExporter(url=arthur.url, api_key=c.API_KEY, model_id=model_id, allow_insecure=True,
-                                      spool_dir=str(Path(work) / "spool"))
-        exporter.export(generations[:1])
-        exporter.force_flush(60_000)  # the model is fetched and bound before anything is profiled
-
+            c.exporter_on_local_arthur(Path(work), bind_with=generations) as (_, exporter):
         profiler = Profiler(interval=0.0002, async_mode="disabled")
         with profiler:
             for _ in range(200):
@@ -64,8 +59,8 @@ def main() -> None:
         pipeline._thread.join()
         profiler = Profiler(interval=0.0002, async_mode="disabled")
         with profiler:
-            for i in range(0, len(generations), 512):
-                exporter.export(generations[i:i + 512])
+            for i in range(0, len(generations), args.batch):
+                exporter.export(generations[i:i + args.batch])
         report("export-generations", profiler, len(generations))
 
         # Then drain it, batch by batch, on this thread: the worker's own step (claim, bind, POST, settle).

@@ -43,8 +43,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +56,7 @@ from otel_arthur.clients.http import (
     SetupError,
 )
 from otel_arthur.config import ArthurSettings
-from otel_arthur.dedupe import Choice
+from otel_arthur.dedupe import CallMemory, Choice
 from otel_arthur.delivery import Sender
 from otel_arthur.destinations import Destination
 from otel_arthur.destinations.v3 import V3Destination
@@ -126,6 +125,7 @@ class Readiness:
 class _Outcome(enum.Enum):
     IDLE = "nothing to send"
     SETTLED = "every record delivered or dead-lettered"
+    CAUGHT_UP = "every record delivered or dead-lettered, and the claim took all that waited"
     RETRY_LATER = "some records went back to pending"
     BLOCKED = "Arthur refuses the set-up"
 
@@ -201,6 +201,8 @@ class Pipeline:
             assert settings is not None, "a Pipeline needs settings or a destination"
             to = V3Destination(settings, redact)
         self._destination = to
+        # One record per call (``dedupe``): v3 only, the Engine keeps every span.
+        self._calls: CallMemory | None = getattr(to, "calls", None)
         self._settings = settings = to.settings
         self._spool = Spool(settings.spool_dir, to.key, settings.spool_max_bytes, to.codec)
         self._counters = Counters()
@@ -209,7 +211,7 @@ class Pipeline:
         self._stop = threading.Event()  # shutdown began: interrupts every wait of the worker
         self._wake = threading.Event()  # records were submitted
         self._ready = threading.Event()  # deliver now, without lingering: a batch's worth waits, or a flush or shutdown
-        self._unsent = 0  # records submitted since the worker last looked (unlocked: a lost update only lingers)
+        self._unsent = 0  # records submitted and not yet claimed by the worker (unlocked: a lost update only lingers)
         self._progress = threading.Condition()  # the worker settled a batch
         self._health = _Health(self._spool, to.title)
         self._transport = transport or to.sender(self._counters)
@@ -291,8 +293,12 @@ class Pipeline:
         """
         if not records:
             return True
-        with self._one_per_call(records) as choice:
-            return self._submit(choice, pacer)
+        if self._calls is None:
+            return self._submit(Choice(list(records), 0), pacer)
+        with self._calls.choosing(records) as choice:
+            submitted = self._submit(choice, pacer)
+        self._count_duplicates(choice)
+        return submitted
 
     def _submit(self, choice: Choice, pacer: Pacer | None) -> bool:
         records = choice.records
@@ -335,8 +341,12 @@ class Pipeline:
         """
         if not records:
             return Accepted()
-        with self._one_per_call(records) as choice:
-            return self._accept(choice)
+        if self._calls is None:
+            return self._accept(Choice(list(records), 0))
+        with self._calls.choosing(records) as choice:
+            accepted = self._accept(choice)
+        self._count_duplicates(choice)
+        return accepted
 
     def _accept(self, choice: Choice) -> Refusal | Accepted:
         if self._closed:
@@ -373,20 +383,14 @@ class Pipeline:
         """Wake the worker, which lingers (``delivery_linger``) until a batch's worth waits: one request for many
         exports rather than one each (an export of a few spans cost a POST, ~1.3 ms, and woke the thread)."""
         self._unsent += records
-        if self._unsent >= self._settings.batch_max_records:
+        # Event.set takes the event's lock and notifies even when set: once per export, so only when it is not.
+        if self._unsent >= self._settings.batch_max_records and not self._ready.is_set():
             self._ready.set()
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
-    @contextmanager
-    def _one_per_call(self, records: Sequence[Any]) -> Iterator[Choice]:
-        """The records minus second spans of one call (``dedupe``; v3 only: the Engine keeps every span),
-        counted once stored."""
-        calls = getattr(self._destination, "calls", None)
-        if calls is None:
-            yield Choice(list(records), 0)
-            return
-        with calls.choosing(records) as choice:
-            yield choice
+    def _count_duplicates(self, choice: Choice) -> None:
+        """Second spans of one call left out (``dedupe``), counted once the rest was stored."""
         if choice.stored and choice.duplicates:
             self._counters.add("deduplicated", choice.duplicates)
 
@@ -471,6 +475,7 @@ class Pipeline:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
+                self._ready.set()  # again: the worker clears it each time it looks
                 with self._progress:
                     self._progress.wait(min(remaining, FLUSH_POLL))
             return not self._spool.dead_lettered_since(started, upto=mark) and self._counters.dropped_total() == dropped
@@ -546,18 +551,28 @@ class Pipeline:
         # Fetch the model at start-up, but give the application a moment first (or its first record):
         # a process that exits at once should not pay for a request it never needed (~70 ms).
         self._wake.wait(BIND_DELAY)
+        after_full_batch = False  # then the next claim takes only another full batch, else it lingers for one
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= adopt_at:
                     adopt_at = time.monotonic() + ADOPT_INTERVAL
                     self._spool.adopt_orphans()
                 self._wake.clear()
+                self._ready.clear()  # set again by a flush, shutdown, or a batch's worth not yet claimed
                 if self._pacer is not None:
                     self._pacer.begin()
-                outcome = self._deliver_batch() if self._model_fetched else self._bind()
+                left_fewer = False  # a full batch was sent, and fewer than another (maybe none) are left waiting
+                if self._model_fetched:
+                    outcome = self._deliver_batch(whole_batch=after_full_batch)
+                    left_fewer = after_full_batch and outcome is _Outcome.IDLE
+                    after_full_batch = outcome is _Outcome.SETTLED
+                else:
+                    outcome = self._bind()
                 errors = 0
-                if outcome is _Outcome.IDLE:
-                    self._wait_for_records()
+                if outcome is _Outcome.IDLE or outcome is _Outcome.CAUGHT_UP:
+                    # Caught up: linger for the next batch's worth rather than claim the few that came in during
+                    # the POST (at 4 spans an export, chasing those made one request per ~25 records).
+                    self._wait_for_records(left_fewer)
                 elif outcome is _Outcome.BLOCKED:
                     if self._stop.is_set():
                         return  # it failed while shutdown waited for it: another try would only hold the exit
@@ -573,19 +588,19 @@ class Pipeline:
                 self._stop.wait(self._policy.interval(errors, self._rng))
         self._drain()
 
-    def _wait_for_records(self) -> None:
-        """Sleep until records are submitted (or ``IDLE_POLL``: other processes' leftovers), then linger until a
-        batch's worth waits, a flush or shutdown asks, or ``delivery_linger`` has passed."""
-        if self._wake.wait(IDLE_POLL) and self._settings.delivery_linger > 0:
+    def _wait_for_records(self, some_wait: bool = False) -> None:
+        """Sleep until records are submitted (or ``IDLE_POLL``: other processes' leftovers; at once when ``some_wait``),
+        then linger until a batch's worth waits, a flush or shutdown asks, or ``delivery_linger`` has passed."""
+        if self._stop.is_set():  # shutdown set the events before the loop cleared them: no waiting for them
+            return
+        if (some_wait or self._wake.wait(IDLE_POLL)) and self._settings.delivery_linger > 0:
             self._ready.wait(self._settings.delivery_linger)
-        self._ready.clear()
-        self._unsent = 0
 
     def _drain(self) -> None:
         """Shutdown: deliver until the deadline, an empty spool or the first failure; no waiting to retry."""
         try:
             while time.monotonic() < self._drain_deadline:
-                if self._deliver_batch() is not _Outcome.SETTLED:
+                if self._deliver_batch() not in (_Outcome.SETTLED, _Outcome.CAUGHT_UP):
                     return
         except SpoolClosed:
             return
@@ -608,8 +623,14 @@ class Pipeline:
         self._model_fetched = True
         return _Outcome.SETTLED
 
-    def _deliver_batch(self) -> _Outcome:
-        claimed = self._spool.claim(self._settings.batch_max_records)
+    def _deliver_batch(self, whole_batch: bool = False) -> _Outcome:
+        """Claim, send and settle one batch; ``whole_batch``: only if a full batch waits (else IDLE)."""
+        limit = self._settings.batch_max_records
+        claimed = self._spool.claim(limit, minimum=limit if whole_batch else 1)
+        if len(claimed) == limit:
+            self._unsent = max(0, self._unsent - limit)
+        elif not whole_batch:
+            self._unsent = 0  # it took all that waited
         if not claimed:
             return _Outcome.IDLE
         self._pause_if_due()
@@ -641,7 +662,9 @@ class Pipeline:
         self._pause_if_due()
         released = self._settle_results([(seq, results[index]) for index, seq in unsettled.items()])
         self._pause_if_due()
-        return _Outcome.RETRY_LATER if released else _Outcome.SETTLED
+        if released:
+            return _Outcome.RETRY_LATER
+        return _Outcome.SETTLED if len(claimed) == limit else _Outcome.CAUGHT_UP
 
     def _pause_if_due(self) -> None:
         if self._pacer is not None:

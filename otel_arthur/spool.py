@@ -67,7 +67,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -165,9 +165,8 @@ def _retried(method: Callable) -> Callable:
     return run
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A record taken from the spool by ``claim``; ``seq`` settles it."""
+class Claimed(NamedTuple):
+    """A record taken from the spool by ``claim``; ``seq`` settles it. A tuple: one is made per record delivered."""
 
     seq: int
     record: Any  # what the spool's codec hands delivery (``Codec.claimed``): a StoredRecord for v3
@@ -527,7 +526,7 @@ class Spool:
         encode, identity = self.codec.encode, self.codec.identity
         for record in records:
             body = encode(record)
-            size = len(body.encode("utf-8"))
+            size = len(body) if body.isascii() else len(body.encode("utf-8"))  # isascii() reads a flag: no copy
             if size > self.max_bytes:
                 too_big += 1
                 continue
@@ -554,9 +553,16 @@ class Spool:
         return dropped
 
     @_retried
-    def claim(self, limit: int) -> list[Claimed]:
-        """Take up to ``limit`` of this destination's oldest pending records; they are ours until settled."""
+    def claim(self, limit: int, minimum: int = 1) -> list[Claimed]:
+        """Take up to ``limit`` of this destination's oldest pending records; they are ours until settled.
+
+        None unless at least ``minimum`` wait (a worker that just sent a full batch takes only another full one).
+        """
         with self._transaction() as db:
+            if minimum > 1 and db.execute(  # counted without reading the bodies of fewer than wanted
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM records WHERE destination = ? AND owner IS NULL LIMIT ?)",
+                    (self.destination, minimum)).fetchone()[0] < minimum:
+                return []
             rows = db.execute(
                 "SELECT seq, partner_inference_id, body FROM records WHERE destination = ? AND owner IS NULL"
                 " ORDER BY seq LIMIT ?",

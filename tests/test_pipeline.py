@@ -444,6 +444,31 @@ def test_delivery_lingers_until_a_batchs_worth_waits_and_sends_it_as_one_request
     assert delivered.sent == [[r.partner_inference_id for r in first + second]]
 
 
+def test_records_arriving_during_a_request_wait_for_the_next_batchs_worth_rather_than_go_alone(settings, pipelines):
+    """After a full batch the worker lingers again: the few records spooled while it was sent are not chased
+    in a request of their own (at 4 spans an export that made one request per ~25 records)."""
+    during, after = records(3, prefix="during"), records(7, prefix="after")
+    holder: list[Pipeline] = []
+
+    def answer(batch):
+        if len(delivered.sent) == 1:
+            assert holder[0].submit(during)  # spooled while the first request is on the wire
+        return [RecordResult(200, "success")] * len(batch)
+
+    delivered = Scripted(answer)
+    pipeline = pipelines(replace(settings(model_id="unused", batch_max_records=10), delivery_linger=600.0),
+                         transport=delivered)
+    holder.append(pipeline)
+    assert wait_for(lambda: pipeline.readiness().model_fetched, timeout=BIND_DELAY + 10)
+    first = records(10, prefix="first")
+    assert pipeline.submit(first)
+    assert wait_for(lambda: pipeline.stats().delivered == 10)
+    assert pipeline.submit(after)  # with the 3 spooled during the request: a batch's worth
+    assert wait_for(lambda: pipeline.stats().delivered == 20)
+    assert delivered.sent == [[r.partner_inference_id for r in first],
+                              [r.partner_inference_id for r in during + after]]
+
+
 def test_a_flush_does_not_wait_for_the_linger(settings, pipelines):
     delivered = Scripted(lambda batch: [RecordResult(200, "success")] * len(batch))
     pipeline = pipelines(replace(settings(model_id="unused"), delivery_linger=600.0), transport=delivered)

@@ -42,6 +42,14 @@ def test_records_come_back_as_they_went_in_oldest_first(spool):
     assert spool.claim(10) == []  # in flight: not handed out twice
 
 
+def test_a_claim_with_a_minimum_takes_nothing_until_that_many_wait(spool):
+    spool.append(records(3))
+    assert spool.claim(4, minimum=4) == []
+    assert spool.pending() == 3 and ids(spool.claim(4)) == ["id-0", "id-1", "id-2"]  # left pending, not claimed
+    spool.append(records(5, start=3))
+    assert ids(spool.claim(4, minimum=4)) == ["id-3", "id-4", "id-5", "id-6"]
+
+
 def test_settle_acks_dead_letters_and_releases_in_one_go(spool):
     spool.append(records(4))
     a, b, c, d = spool.claim(4)
