@@ -165,10 +165,16 @@ def plain_span(span: ReadableSpan, attributes: Mapping[str, Any]) -> PlainSpan |
         name=span.name, trace_id=context.trace_id, span_id=context.span_id,
         parent_span_id=span.parent.span_id if span.parent is not None else None,
         start_ns=span.start_time, end_ns=span.end_time, attributes=attributes,
-        resource=span.resource.attributes if span.resource is not None else {},
+        resource=_plain_mapping(span.resource.attributes) if span.resource is not None else {},
         scope=scope.name if scope is not None else "",
         error=(status.description or "") if status.status_code is StatusCode.ERROR else None,
     )
+
+
+def _plain_mapping(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The plain dict under the SDK's ``BoundedAttributes`` (a resource's), whose ``get`` is ``Mapping.get`` in Python."""
+    inner = getattr(attributes, "_dict", None)
+    return inner if type(inner) is dict else attributes
 
 
 def map_span(span: ReadableSpan | PlainSpan) -> InferenceRecord | None:
@@ -228,6 +234,8 @@ def _record(span: PlainSpan, attributes: Mapping[str, Any], convention: Conventi
         if (finish_reason := field_value(outputs[0].get("finish_reason"))) is not None:
             fields["finish_reason"] = finish_reason
     for source, wanted in convention.json_sources.items():
+        if wanted.keys() <= fields.keys():  # every field it could give is there already: not parsed
+            continue
         document = parse_json(get(source))
         if isinstance(document, dict):
             for name, keys in wanted.items():

@@ -134,7 +134,8 @@ def json_text(value: Any) -> str:
 
 def parts_text(parts: Any) -> str:
     """Text of a GenAI ``parts`` list (or a bare string): text parts and tool results; other parts are left out."""
-    return _read_parts(parts).text
+    text = _single_text(parts)
+    return _read_parts(parts).text if text is None else text
 
 
 def convention_messages(attributes: Mapping[str, Any],
@@ -232,12 +233,18 @@ def json_message_texts(messages: Any) -> list[tuple[str, str]]:
     for message in messages:
         if not isinstance(message, dict):
             continue
-        role, parts = _role_and_parts(message)
-        if (text := _single_text(parts)) is None:
-            read_parts = _read_parts(parts)
-            text = message_text(Message(role, read_parts.text, read_parts.tool_calls, read_parts.answered,
-                                        read_parts.other_parts))
-        read.append((role, text))
+        # _role_and_parts and _single_text inlined: this runs for every message of every generation.
+        role = message.get("role")
+        if type(role) is not str or not role:
+            role = scalar_text(role) or "unknown"
+        parts = message["parts"] if "parts" in message else message.get("content")
+        if type(parts) is list and len(parts) == 1 and type(part := parts[0]) is dict \
+                and part.get("type", GenAI.PART_TEXT) == GenAI.PART_TEXT and type(text := part.get("content", "")) is str:
+            read.append((role, text))
+            continue
+        read_parts = _read_parts(parts)
+        read.append((role, message_text(Message(role, read_parts.text, read_parts.tool_calls, read_parts.answered,
+                                                read_parts.other_parts))))
     return read
 
 
