@@ -214,9 +214,13 @@ def _json_messages(raw: Any) -> list[Message]:
     for message in messages:
         if not isinstance(message, dict):
             continue
-        role, parts = _role_and_parts(message)
+        role = message.get("role")
+        if type(role) is not str or not role:
+            role = scalar_text(role) or "unknown"
+        parts = message["parts"] if "parts" in message else message.get("content")
         # Nearly every message is one text part: read in place, without the general reader's objects.
-        if (text := _single_text(parts)) is not None:
+        if type(parts) is list and len(parts) == 1 and type(part := parts[0]) is dict \
+                and part.get("type", GenAI.PART_TEXT) == GenAI.PART_TEXT and type(text := part.get("content", "")) is str:
             read.append(Message(role, text))
             continue
         read_parts = _read_parts(parts)
@@ -233,7 +237,7 @@ def json_message_texts(messages: Any) -> list[tuple[str, str]]:
     for message in messages:
         if not isinstance(message, dict):
             continue
-        # _role_and_parts and _single_text inlined: this runs for every message of every generation.
+        # As _json_messages reads it, the usual message (one text part) in place.
         role = message.get("role")
         if type(role) is not str or not role:
             role = scalar_text(role) or "unknown"
@@ -246,13 +250,6 @@ def json_message_texts(messages: Any) -> list[tuple[str, str]]:
         read.append((role, message_text(Message(role, read_parts.text, read_parts.tool_calls, read_parts.answered,
                                                 read_parts.other_parts))))
     return read
-
-
-def _role_and_parts(message: dict[str, Any]) -> tuple[str, Any]:
-    role = message.get("role")
-    if type(role) is not str or not role:
-        role = scalar_text(role) or "unknown"
-    return role, message["parts"] if "parts" in message else message.get("content")
 
 
 def _single_text(parts: Any) -> str | None:
