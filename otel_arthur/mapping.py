@@ -13,7 +13,6 @@ unforeseen still costs only its own span.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,13 +26,16 @@ from opentelemetry.trace import StatusCode
 from otel_arthur.conventions import CONVENTIONS, Convention, GenAI, Messages
 from otel_arthur.fields import COMPLETION, COST_USD, FIELDS, PROMPT, TRUNCATED, ValueType
 from otel_arthur.messages import (
+    INT64_LIMIT,
     Message,
-    Scalar,
     clean_text,
-    convention_messages,
     field_value,
     first,
+    indexed_message_texts,
+    json_message_texts,
+    message_text,
     parse_json,
+    parts_text,
 )
 from otel_arthur.pricing import cost_usd
 
@@ -159,14 +161,21 @@ def plain_span(span: ReadableSpan, attributes: Mapping[str, Any]) -> PlainSpan |
         return None
     status = span.status
     scope = span.instrumentation_scope
+    parent = span.parent
+    resource = span.resource
+    # Positional: a class called with keywords first gathers them into a dict (of every span).
     return PlainSpan(
-        name=span.name, trace_id=context.trace_id, span_id=context.span_id,
-        parent_span_id=span.parent.span_id if span.parent is not None else None,
-        start_ns=span.start_time, end_ns=span.end_time, attributes=attributes,
-        resource=span.resource.attributes if span.resource is not None else {},
-        scope=scope.name if scope is not None else "",
-        error=(status.description or "") if status.status_code is StatusCode.ERROR else None,
+        span.name, context.trace_id, context.span_id, parent.span_id if parent is not None else None,
+        span.start_time, span.end_time, attributes, _plain_mapping(resource.attributes) if resource is not None else {},
+        scope.name if scope is not None else "",
+        (status.description or "") if status.status_code is StatusCode.ERROR else None,
     )
+
+
+def _plain_mapping(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The plain dict under the SDK's ``BoundedAttributes`` (a resource's), whose ``get`` is ``Mapping.get`` in Python."""
+    inner = getattr(attributes, "_dict", None)
+    return inner if type(inner) is dict else attributes
 
 
 def map_span(span: ReadableSpan | PlainSpan) -> InferenceRecord | None:
@@ -186,48 +195,78 @@ def map_span(span: ReadableSpan | PlainSpan) -> InferenceRecord | None:
 
 
 def _record(span: PlainSpan, attributes: Mapping[str, Any], convention: Convention) -> InferenceRecord:
+    # One pass per piece, in the order the record's fields are written (the spooled JSON keeps it); a value
+    # that is absent is never written, so no pass over the fields to take Nones out.
     fields: dict[str, Any] = {}
     get = attributes.get
     for name, keys in convention.scalars.items():
-        for key in keys:  # first(), inlined: this loop runs for every field of every generation
+        for key in keys:  # first() and field_value(), inlined for the usual text and count: this runs for every field
             value = get(key)
-            if value is not None and (value := field_value(value)) is not None:
-                fields[name] = value
-                break
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is str:
+                if not value.isascii():
+                    value = clean_text(value)
+            elif kind is not int or not -INT64_LIMIT <= value < INT64_LIMIT:
+                value = field_value(value)
+                if value is None:
+                    continue
+            fields[name] = value
+            break
 
-    inputs, outputs = convention_messages(attributes, convention)
+    outputs: Any = None
+    if convention.message_layout == Messages.JSON:
+        outputs = parse_json(get(convention.output_messages))  # read once: the completion and its finish reason
+        inputs = json_message_texts(parse_json(get(convention.input_messages)))
+        completion = json_message_texts(outputs)[:1]
+    else:
+        inputs = indexed_message_texts(attributes, convention.input_messages, convention)
+        completion = indexed_message_texts(attributes, convention.output_messages, convention, limit=1)
+    if convention.system_instructions:
+        system = parts_text(parse_json(get(convention.system_instructions)))
+        if system:
+            inputs.insert(0, ("system", system))
     if inputs:
         fields[PROMPT] = clean_text(render_messages(inputs))
-    if outputs:
-        fields[COMPLETION] = clean_text(message_text(outputs[0]))
-    if fields.get("finish_reason") is None and convention.message_layout == Messages.JSON:
-        fields["finish_reason"] = _output_finish_reason(get(convention.output_messages))
+    if completion:
+        fields[COMPLETION] = clean_text(completion[0][1])
+    if "finish_reason" not in fields and isinstance(outputs, list) and outputs and isinstance(outputs[0], dict):
+        if (finish_reason := field_value(outputs[0].get("finish_reason"))) is not None:
+            fields["finish_reason"] = finish_reason
     for source, wanted in convention.json_sources.items():
+        if wanted.keys() <= fields.keys():  # every field it could give is there already: not parsed
+            continue
         document = parse_json(get(source))
         if isinstance(document, dict):
             for name, keys in wanted.items():
-                if fields.get(name) is None:
-                    fields[name] = field_value(first(document, keys))
-    if fields.get("total_tokens") is None:  # the GenAI semconv has no total: the official instrumentation sets none
-        fields["total_tokens"] = _total_tokens(fields.get("prompt_tokens"), fields.get("completion_tokens"))
-    fields[COST_USD] = cost_usd(fields.get("model"), fields.get("provider"), fields.get("prompt_tokens"),
-                                fields.get("completion_tokens"), span.start_ns)
+                if name not in fields and (value := field_value(first(document, keys))) is not None:
+                    fields[name] = value
+    if "total_tokens" not in fields:  # the GenAI semconv has no total: the official instrumentation sets none
+        if (total := _total_tokens(fields.get("prompt_tokens"), fields.get("completion_tokens"))) is not None:
+            fields["total_tokens"] = total
+    cost = cost_usd(fields.get("model"), fields.get("provider"), fields.get("prompt_tokens"),
+                    fields.get("completion_tokens"), span.start_ns)
+    if cost is not None:
+        fields[COST_USD] = cost
 
-    if span.end_ns is not None:
-        fields["duration"] = (span.end_ns - span.start_ns) / 1e9
-    fields["trace_id"] = f"{span.trace_id:032x}"
-    fields["span_id"] = f"{span.span_id:016x}"
-    fields["service_name"] = field_value(span.resource.get(SERVICE_NAME))
+    start_ns, end_ns = span.start_ns, span.end_ns
+    if end_ns is not None:
+        fields["duration"] = (end_ns - start_ns) / 1e9
+    try:  # as f"{id:032x}" writes them, at half its cost
+        trace_id = fields["trace_id"] = span.trace_id.to_bytes(16, "big").hex()
+        span_id = fields["span_id"] = span.span_id.to_bytes(8, "big").hex()
+    except OverflowError:  # no SDK or OTLP id is out of range, but a span made by hand may hold one
+        trace_id = fields["trace_id"] = f"{span.trace_id:032x}"
+        span_id = fields["span_id"] = f"{span.span_id:016x}"
+    if (service_name := field_value(span.resource.get(SERVICE_NAME))) is not None:
+        fields["service_name"] = service_name
     if span.error is not None:
         fields["error"] = field_value(span.error or get(GenAI.ERROR_TYPE)) or "error"
 
-    return InferenceRecord(
-        partner_inference_id=partner_inference_id(span.trace_id, span.span_id),
-        inference_timestamp=_iso(span.start_ns),
-        fields={k: v for k, v in fields.items() if v is not None},
-        origin=SpanOrigin(scope=span.scope, parent_span_id=span.parent_span_id, start_ns=span.start_ns,
-                          end_ns=span.end_ns or span.start_ns),
-    )
+    # partner_inference_id(), from the texts written already; positional, as PlainSpan in plain_span
+    return InferenceRecord(f"{trace_id}-{span_id}", _iso(start_ns), fields,
+                           SpanOrigin(span.scope, span.parent_span_id, start_ns, end_ns or start_ns))
 
 
 @dataclass
@@ -276,35 +315,11 @@ def map_spans(spans: Iterable[ReadableSpan | PlainSpan | Exception],
 def render_messages(messages: Sequence[Message | tuple[str, str]]) -> str:
     """``System: …\\nHuman: …\\nAI: …``, as LangChain's get_buffer_string renders a chat history;
     a ``Message`` reads as ``message_text`` says."""
-    return "\n".join(
-        f"{_ROLE_PREFIXES.get(message[0].lower(), message[0])}: "
+    return "\n".join([
+        f"{_ROLE_PREFIXES.get(message[0]) or _ROLE_PREFIXES.get(message[0].lower(), message[0])}: "
         f"{message_text(message) if isinstance(message, Message) else message[1]}"
         for message in messages
-    )
-
-
-def message_text(message: Message) -> str:
-    """What a record shows of a message: its text, ``[image]``-like placeholders for its other parts,
-    then one ``name(arguments)`` line per tool call."""
-    if not message.other_parts and not message.tool_calls:
-        return message.text
-    text = " ".join(piece for piece in (message.text, *(f"[{kind}]" for kind in message.other_parts)) if piece)
-    calls = [f"{call.name or '?'}({_arguments_text(call.arguments)})" for call in message.tool_calls]
-    return "\n".join([text, *calls] if text else calls)
-
-
-def _arguments_text(arguments: str | None) -> str:
-    """Arguments as one line of JSON in one form whatever the instrumentor wrote (``{"city": "Paris"}``,
-    keys in the model's order); text that is not JSON as it is."""
-    if arguments is None:
-        return ""
-    value = parse_json(arguments)
-    if value is None:  # not JSON (or JSON null): show what the model wrote
-        return arguments
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except ValueError:  # an integer too long to write again
-        return arguments
+    ])
 
 
 def limit_text(record: InferenceRecord, max_bytes: int) -> InferenceRecord:
@@ -366,11 +381,4 @@ def _total_tokens(prompt_tokens: Any, completion_tokens: Any) -> int | None:
     counts = (prompt_tokens, completion_tokens)
     if all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
         return prompt_tokens + completion_tokens
-    return None
-
-
-def _output_finish_reason(raw: Any) -> Scalar | None:
-    messages = parse_json(raw)
-    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
-        return field_value(messages[0].get("finish_reason"))
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -50,7 +50,7 @@ def clean_text(text: str) -> str:
 
 
 Scalar = str | int | float | bool
-_INT64 = 2**63  # Arthur's INTEGER; a longer int is no count, and past 4300 digits json cannot even write it
+INT64_LIMIT = 2**63  # Arthur's INTEGER; a longer int is no count, and past 4300 digits json cannot even write it
 
 
 def field_value(value: Any) -> Scalar | None:
@@ -69,7 +69,7 @@ def field_value(value: Any) -> Scalar | None:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return value if -_INT64 <= value < _INT64 else None
+        return value if -INT64_LIMIT <= value < INT64_LIMIT else None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (bytes, bytearray)):
@@ -134,7 +134,8 @@ def json_text(value: Any) -> str:
 
 def parts_text(parts: Any) -> str:
     """Text of a GenAI ``parts`` list (or a bare string): text parts and tool results; other parts are left out."""
-    return _read_parts(parts).text
+    text = _single_text(parts)
+    return _read_parts(parts).text if text is None else text
 
 
 def convention_messages(attributes: Mapping[str, Any],
@@ -227,6 +228,62 @@ def _json_messages(raw: Any) -> list[Message]:
     return read
 
 
+def json_message_texts(messages: Any) -> list[tuple[str, str]]:
+    """(role, ``message_text``) of each message of a parsed JSON messages list, as ``convention_messages``
+    reads them, without building a ``Message`` for a message that is one text part."""
+    if not isinstance(messages, list):
+        return []
+    read = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        # As _json_messages reads it, the usual message (one text part) in place.
+        role = message.get("role")
+        if type(role) is not str or not role:
+            role = scalar_text(role) or "unknown"
+        parts = message["parts"] if "parts" in message else message.get("content")
+        if type(parts) is list and len(parts) == 1 and type(part := parts[0]) is dict \
+                and part.get("type", GenAI.PART_TEXT) == GenAI.PART_TEXT and type(text := part.get("content", "")) is str:
+            read.append((role, text))
+            continue
+        read_parts = _read_parts(parts)
+        read.append((role, message_text(Message(role, read_parts.text, read_parts.tool_calls, read_parts.answered,
+                                                read_parts.other_parts))))
+    return read
+
+
+def _single_text(parts: Any) -> str | None:
+    """The text of a parts list that is one text part holding text; None for any other."""
+    if type(parts) is list and len(parts) == 1 and type(part := parts[0]) is dict \
+            and part.get("type", GenAI.PART_TEXT) == GenAI.PART_TEXT and type(text := part.get("content", "")) is str:
+        return text
+    return None
+
+
+def message_text(message: Message) -> str:
+    """What a record shows of a message: its text, ``[image]``-like placeholders for its other parts,
+    then one ``name(arguments)`` line per tool call."""
+    if not message.other_parts and not message.tool_calls:
+        return message.text
+    text = " ".join(piece for piece in (message.text, *(f"[{kind}]" for kind in message.other_parts)) if piece)
+    calls = [f"{call.name or '?'}({_arguments_text(call.arguments)})" for call in message.tool_calls]
+    return "\n".join([text, *calls] if text else calls)
+
+
+def _arguments_text(arguments: str | None) -> str:
+    """Arguments as one line of JSON in one form whatever the instrumentor wrote (``{"city": "Paris"}``,
+    keys in the model's order); text that is not JSON as it is."""
+    if arguments is None:
+        return ""
+    value = parse_json(arguments)
+    if value is None:  # not JSON (or JSON null): show what the model wrote
+        return arguments
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except ValueError:  # an integer too long to write again
+        return arguments
+
+
 class _MessageKeys(NamedTuple):
     """The keys of one indexed message, written once per layout and index."""
 
@@ -251,9 +308,29 @@ def _keys_of(prefix: str, infix: str, calls: ToolCallKeys, index: int) -> _Messa
 
 
 def _indexed_messages(attributes: Mapping[str, Any], prefix: str, convention: Convention) -> list[Message]:
+    get = attributes.get
+    return [Message(role, text, tool_calls, scalar_text(get(keys.tool_call_id)), others)
+            for keys, role, text, others, tool_calls in _indexed_items(attributes, prefix, convention)]
+
+
+def indexed_message_texts(attributes: Mapping[str, Any], prefix: str, convention: Convention,
+                          limit: int | None = None) -> list[tuple[str, str]]:
+    """(role, ``message_text``) of the first ``limit`` (default: every) messages of an indexed layout,
+    as ``convention_messages`` reads them."""
+    texts: list[tuple[str, str]] = []
+    for _, role, text, others, tool_calls in _indexed_items(attributes, prefix, convention):
+        texts.append((role, message_text(Message(role, text, tool_calls, None, others))
+                      if others or tool_calls else text))
+        if len(texts) == limit:
+            break
+    return texts
+
+
+def _indexed_items(attributes: Mapping[str, Any], prefix: str,
+                   convention: Convention) -> Iterator[tuple[_MessageKeys, str, str, tuple[str, ...], tuple[ToolCall, ...]]]:
+    """(keys, role, text, other parts, tool calls) of each message of an indexed layout, in order."""
     # Ends at the first index with neither role nor content (every instrumentor sets the role), so
     # the attributes themselves bound the loop.
-    messages: list[Message] = []
     calls = convention.tool_call_keys
     table = _message_keys.setdefault((prefix, convention.message_infix, calls), [])
     get = attributes.get
@@ -267,7 +344,7 @@ def _indexed_messages(attributes: Mapping[str, Any], prefix: str, convention: Co
                 table.append(keys)
         role, content = get(keys.role), get(keys.content)
         if role is None and content is None:
-            return messages
+            return
         others: tuple[str, ...] = ()
         if content is None and convention.content_parts:
             text, others = _indexed_content_parts(attributes, f"{keys.base}.{convention.content_parts}")
@@ -278,8 +355,7 @@ def _indexed_messages(attributes: Mapping[str, Any], prefix: str, convention: Co
         tool_calls: tuple[ToolCall, ...] = ()
         if get(keys.first_call_name) is not None or get(keys.first_call_arguments) is not None:
             tool_calls = _indexed_tool_calls(attributes, keys.tool_calls, calls)
-        messages.append(Message(attribute_text(role) or "unknown", text, tool_calls,
-                                scalar_text(get(keys.tool_call_id)), others))
+        yield keys, attribute_text(role) or "unknown", text, others, tool_calls
         index += 1
 
 

@@ -439,11 +439,10 @@ def generation_spans(request: ExportTraceServiceRequest,
                 if scope is None:
                     scope = scope_spans.scope.name
                 status = span.status
-                yield PlainSpan(
-                    name=span.name, trace_id=int.from_bytes(trace_id, "big"), span_id=int.from_bytes(span_id, "big"),
-                    parent_span_id=_parent_id(span.parent_span_id), start_ns=start,
-                    end_ns=span.end_time_unix_nano or None, attributes=attributes, resource=resource, scope=scope,
-                    error=status.message if status.code == _STATUS_ERROR else None,
+                yield PlainSpan(  # positional: a class called with keywords first gathers them into a dict
+                    span.name, int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big"),
+                    _parent_id(span.parent_span_id), start, span.end_time_unix_nano or None, attributes, resource,
+                    scope, status.message if status.code == _STATUS_ERROR else None,
                 )
 
 
