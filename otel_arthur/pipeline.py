@@ -257,6 +257,11 @@ class Pipeline:
     def destination(self) -> Destination:
         return self._destination
 
+    @property
+    def delivery_process_pid(self) -> int | None:
+        """The running delivery process's pid; None on a thread, or before the first submit."""
+        return None if self._process is None else self._process.pid
+
     def _delivery_process(self, delivery: str) -> DeliveryProcess | None:
         if delivery != DELIVERY_PROCESS:
             return None
