@@ -25,10 +25,12 @@ its LLM call waited for it (``otel_arthur.pacing``). In a process of its own it 
   request (``report``): the spool holds no counters, and one frame per settled batch costs less than
   a write to it. The parent adds them to its own and keeps those of children that exited; what a
   child killed with ``kill -9`` counted after its last frame is missing from the counters, never from the spool.
-- Its log records come back over the same pipe and are emitted by the application's loggers, so its
-  logging configuration applies.
+- Its log records (every logger's: urllib3's too) come back over the same pipe and are emitted by
+  the application's loggers of the same names, so its logging configuration applies.
 - A forked application child closes its copies of the pipes (else the delivery process would not
-  see its parent go) and starts a delivery process of its own at its first submit.
+  see its parent go) and delivers on a thread of its own, started at its first submit, as with
+  ``delivery="thread"``: a delivery process costs an interpreter's start (~0.3-0.4 s of CPU, ~29
+  MB), which 50 children forked at once (a ``multiprocessing`` pool) could not afford on 2 cores.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_arthur import forking
 from otel_arthur.config import ArthurSettings, EngineSettings
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import PipelineStats
@@ -105,8 +106,9 @@ class DeliveryProcess:
 
         ``on_progress``: called on the reader thread after every report and when the process exits.
         """
-        self._hello = _frame({"settings": settings, "retry_policy": retry_policy,
-                              "log_level": logging.getLogger("otel_arthur").getEffectiveLevel()})
+        # Pickled now: settings that cannot be handed over fail at construction, not at the first export.
+        self._handover = pickle.dumps({"settings": settings, "retry_policy": retry_policy},
+                                      protocol=pickle.HIGHEST_PROTOCOL)
         self._title = "Arthur Engine" if isinstance(settings, EngineSettings) else "Arthur"
         self._spool_dir = settings.spool_dir
         self._on_progress = on_progress
@@ -114,7 +116,6 @@ class DeliveryProcess:
         self._deaths = 0  # consecutive deaths, each within STABLE_AFTER of its start
         self._restart_at = 0.0
         self._fresh()
-        forking.register(after_in_child=self._after_fork_in_child)
 
     def _fresh(self) -> None:
         self._lock = threading.Lock()  # starting and stopping
@@ -129,16 +130,13 @@ class DeliveryProcess:
         self._current = PipelineStats()  # the running child's last report
         self._asked = self._answered = 0
 
-    def _after_fork_in_child(self) -> None:
-        # Our copies of the pipes would keep the parent's delivery process from seeing its parent go, or
-        # from writing once the parent is gone (a full pipe nobody reads).
+    def let_go_in_forked_child(self) -> None:
+        """In a forked child: close its copies of the pipes, which would keep the parent's delivery process
+        from seeing its parent go, or from writing once the parent is gone (a full pipe nobody reads)."""
         for fd in (self._to_child, self._from_child):
             if fd is not None:
                 os.close(fd)
         self._process = None  # the parent's child, not ours: never waited for nor killed here
-        self._exited = PipelineStats()
-        self._deaths = 0
-        self._restart_at = 0.0
         self._fresh()
 
     @property
@@ -172,7 +170,10 @@ class DeliveryProcess:
             return False
         os.close(to_child_r)
         os.close(from_child_w)
-        _write_all(to_child_w, self._hello)  # a few hundred bytes: the empty pipe takes them at once
+        # The levels as configured now (the application may have set its logging up after constructing us).
+        # A few hundred bytes: the empty pipe takes them at once.
+        _write_all(to_child_w, _frame({"handover": self._handover, "levels": {
+            name: logging.getLogger(name).getEffectiveLevel() for name in ("", "otel_arthur")}}))
         os.set_blocking(to_child_w, False)  # a wake-up must never block the application
         with self._pipe_lock:
             self._process, self._to_child, self._from_child = process, to_child_w, from_child_r
@@ -343,10 +344,11 @@ def main() -> None:
     hello = _read_frame(0)
     if hello is None:
         return
-    package_logger = logging.getLogger("otel_arthur")
-    package_logger.addHandler(_Forward(channel))
-    package_logger.setLevel(hello["log_level"])
-    package_logger.propagate = False
+    # Every logger's records (urllib3's too) at the levels of the parent, whose loggers filter them again.
+    logging.getLogger().addHandler(_Forward(channel))
+    for name, level in hello["levels"].items():
+        logging.getLogger(name).setLevel(level)
+    handover = pickle.loads(hello["handover"])  # noqa: S301 - our parent's, over its pipe
     asked = 0
     pipeline: Pipeline | None = None
 
@@ -354,7 +356,8 @@ def main() -> None:
         assert pipeline is not None
         channel.send(("report", asked, pipeline.delivery_stats()))
 
-    pipeline = Pipeline(to=destination_for(hello["settings"]), retry_policy=hello["retry_policy"], on_counted=report)
+    pipeline = Pipeline(to=destination_for(handover["settings"]), retry_policy=handover["retry_policy"],
+                        on_counted=report)
     timeout, pending = PARENT_GONE_DRAIN, b""
     while True:
         data = os.read(0, 4096)

@@ -30,7 +30,7 @@ never one per failed request.
 
 ``delivery="process"`` (the in-app exporter's choice, ``otel_arthur.delivery_process``): the worker
 runs in a child process over the same spool, started at the first submit, woken through a pipe;
-this side appends, and adds the child's counters to its own.
+this side appends, and adds the child's counters to its own. A forked child delivers on a thread.
 
 A forked child (Gunicorn, uWSGI, Celery prefork, ``multiprocessing``) gets fresh events and locks,
 its own spool owner, client session and counters (from zero), and its own worker at its first
@@ -304,8 +304,12 @@ class Pipeline:
         self._progress = threading.Condition()
         self._close_lock = threading.Lock()
         self._unmappable_lock = threading.Lock()
-        if self._transport is not None:
-            self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
+        if self._process is not None:  # delivering on a thread from now on (otel_arthur.delivery_process)
+            self._process.let_go_in_forked_child()
+            self._process = None
+            self._transport = self._destination.sender(self._counters)
+        assert self._transport is not None
+        self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
         self._thread = None  # started at the first submit or flush: a child that never exports costs nothing
 
     # -- the caller's side --------------------------------------------------------------------
