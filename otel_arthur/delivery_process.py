@@ -2,7 +2,7 @@
 
 ::
 
-    application's process                                  delivery process (python -m otel_arthur.delivery_process)
+    application's process                                  delivery process (python -I -c …delivery_process.main())
     export(): map ─▶ Spool.append ──── the same spool file ────▶ Pipeline's worker: bind, claim, send, settle, adopt
               └─ one byte per submit ── its stdin ───────────▶ w: records came   f: deliver now   r: report
                                                                 s + seconds: drain that long, exit   end of file: the same
@@ -12,8 +12,10 @@ Delivery's CPU work (JSON, HTTP, SQLite) held the application's GIL: an applicat
 its LLM call waited for it (``otel_arthur.pacing``). In a process of its own it waits for nothing.
 
 - Started at the first submit (an exporter that never exports costs no process), as
-  ``sys.executable -m otel_arthur.delivery_process``; the settings, credentials included, go over
-  its stdin as the first frame, never argv or the environment.
+  ``sys.executable -I -c <the application's sys.path; main()>``: isolated from the application's
+  start-up hooks (``opentelemetry-instrument``'s ``sitecustomize`` would instrument it and export
+  from it), with this very ``otel_arthur``. The settings, credentials included, go over its stdin as
+  the first frame, never argv or the environment.
 - It exits when its stdin reaches end of file (the application shut down or died), after draining
   for ``DEFAULT_SHUTDOWN_TIMEOUT`` at most; ``shutdown(timeout)`` asks it to drain that long instead.
   It ignores SIGINT: a Ctrl-C is the application's to handle, and the application then shuts it down.
@@ -49,16 +51,20 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_arthur.config import ArthurSettings, EngineSettings
+from otel_arthur.destinations import destination_for
+from otel_arthur.pipeline import DEFAULT_SHUTDOWN_TIMEOUT, Pipeline
 from otel_arthur.retry import RetryPolicy
 from otel_arthur.stats import PipelineStats
 
 _logger = logging.getLogger(__name__)
 
-MODULE = "otel_arthur.delivery_process"
+# Isolated (-I): none of the application's start-up hooks (opentelemetry-instrument's sitecustomize would
+# instrument and export from the delivery process itself); its sys.path: this very otel_arthur and its packages.
+_BOOTSTRAP = "import sys; sys.path[:0] = {path!r}; from otel_arthur.delivery_process import main; main()"
 RESTART_BACKOFF_MAX = 60.0  # seconds between restarts of a delivery process that keeps dying
 STABLE_AFTER = 60.0  # seconds a delivery process must live for its death to count as the first again
 EXIT_GRACE = 1.0  # seconds past the shutdown timeout a delivery process has to exit before it is killed
-PARENT_GONE_DRAIN = 10.0  # seconds the child drains once its parent's pipe closes (DEFAULT_SHUTDOWN_TIMEOUT)
+PARENT_GONE_DRAIN = DEFAULT_SHUTDOWN_TIMEOUT  # seconds the child drains once its parent's pipe closes
 SEND_WAIT = 1.0  # seconds a command that must arrive (deliver now, shut down) waits for room in the pipe
 
 RECORDS, DELIVER_NOW, REPORT, SHUT_DOWN = b"w", b"f", b"r", b"s"
@@ -115,9 +121,6 @@ class DeliveryProcess:
         self._exited = PipelineStats()  # the counters of children that exited
         self._deaths = 0  # consecutive deaths, each within STABLE_AFTER of its start
         self._restart_at = 0.0
-        self._fresh()
-
-    def _fresh(self) -> None:
         self._lock = threading.Lock()  # starting and stopping
         self._pipe_lock = threading.Lock()  # writing to and closing our ends of the pipes: never a reused fd
         self._reports = threading.Condition()
@@ -136,8 +139,8 @@ class DeliveryProcess:
         for fd in (self._to_child, self._from_child):
             if fd is not None:
                 os.close(fd)
+        self._to_child = self._from_child = None
         self._process = None  # the parent's child, not ours: never waited for nor killed here
-        self._fresh()
 
     @property
     def pid(self) -> int | None:
@@ -156,13 +159,10 @@ class DeliveryProcess:
     def _start(self) -> bool:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)  # this very otel_arthur, however the application found it
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         self._started_at = time.monotonic()
         try:
-            process = subprocess.Popen([sys.executable, "-m", MODULE], stdin=to_child_r, stdout=from_child_w,
-                                       env=env, close_fds=True)
+            process = subprocess.Popen([sys.executable, "-I", "-c", _BOOTSTRAP.format(path=sys.path)],
+                                       stdin=to_child_r, stdout=from_child_w, close_fds=True)
         except OSError as exc:
             for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
                 os.close(fd)
@@ -267,14 +267,14 @@ class DeliveryProcess:
                 self._from_child = None
                 os.close(fd)
         code = process.wait()
+        if not self._stopping:
+            self._close_to_child()
+            self._died(f"exited with code {code}")  # its backoff set before a submit may see it gone
         with self._reports:
             self._exited = self._exited.plus(self._current)
             self._current = PipelineStats()
             self._running = False
             self._reports.notify_all()
-        if not self._stopping:
-            self._close_to_child()
-            self._died(f"exited with code {code}")
         self._on_progress()
 
     def _died(self, how: str) -> None:
@@ -335,9 +335,6 @@ class _Forward(logging.Handler):
 
 def main() -> None:
     """The delivery process: a ``Pipeline`` worker over the spool, commands on stdin, frames on stdout."""
-    from otel_arthur.destinations import destination_for
-    from otel_arthur.pipeline import Pipeline
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the application's Ctrl-C: it shuts us down through the pipe
     channel = _Channel(os.dup(1))
     os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
@@ -381,6 +378,3 @@ def main() -> None:
     pipeline.shutdown(timeout)
     os._exit(0)  # a request still in flight (on a daemon thread) must not hold the exit: its batch is adopted
 
-
-if __name__ == "__main__":
-    main()
