@@ -272,3 +272,19 @@ def test_the_exporter_delivers_where_arthur_delivery_says(chosen, local_arthur, 
 def test_a_bad_delivery_argument_is_refused():
     with pytest.raises(ValueError, match="delivery must be"):
         ArthurSpanExporter(url="http://127.0.0.1:9", api_key="k", model_id="m", delivery="fiber")
+
+
+def test_the_delivery_process_runs_none_of_the_applications_start_up_hooks(settings, pipelines, tmp_path,
+                                                                           monkeypatch):
+    # What opentelemetry-instrument does: a sitecustomize on PYTHONPATH, run by every interpreter started with it.
+    hooks, ran = tmp_path / "hooks", tmp_path / "sitecustomize-ran"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    assert ran.exists()  # the hook does run in an interpreter started the usual way
+    ran.unlink()
+    pipeline = pipelines(settings())
+    pipeline.submit(records(2))
+    assert pipeline.force_flush(timeout=30)
+    assert not ran.exists()
