@@ -70,10 +70,10 @@ from otel_arthur.mapping import InferenceRecord
 from otel_arthur.pacing import Pacer
 from otel_arthur.retry import RetryPolicy, RetrySender
 from otel_arthur.spool import Appended, Gauges, Refused, Spool, SpoolClosed, SpoolFull
-
-if TYPE_CHECKING:
-    from otel_arthur.delivery_process import DeliveryProcess
 from otel_arthur.stats import Counters, DropReason, PipelineStats
+
+if TYPE_CHECKING:  # imported when used: the thread needs none of it
+    from otel_arthur.delivery_process import DeliveryProcess
 
 _logger = logging.getLogger(__name__)
 
