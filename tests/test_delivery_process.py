@@ -1,7 +1,8 @@
 """The in-app exporter's delivery process (``ARTHUR_DELIVERY=process``) against the local Arthur: records
 delivered exactly through it, a child killed -9 restarted with nothing lost, a child that outlives
 its parent only by the drain, counters right in the parent, a shutdown that leaves the rest on
-disk, and a forked application child with a delivery process of its own."""
+disk, a forked application child delivering on a thread of its own, and none of the application's
+start-up hooks run in it."""
 
 from __future__ import annotations
 
