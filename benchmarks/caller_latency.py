@@ -3,8 +3,9 @@
     uv run --frozen python benchmarks/caller_latency.py --rounds 6 --calls 200 [--before DIR]
 
 The same ChatOpenAI turn (``caller_cost.py``) against a local OpenAI-compatible endpoint, the span
-processor exporting every 100 ms, Arthur answering at once: each round runs both configurations in
-fresh interpreters, one after the other, the order alternating. Paired by round: the median over
+processor exporting every 100 ms, Arthur answering at once: each round runs each configuration (the
+no-op exporter; ours delivering from a thread, ``otel_arthur``, and from a delivery process,
+``otel_arthur_process``) in fresh interpreters, one after the other, the order alternating. Paired by round: the median over
 rounds of (exporter's median − no-op's median), and the same for p99. The machine is shared, so
 these figures are provisional; the delivery threads' CPU per call is printed beside them.
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 SAME_HASH_SEED = {"PYTHONHASHSEED": "0"}
+DELIVERY_MODES = {"otel_arthur": {"ARTHUR_DELIVERY": "thread"}, "otel_arthur_process": {"ARTHUR_DELIVERY": "process"}}
 
 
 def main() -> None:
@@ -46,9 +48,10 @@ def main() -> None:
             model_id = c.create_model(arthur.url)
             common = {"openai_url": openai.url, "sink_url": sink.url, "warmup": args.warmup, "calls": args.calls,
                       "schedule_delay_ms": args.schedule_delay_ms}
-            envs = {"otel_noop": {}, "otel_arthur": {}} | ({"before": {"PYTHONPATH": args.before}} if args.before else {})
+            envs = {"otel_noop": {}, **DELIVERY_MODES} | ({"before": {"PYTHONPATH": args.before}} if args.before else {})
             per_round: dict[str, list[dict[str, float]]] = {name: [] for name in envs}
             background: dict[str, list[float]] = {name: [] for name in envs}
+            in_children: dict[str, list[float]] = {name: [] for name in envs}
             for number in range(args.rounds):
                 names = list(envs)
                 names = names[number % len(names):] + names[:number % len(names)]  # the order rotates
@@ -62,6 +65,7 @@ def main() -> None:
                     phase = output["results"][0]["phases"][0]
                     per_round[name].append(c.summary(phase["times_us"]))
                     background[name].append(phase["background_cpu_per_call_us"])
+                    in_children[name].append(phase["child_processes_cpu_per_call_us"])
                     if "exporter" in phase:
                         assert phase["exporter"]["delivered"] >= phase["exporter"]["generation_spans"] > 0, phase
     for name in (n for n in envs if n != "otel_noop"):
@@ -69,7 +73,8 @@ def main() -> None:
             added = [a[key] - n[key] for a, n in zip(per_round[name], per_round["otel_noop"])]
             print(f"{name} added {key:6s}: {statistics.median(added):8.0f} µs paired median over {args.rounds}"
                   f" rounds (rounds: {', '.join(f'{x:.0f}' for x in added)})")
-        print(f"{name} background CPU per call {statistics.fmean(background[name]):.0f} µs")
+        print(f"{name} background CPU per call {statistics.fmean(background[name]):.0f} µs in its threads,"
+              f" {statistics.fmean(in_children[name]):.0f} µs in its delivery process")
     print(f"no-op median {statistics.median(r['median'] for r in per_round['otel_noop']):.0f} µs,"
           f" p99 {statistics.median(r['p99'] for r in per_round['otel_noop']):.0f} µs;"
           f" background CPU per call {statistics.fmean(background['otel_noop']):.0f} µs;"

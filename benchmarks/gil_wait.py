@@ -6,7 +6,8 @@ Each "call" on the main thread makes one generation span (recorded attributes, t
 ``BatchSpanProcessor`` exporting every 100 ms) and then sleeps 2 ms, as if waiting on its LLM; how
 late it wakes past those 2 ms is the timer's slack, the machine's scheduling, and the time it
 waited for the GIL held by the exporter's threads (mapping and spooling on the span processor's
-thread, delivery to the local Arthur on the worker). The no-op exporter shows the first two, so
+thread, delivery to the local Arthur on the worker: ``otel_arthur`` delivers from a thread, ``otel_arthur_process``
+from a delivery process). The no-op exporter shows the first two, so
 the difference is the exporter's share, with far less noise than the wall time of a whole LLM
 call on a shared machine. Configurations run in fresh processes, the order rotating each round;
 ``--before DIR`` adds the exporter imported from another commit's ``otel_arthur`` (see
@@ -88,7 +89,9 @@ def main() -> None:
     parser.add_argument("--before", help="a directory holding another commit's otel_arthur package")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
-    envs = {"otel_noop": {}, "otel_arthur": {}} | ({"before": {"PYTHONPATH": args.before}} if args.before else {})
+    envs = {"otel_noop": {}, "otel_arthur": {"ARTHUR_DELIVERY": "thread"},
+            "otel_arthur_process": {"ARTHUR_DELIVERY": "process"}} | (
+        {"before": {"PYTHONPATH": args.before}} if args.before else {})
     late: dict[str, list[dict[str, float]]] = {name: [] for name in envs}
     with tempfile.TemporaryDirectory(prefix="otel-arthur-gil-") as work:
         logs = Path(work)
@@ -106,7 +109,7 @@ def main() -> None:
                     late[name].append(c.summary(output["late_us"]))
     for name in envs:
         by_round = ", ".join(f"{r['p99']:.0f}" for r in late[name])
-        print(f"{name:12s} late past {IO_SECONDS * 1e3:.0f} ms: median "
+        print(f"{name:19s} late past {IO_SECONDS * 1e3:.0f} ms: median "
               f"{statistics.median(r['median'] for r in late[name]):6.0f} µs, p99 "
               f"{statistics.median(r['p99'] for r in late[name]):6.0f} µs (median over {args.rounds} rounds;"
               f" p99 by round: {by_round})")

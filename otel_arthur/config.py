@@ -37,6 +37,7 @@ ARTHUR_SPOOL_DIR = "ARTHUR_SPOOL_DIR"
 ARTHUR_SPOOL_MAX_BYTES = "ARTHUR_SPOOL_MAX_BYTES"
 ARTHUR_MAX_TEXT_BYTES = "ARTHUR_MAX_TEXT_BYTES"
 ARTHUR_DELIVERY_LINGER = "ARTHUR_DELIVERY_LINGER"
+ARTHUR_DELIVERY = "ARTHUR_DELIVERY"
 # Zero-code (otel_arthur.distro): which instrumentor is activated when several register one name.
 ARTHUR_PREFERRED_INSTRUMENTORS = "ARTHUR_PREFERRED_INSTRUMENTORS"
 # Privacy (otel_arthur.privacy, otel_arthur.redaction). A bad value here is a ConfigurationError, not
@@ -53,6 +54,9 @@ DEFAULT_BATCH_MAX_BYTES = 4 * 1024 * 1024  # JSON body size of one inferences PO
 DEFAULT_SPOOL_MAX_BYTES = 512 * 1024 * 1024  # records and dead letters on disk, per spool directory
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt or completion
 DEFAULT_DELIVERY_LINGER = 1.0  # seconds delivery waits for a batch's worth of records before sending fewer
+DELIVERY_PROCESS = "process"  # the in-app exporter delivers from a child process (otel_arthur.delivery_process)
+DELIVERY_THREAD = "thread"  # it delivers from a thread in the application's interpreter
+DEFAULT_DELIVERY = DELIVERY_THREAD  # measured no better at the tail on 2 cores (docs/benchmarks.md)
 SPOOL_SUBDIRECTORY = "otel-arthur"
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
@@ -108,6 +112,26 @@ def _env_number(name: str, default: float, kind: type[int] | type[float], *, zer
                         "non-negative" if zero_allowed else "positive", default)
         return default
     return value
+
+
+def resolve_delivery(argument: str | None = None) -> str:
+    """Where the in-app exporter delivers: argument -> ``ARTHUR_DELIVERY`` -> ``DEFAULT_DELIVERY``.
+
+    A bad argument raises ``ValueError``; a bad environment value is logged and the default used.
+    """
+    choices = (DELIVERY_PROCESS, DELIVERY_THREAD)
+    if argument is not None:
+        if argument not in choices:
+            raise ValueError(f"delivery must be {DELIVERY_PROCESS!r} or {DELIVERY_THREAD!r}, got {argument!r}")
+        return argument
+    raw = _env(ARTHUR_DELIVERY)
+    if raw is None:
+        return DEFAULT_DELIVERY
+    if raw.strip().lower() in choices:
+        return raw.strip().lower()
+    _logger.warning("Ignoring %s=%r: expected %s or %s; using %s", ARTHUR_DELIVERY, raw, DELIVERY_PROCESS,
+                    DELIVERY_THREAD, DEFAULT_DELIVERY)
+    return DEFAULT_DELIVERY
 
 
 def default_spool_dir() -> str:

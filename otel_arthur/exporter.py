@@ -8,8 +8,8 @@ environment variables (``otel_arthur.config``), ``export()`` never raises and re
 are present: Arthur's v3 inference API (``url``/``ARTHUR_ENDPOINT_URL``: one record per
 generation span) and Arthur Engine (``engine_url``/``ARTHUR_ENGINE_URL``: the AI spans in
 OpenInference form). ``export()`` maps the spans for each destination and appends them to the
-on-disk spool, its only I/O; one background thread per destination (its ``Pipeline``) delivers
-them, so neither the application nor the span processor waits, an outage of one destination
+on-disk spool, its only I/O; one delivery process (or thread: ``delivery``) per destination (its
+``Pipeline``) delivers them, so neither the application nor the span processor waits, an outage of one destination
 never holds the other back, and nothing is lost when either is down or the process dies.
 """
 
@@ -29,6 +29,7 @@ from otel_arthur.config import (
     ConfigurationError,
     EngineSettings,
     engine_configured,
+    resolve_delivery,
     v3_configured,
 )
 from otel_arthur.destinations import Destination, destination_for
@@ -77,6 +78,7 @@ class ArthurSpanExporter(SpanExporter):
         engine_api_key: str | None = None,
         task_id: str | None = None,
         engine_spans: str | None = None,
+        delivery: str | None = None,
     ) -> None:
         """Arguments fall back to ``ARTHUR_*`` (``otel_arthur.config``).
 
@@ -88,6 +90,8 @@ class ArthurSpanExporter(SpanExporter):
         ``redact_patterns`` (``{"name": regex}`` or ``"name=regex;…"``) replace matches by
         ``[REDACTED:name]``; ``redact`` is your own ``text -> text`` hook, run after them. All of
         it happens before anything is spooled.
+        ``delivery`` (``ARTHUR_DELIVERY``): ``"process"`` delivers from a child process over the same
+        spool, out of the application's interpreter; ``"thread"`` from a thread in it (``docs/delivery.md``).
         """
         self._shutdown = False
         self._settings: ArthurSettings | None = None
@@ -95,6 +99,7 @@ class ArthurSpanExporter(SpanExporter):
         self._pipelines: list[Pipeline] = []
         self._disabled = False  # a destination asked for cannot run: its generations are failed exports
         self._pacer = Pacer()  # export() runs on the span processor's thread, in the application's interpreter
+        self._delivery = resolve_delivery(delivery)
         privacy = {"send_content": send_content, "redact_builtins": redact_builtins,
                    "redact_patterns": redact_patterns, "max_text_bytes": max_text_bytes,
                    "spool_dir": spool_dir, "spool_max_bytes": spool_max_bytes}
@@ -134,7 +139,8 @@ class ArthurSpanExporter(SpanExporter):
 
     def _start(self, destination: Destination, retry_policy: RetryPolicy | None) -> None:
         try:
-            self._pipelines.append(Pipeline(to=destination, retry_policy=retry_policy, pacer=Pacer()))
+            self._pipelines.append(Pipeline(to=destination, retry_policy=retry_policy, pacer=Pacer(),
+                                            delivery=self._delivery))
         except (OSError, sqlite3.Error) as exc:
             _logger.error("%s export disabled: cannot use the spool in %s (%s)", destination.title,
                           destination.settings.spool_dir, exc)

@@ -28,6 +28,10 @@ What the worker does with each answer:
 One log line per change of Arthur's state (unreachable, refusing the set-up, reachable again),
 never one per failed request.
 
+``delivery="process"`` (the in-app exporter's choice, ``otel_arthur.delivery_process``): the worker
+runs in a child process over the same spool, started at the first submit, woken through a pipe;
+this side appends, and adds the child's counters to its own. A forked child delivers on a thread.
+
 A forked child (Gunicorn, uWSGI, Celery prefork, ``multiprocessing``) gets fresh events and locks,
 its own spool owner, client session and counters (from zero), and its own worker at its first
 submit or flush: the parent's worker does not survive the fork, and a lock it held would never be
@@ -39,13 +43,14 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import pickle
 import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otel_arthur import forking
 from otel_arthur.clients.http import (
@@ -55,7 +60,7 @@ from otel_arthur.clients.http import (
     RetryableError,
     SetupError,
 )
-from otel_arthur.config import ArthurSettings
+from otel_arthur.config import DELIVERY_PROCESS, DELIVERY_THREAD, ArthurSettings
 from otel_arthur.dedupe import CallMemory, Choice
 from otel_arthur.delivery import Sender
 from otel_arthur.destinations import Destination
@@ -65,6 +70,9 @@ from otel_arthur.pacing import Pacer
 from otel_arthur.retry import RetryPolicy, RetrySender
 from otel_arthur.spool import Appended, Gauges, Refused, Spool, SpoolClosed, SpoolFull
 from otel_arthur.stats import Counters, DropReason, PipelineStats
+
+if TYPE_CHECKING:  # imported when used: the thread needs none of it
+    from otel_arthur.delivery_process import DeliveryProcess
 
 _logger = logging.getLogger(__name__)
 
@@ -187,6 +195,8 @@ class Pipeline:
         retry_policy: RetryPolicy | None = None,
         redact: Callable[[str], str] | None = None,
         pacer: Pacer | None = None,
+        delivery: str = DELIVERY_THREAD,
+        on_counted: Callable[[], None] | None = None,
     ) -> None:
         """Opens (or creates) the spool and starts the worker; ``OSError`` or ``sqlite3.Error`` if it cannot.
 
@@ -196,6 +206,9 @@ class Pipeline:
         ``to``: the destination (``otel_arthur.destinations``); by default the v3 one for ``settings``.
         ``redact``: a hook run on every text field after the configured redaction (``otel_arthur.privacy``).
         ``pacer``: the worker's, consulted between its steps, in an application's interpreter (``otel_arthur.pacing``).
+        ``delivery``: ``"process"`` runs the worker in a child process (``otel_arthur.delivery_process``), started
+        at the first submit; with a ``transport`` (a test double) or settings that cannot be handed over, a thread.
+        ``on_counted``: called after the worker settled a batch or counted a retry (the delivery process reports).
         """
         if to is None:
             assert settings is not None, "a Pipeline needs settings or a destination"
@@ -214,8 +227,12 @@ class Pipeline:
         self._unsent = 0  # records submitted and not yet claimed by the worker (unlocked: a lost update only lingers)
         self._progress = threading.Condition()  # the worker settled a batch
         self._health = _Health(self._spool, to.title)
-        self._transport = transport or to.sender(self._counters)
-        self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
+        self._process = self._delivery_process(delivery) if transport is None else None
+        # A delivery process sends: this side needs no HTTP client.
+        self._transport = transport or (to.sender(self._counters) if self._process is None else None)
+        self._sender = None if self._transport is None else RetrySender(
+            self._transport, self._policy, self._stop, self, self._rng)
+        self._on_counted = on_counted
         self._pacer = pacer
         self._model_fetched = False
         self._closed = False
@@ -231,7 +248,8 @@ class Pipeline:
         self._unreported_unmappable = 0
         self._unmappable_log_at = 0.0
         self._thread: threading.Thread | None = None  # None: a forked child that has not used the pipeline yet
-        self._start_worker()
+        if self._process is None:
+            self._start_worker()
         forking.register(after_in_child=self._after_fork_in_child)
 
     def __repr__(self) -> str:
@@ -241,14 +259,43 @@ class Pipeline:
     def destination(self) -> Destination:
         return self._destination
 
-    def _start_worker(self) -> None:
-        """Start this process's worker unless it has one: at construction, and at the first use after a fork."""
+    @property
+    def delivery_process_pid(self) -> int | None:
+        """The running delivery process's pid; None on a thread, or before the first submit."""
+        return None if self._process is None else self._process.pid
+
+    def _delivery_process(self, delivery: str) -> DeliveryProcess | None:
+        if delivery != DELIVERY_PROCESS:
+            return None
+        from otel_arthur.delivery_process import DeliveryProcess
+
+        try:
+            return DeliveryProcess(self._settings, self._policy, self._notify_progress)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:  # e.g. an attribute_map of a custom type
+            _logger.warning("%s delivery runs on a thread: its settings cannot be handed to a process (%s)",
+                            self._destination.title, exc)
+            return None
+
+    def _notify_progress(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
+    def _start_worker(self) -> bool:
+        """Start this process's worker unless it has one: at construction, and at the first use after a fork.
+
+        With a delivery process: at the first submit, and again after it died (once its backoff has
+        passed); True when one started now.
+        """
+        if self._process is not None:
+            return not self._closed and self._process.ensure_running()
         if self._thread is not None:
-            return
+            return False
         with self._close_lock:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
                 self._thread.start()
+                return True
+        return False
 
     def _after_fork_in_child(self) -> None:
         self._rng = random.Random()  # else every child would jitter its retries exactly as its parent does
@@ -259,6 +306,11 @@ class Pipeline:
         self._progress = threading.Condition()
         self._close_lock = threading.Lock()
         self._unmappable_lock = threading.Lock()
+        if self._process is not None:  # delivering on a thread from now on (otel_arthur.delivery_process)
+            self._process.let_go_in_forked_child()
+            self._process = None
+            self._transport = self._destination.sender(self._counters)
+        assert self._transport is not None
         self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
         self._thread = None  # started at the first submit or flush: a child that never exports costs nothing
 
@@ -383,8 +435,18 @@ class Pipeline:
         """Wake the worker, which lingers (``delivery_linger``) until a batch's worth waits: one request for many
         exports rather than one each (an export of a few spans cost a POST, ~1.3 ms, and woke the thread)."""
         self._unsent += records
+        now = self._unsent >= self._settings.batch_max_records
+        if self._process is None:
+            self.wake(now)
+            return
+        if now:
+            self._unsent = 0
+        self._process.wake(now)
+
+    def wake(self, now: bool) -> None:
+        """Records were submitted (here or, for a delivery process, in its parent); ``now``: send without lingering."""
         # Event.set takes the event's lock and notifies even when set: once per export, so only when it is not.
-        if self._unsent >= self._settings.batch_max_records and not self._ready.is_set():
+        if now and not self._ready.is_set():
             self._ready.set()
         if not self._wake.is_set():
             self._wake.set()
@@ -465,12 +527,11 @@ class Pipeline:
         if self._closed:
             return False
         deadline = time.monotonic() + timeout
-        started, dropped = time.time(), self._counters.dropped_total()
+        started, dropped = time.time(), self._dropped_total()
         try:
             mark = self._spool.last_seq()
             self._start_worker()
-            self._ready.set()
-            self._wake.set()
+            self._deliver_now()
             while self._spool.pending(upto=mark):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -478,13 +539,33 @@ class Pipeline:
                 self._ready.set()  # again: the worker clears it each time it looks
                 with self._progress:
                     self._progress.wait(min(remaining, FLUSH_POLL))
-            return not self._spool.dead_lettered_since(started, upto=mark) and self._counters.dropped_total() == dropped
+                if self._process is not None and self._start_worker():  # it died: its successor delivers
+                    self._deliver_now()
+            if self._process is not None:  # its counters of the last settle, for the drops and for stats()
+                self._process.report(max(0.0, deadline - time.monotonic()))
+            return not self._spool.dead_lettered_since(started, upto=mark) and self._dropped_total() == dropped
         except SpoolClosed:  # shut down meanwhile
             return False
 
+    def _deliver_now(self) -> None:
+        if self._process is not None:
+            self._process.wake(now=True)
+        else:
+            self.wake(now=True)
+
+    def _dropped_total(self) -> int:
+        dropped = self._counters.dropped_total()
+        return dropped if self._process is None else dropped + sum(self._process.stats().dropped.values())
+
     def stats(self) -> PipelineStats:
         gauges = self._final_gauges if self._final_gauges is not None else self._spool.gauges()
-        return self._counters.snapshot(gauges)
+        stats = self._counters.snapshot(gauges)
+        return stats if self._process is None else stats.plus(self._process.stats())
+
+    def delivery_stats(self) -> PipelineStats:
+        """The counters as of the last settle (never halfway through one), without the spool's gauges."""
+        with self._progress:
+            return self._counters.snapshot(Gauges(0, 0, 0, 0.0))
 
     def dead_letters(self) -> list[dict[str, object]]:
         return self._spool.dead_letters()
@@ -496,6 +577,14 @@ class Pipeline:
                 _logger.warning("Arthur delivery already shut down, ignoring call")
                 return
             self._closed = True
+        if self._process is not None:
+            if not self._process.shutdown(timeout):  # else it drained and said what remains
+                remaining = self._spool.pending()
+                if remaining:
+                    _logger.warning("%d records not yet delivered remain in %s; the next process using it delivers"
+                                    " them", remaining, self._spool.path)
+            self._let_go()
+            return
         if self._thread is None:  # a forked child that never exported: nothing of its own to deliver
             self._let_go()
             return
@@ -525,7 +614,8 @@ class Pipeline:
         """Once nothing is being sent: keep the last gauges for ``stats``, close the spool and the transport."""
         self._final_gauges = self._spool.gauges()
         self._spool.close()
-        self._sender.close()
+        if self._sender is not None:
+            self._sender.close()
 
     # -- the worker ---------------------------------------------------------------------------
 
@@ -538,6 +628,8 @@ class Pipeline:
             self._health.up()
         else:
             self._health.failed(error)
+        if self._on_counted is not None:
+            self._on_counted()
 
     def _run(self) -> None:
         adopt_at = time.monotonic() + ADOPT_INTERVAL  # the spool adopted orphans when it opened
@@ -640,6 +732,7 @@ class Pipeline:
             # Delivered now, while the rest of the batch is retried: a crash meanwhile must not re-send them.
             self._settle_results([(unsettled.pop(index), result) for index, result in answered])
 
+        assert self._sender is not None, "the worker runs where the sender is"
         try:
             results = self._sender.send([c.record for c in claimed], on_settled=settle_answered)
         except SetupError as exc:
@@ -691,13 +784,16 @@ class Pipeline:
     def _settle(self, acked: Sequence[int] = (), refused: Sequence[Refused] = (), released: Sequence[int] = (),
                 dropped: Sequence[int] = ()) -> None:
         """``dropped``: answered, not stored, never sent again; the sender counted them (by its reason)."""
-        self._spool.settle([*acked, *dropped], refused, released)
-        self._counters.add("delivered", len(acked))
-        if refused:
-            self._counters.add("dead_lettered", len(refused))
-            self._report_dead_letters(refused)
-        with self._progress:
+        with self._progress:  # the spool and the counters change together for ``delivery_stats``
+            self._spool.settle([*acked, *dropped], refused, released)
+            self._counters.add("delivered", len(acked))
+            if refused:
+                self._counters.add("dead_lettered", len(refused))
             self._progress.notify_all()
+        if refused:
+            self._report_dead_letters(refused)
+        if self._on_counted is not None:
+            self._on_counted()
 
     def _report_dead_letters(self, refused: Sequence[Refused]) -> None:
         self._unreported_dead += len(refused)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from otel_arthur import forking
@@ -93,6 +93,10 @@ class Histogram:
             return HistogramSnapshot(self._bounds, tuple(self._counts), self._count, self._sum)
 
 
+_COUNTER_FIELDS = ("received_spans", "generation_spans", "deduplicated", "spooled", "delivered", "retried",
+                   "resent_unknown_outcome", "dead_lettered")
+
+
 @dataclass(frozen=True)
 class PipelineStats:
     """A snapshot of the delivery pipeline."""
@@ -111,6 +115,17 @@ class PipelineStats:
     dead_letters: int = 0  # dead letters kept in the spool
     oldest_undelivered_age: float = 0.0  # seconds; 0 when nothing waits
     arthur_request_seconds: HistogramSnapshot = field(default_factory=HistogramSnapshot)  # inference POSTs
+
+    def plus(self, other: PipelineStats) -> PipelineStats:
+        """These stats with ``other``'s counters and request durations added (a delivery process's); gauges are ours."""
+        dropped = dict(self.dropped)
+        for reason, count in other.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        mine, theirs = self.arthur_request_seconds, other.arthur_request_seconds
+        return replace(self, **{name: getattr(self, name) + getattr(other, name) for name in _COUNTER_FIELDS},
+                       dropped=dropped, arthur_request_seconds=HistogramSnapshot(
+                           mine.bounds, tuple(a + b for a, b in zip(mine.counts, theirs.counts)),
+                           mine.count + theirs.count, mine.sum + theirs.sum))
 
     def samples(self) -> Iterator[Sample]:
         """Every series, unlabelled: one pipeline's view (``exporter.stats().samples()``)."""
@@ -151,8 +166,7 @@ class Counters:
 
     def _start(self) -> None:
         self._lock = threading.Lock()  # a fresh one in a forked child: the parent's may have been held at the fork
-        self._counts = dict.fromkeys(("received_spans", "generation_spans", "deduplicated", "spooled", "delivered", "retried",
-                                      "resent_unknown_outcome", "dead_lettered"), 0)
+        self._counts = dict.fromkeys(_COUNTER_FIELDS, 0)
         self._dropped: dict[str, int] = {}
         self._latency = Histogram()
 
