@@ -1,11 +1,12 @@
-"""CPU per generation span of ArthurSpanExporter, export() and delivery together (every thread of the process).
+"""CPU per generation span of ArthurSpanExporter, export() and delivery together (every thread of
+the process, and its delivery process when it delivers from one: ``ARTHUR_DELIVERY``).
 
     uv run --frozen python benchmarks/exporter_cpu.py                       # 512 and 4 spans per export
     uv run --frozen python benchmarks/exporter_cpu.py --batch 4 --spans 8000
 
 Each batch size runs in a fresh process against a local Arthur (its CPU is not counted): the
 spans are exported batch by batch, then flushed until Arthur holds every one; the figure is the
-process's CPU (``time.process_time``: all its threads) over that span, divided by the spans. CPU,
+process's CPU (``time.process_time``: all its threads) plus its delivery process's over that span, divided by the spans. CPU,
 not wall time: the machine is shared, and what the exporter costs is what it takes from the host.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,20 +26,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 
+def _cpu() -> float:
+    """CPU seconds of this process (all its threads) and of the delivery process it started, if any."""
+    me = os.getpid()
+    return time.process_time() + c.tree_cpu_seconds(me) - c.cpu_seconds(me)
+
+
 def measure(arthur_url: str, model_id: str, spool_dir: str, batch: int, spans: int) -> dict[str, float]:
     from export_bench import _fresh_copies
 
     generations = _fresh_copies(list(c.sdk_spans(len(c.generation_templates()))), spans)
     exporter = c.arthur_exporter(arthur_url, model_id, spool_dir, bind_with=generations)  # bound before the clock starts
     delivered_before = exporter.stats().delivered
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall = _cpu(), time.perf_counter()
     export_cpu = 0.0
     for i in range(0, spans, batch):
         started = time.thread_time()
         exporter.export(generations[i:i + batch])
         export_cpu += time.thread_time() - started
     flushed = exporter.force_flush(600_000)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    cpu, wall = _cpu() - cpu, time.perf_counter() - wall
     delivered = exporter.stats().delivered - delivered_before
     exporter.shutdown()
     return {"batch": batch, "spans": spans, "delivered": delivered, "flushed": flushed,

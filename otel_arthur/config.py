@@ -56,7 +56,7 @@ DEFAULT_MAX_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt or completion
 DEFAULT_DELIVERY_LINGER = 1.0  # seconds delivery waits for a batch's worth of records before sending fewer
 DELIVERY_PROCESS = "process"  # the in-app exporter delivers from a child process (otel_arthur.delivery_process)
 DELIVERY_THREAD = "thread"  # it delivers from a thread in the application's interpreter
-DEFAULT_DELIVERY = DELIVERY_THREAD  # measured no better at the tail on 2 cores (docs/benchmarks.md)
+DEFAULT_DELIVERY = DELIVERY_PROCESS  # the shorter tail for the application's calls, measured (docs/benchmarks.md)
 SPOOL_SUBDIRECTORY = "otel-arthur"
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}

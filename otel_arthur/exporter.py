@@ -90,7 +90,7 @@ class ArthurSpanExporter(SpanExporter):
         ``redact_patterns`` (``{"name": regex}`` or ``"name=regex;…"``) replace matches by
         ``[REDACTED:name]``; ``redact`` is your own ``text -> text`` hook, run after them. All of
         it happens before anything is spooled.
-        ``delivery`` (``ARTHUR_DELIVERY``): ``"process"`` delivers from a child process over the same
+        ``delivery`` (``ARTHUR_DELIVERY``): ``"process"`` (the default) delivers from a child process over the same
         spool, out of the application's interpreter; ``"thread"`` from a thread in it (``docs/delivery.md``).
         """
         self._shutdown = False
