@@ -65,6 +65,7 @@ RESTART_BACKOFF_MAX = 60.0  # seconds between restarts of a delivery process tha
 STABLE_AFTER = 60.0  # seconds a delivery process must live for its death to count as the first again
 EXIT_GRACE = 1.0  # seconds past the shutdown timeout a delivery process has to exit before it is killed
 PARENT_GONE_DRAIN = DEFAULT_SHUTDOWN_TIMEOUT  # seconds the child drains once its parent's pipe closes
+START_FAILURES = 2  # children dead before their first frame (never started) before delivery goes to a thread
 SEND_WAIT = 1.0  # seconds a command that must arrive (deliver now, shut down) waits for room in the pipe
 
 RECORDS, DELIVER_NOW, REPORT, SHUT_DOWN = b"w", b"f", b"r", b"s"
@@ -132,6 +133,9 @@ class DeliveryProcess:
         self._started_at = 0.0
         self._current = PipelineStats()  # the running child's last report
         self._asked = self._answered = 0
+        self._ever_started = False  # a child sent its first frame: this interpreter can run one
+        self._start_failures = 0
+        self.unusable = False  # children cannot be started here (sys.executable is no Python…): deliver on a thread
 
     def let_go_in_forked_child(self) -> None:
         """In a forked child: close its copies of the pipes, which would keep the parent's delivery process
@@ -167,6 +171,7 @@ class DeliveryProcess:
             for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
                 os.close(fd)
             self._died(f"could not be started ({exc})")
+            self._failed_to_start(str(exc))
             return False
         os.close(to_child_r)
         os.close(from_child_w)
@@ -252,6 +257,7 @@ class DeliveryProcess:
         """The reader thread: the child's frames until its pipe ends, then what its end means."""
         try:
             while (frame := _read_frame(fd)) is not None:
+                self._ever_started = True
                 if frame[0] == "report":
                     with self._reports:
                         self._current = frame[2]
@@ -270,6 +276,8 @@ class DeliveryProcess:
         if not self._stopping:
             self._close_to_child()
             self._died(f"exited with code {code}")  # its backoff set before a submit may see it gone
+            if not self._ever_started:
+                self._failed_to_start(f"exit code {code}")
         with self._reports:
             self._exited = self._exited.plus(self._current)
             self._current = PipelineStats()
@@ -285,6 +293,15 @@ class DeliveryProcess:
         self._restart_at = now + backoff
         _logger.warning("%s delivery process %s; records wait in %s and a new one starts at the next export%s",
                         self._title, how, self._spool_dir, f" after {backoff:.0f} s" if backoff else "")
+
+
+    def _failed_to_start(self, why: str) -> None:
+        """A child died before its first frame: after ``START_FAILURES`` of them, none is started again here."""
+        self._start_failures += 1
+        if self._start_failures >= START_FAILURES and not self.unusable:
+            _logger.warning("%s delivery cannot run in a process of its own with %s (%s): it runs on a thread of"
+                            " the application's instead", self._title, sys.executable or "no interpreter", why)
+            self.unusable = True
 
 
 def _emit(name: str, level: int, message: str, process: int) -> None:
@@ -355,6 +372,7 @@ def main() -> None:
 
     pipeline = Pipeline(to=destination_for(handover["settings"]), retry_policy=handover["retry_policy"],
                         on_counted=report)
+    report()  # the first frame: the parent knows a delivery process can run here
     timeout, pending = PARENT_GONE_DRAIN, b""
     while True:
         data = os.read(0, 4096)

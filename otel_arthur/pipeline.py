@@ -46,6 +46,7 @@ import os
 import pickle
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -269,6 +270,10 @@ class Pipeline:
             return None
         from otel_arthur.delivery_process import DeliveryProcess
 
+        if not sys.executable:  # an embedded interpreter with no Python program to start
+            _logger.info("%s delivery runs on a thread: no Python interpreter to start a process with",
+                         self._destination.title)
+            return None
         try:
             return DeliveryProcess(self._settings, self._policy, self._notify_progress)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:  # e.g. an attribute_map of a custom type
@@ -286,8 +291,12 @@ class Pipeline:
         With a delivery process: at the first submit, and again after it died (once its backoff has
         passed); True when one started now.
         """
-        if self._process is not None:
-            return not self._closed and self._process.ensure_running()
+        process = self._process
+        if process is not None:
+            if not process.unusable:
+                return not self._closed and process.ensure_running()
+            with self._close_lock:
+                self._deliver_on_thread()
         if self._thread is not None:
             return False
         with self._close_lock:
@@ -296,6 +305,14 @@ class Pipeline:
                 self._thread.start()
                 return True
         return False
+
+    def _deliver_on_thread(self) -> None:
+        """From a delivery process (none can start here, or a forked child) to a thread of this process."""
+        if self._process is None:
+            return
+        self._process = None
+        self._transport = self._destination.sender(self._counters)
+        self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
 
     def _after_fork_in_child(self) -> None:
         self._rng = random.Random()  # else every child would jitter its retries exactly as its parent does
@@ -308,8 +325,7 @@ class Pipeline:
         self._unmappable_lock = threading.Lock()
         if self._process is not None:  # delivering on a thread from now on (otel_arthur.delivery_process)
             self._process.let_go_in_forked_child()
-            self._process = None
-            self._transport = self._destination.sender(self._counters)
+            self._deliver_on_thread()
         assert self._transport is not None
         self._sender = RetrySender(self._transport, self._policy, self._stop, self, self._rng)
         self._thread = None  # started at the first submit or flush: a child that never exports costs nothing
@@ -436,12 +452,13 @@ class Pipeline:
         exports rather than one each (an export of a few spans cost a POST, ~1.3 ms, and woke the thread)."""
         self._unsent += records
         now = self._unsent >= self._settings.batch_max_records
-        if self._process is None:
+        process = self._process
+        if process is None:
             self.wake(now)
             return
         if now:
             self._unsent = 0
-        self._process.wake(now)
+        process.wake(now)
 
     def wake(self, now: bool) -> None:
         """Records were submitted (here or, for a delivery process, in its parent); ``now``: send without lingering."""

@@ -289,3 +289,23 @@ def test_the_delivery_process_runs_none_of_the_applications_start_up_hooks(setti
     pipeline.submit(records(2))
     assert pipeline.force_flush(timeout=30)
     assert not ran.exists()
+
+
+def test_where_no_delivery_process_can_start_delivery_goes_to_a_thread(settings, pipelines, local_arthur,
+                                                                      monkeypatch, caplog):
+    # An interpreter whose sys.executable is no Python (uWSGI, a frozen application): every child exits at once.
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    config = settings()
+    pipeline = pipelines(config)
+    sent = records(30)
+    with caplog.at_level(logging.WARNING, logger="otel_arthur"):
+        assert pipeline.submit(sent[:10])
+        assert wait_for(lambda: pipeline.delivery_process_pid is None)
+        for start in (10, 20):  # each submit may start the next child, until delivery gives up on processes
+            wait_for(lambda: pipeline.delivery_process_pid is None)
+            time.sleep(1.1)  # the second start waits out its backoff
+            assert pipeline.submit(sent[start:start + 10])
+        assert pipeline.force_flush(timeout=30)
+    assert stored(local_arthur, config.model_id) == Counter(ids(sent))
+    assert THREAD_NAME in {t.name for t in threading.enumerate()}
+    assert sum("runs on a thread of the application's instead" in r.getMessage() for r in caplog.records) == 1
