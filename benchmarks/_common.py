@@ -159,13 +159,15 @@ def create_model(arthur_url: str) -> str:
     return str(response.json()["id"])
 
 
-def arthur_exporter(arthur_url: str, model_id: str, spool_dir: str | Path, bind_with: Sequence[Any] = ()) -> Any:
+def arthur_exporter(arthur_url: str, model_id: str, spool_dir: str | Path, bind_with: Sequence[Any] = (),
+                    delivery: str | None = None) -> Any:
     """An ``ArthurSpanExporter`` to a model of a local Arthur, spooling in ``spool_dir``. ``bind_with``: spans whose
-    first is exported and flushed at once, so the model is fetched and bound before anything is measured."""
+    first is exported and flushed at once, so the model is fetched and bound before anything is measured.
+    ``delivery``: ``"thread"`` for a profile that drives the worker in this process; else ``ARTHUR_DELIVERY``'s."""
     from otel_arthur import ArthurSpanExporter
 
     exporter = ArthurSpanExporter(url=arthur_url, api_key=API_KEY, model_id=model_id, allow_insecure=True,
-                                  spool_dir=str(spool_dir))
+                                  spool_dir=str(spool_dir), delivery=delivery)
     if bind_with:
         exporter.export(bind_with[:1])
         exporter.force_flush(60_000)
@@ -173,11 +175,12 @@ def arthur_exporter(arthur_url: str, model_id: str, spool_dir: str | Path, bind_
 
 
 @contextlib.contextmanager
-def exporter_on_local_arthur(work: Path, bind_with: Sequence[Any]) -> Iterator[tuple[Service, Any]]:
+def exporter_on_local_arthur(work: Path, bind_with: Sequence[Any],
+                             delivery: str | None = None) -> Iterator[tuple[Service, Any]]:
     """A local Arthur (its log and database in ``work``), a model on it, and an exporter to that model, bound
     (``arthur_exporter``) and spooling in ``work/spool``; the caller shuts the exporter down."""
     with local_arthur(work, work / "arthur.sqlite3") as arthur:
-        yield arthur, arthur_exporter(arthur.url, create_model(arthur.url), work / "spool", bind_with)
+        yield arthur, arthur_exporter(arthur.url, create_model(arthur.url), work / "spool", bind_with, delivery)
 
 
 def _raise_priority() -> None:

@@ -36,7 +36,7 @@ def main() -> None:
 
     templates = list(c.sdk_spans(len(c.generation_templates())))
     with tempfile.TemporaryDirectory(prefix="otel-arthur-profile-") as work, \
-            c.exporter_on_local_arthur(Path(work), bind_with=templates) as (_, exporter):
+            c.exporter_on_local_arthur(Path(work), bind_with=templates, delivery="thread") as (_, exporter):
         pipeline = exporter._pipelines[0]
         assert pipeline is not None
         pipeline._stop.set()  # hold the worker back: this thread drains the spool

@@ -45,7 +45,7 @@ def main() -> None:
     ignored = list(c.sdk_spans(512, generation_share=0.0))
     generations = list(c.sdk_spans(args.spans))
     with tempfile.TemporaryDirectory(prefix="otel-arthur-profile-") as work, \
-            c.exporter_on_local_arthur(Path(work), bind_with=generations) as (_, exporter):
+            c.exporter_on_local_arthur(Path(work), bind_with=generations, delivery="thread") as (_, exporter):
         profiler = Profiler(interval=0.0002, async_mode="disabled")
         with profiler:
             for _ in range(200):
