@@ -169,7 +169,9 @@ def caller_cost(bench: Bench) -> dict[str, Any]:
                     label = config if config in ("none", "otel_noop", "otel_otlp") else f"{config}@{phase['label']}"
                     samples.setdefault(label, []).extend(phase["times_us"])
                     per_round.setdefault(label, []).append(c.summary(phase["times_us"]))
-                    background.setdefault(label, []).append(phase["background_cpu_per_call_us"])
+                    # The exporter's threads here and its delivery process (ARTHUR_DELIVERY=process, the default).
+                    background.setdefault(label, []).append(phase["background_cpu_per_call_us"]
+                                                            + phase["child_processes_cpu_per_call_us"])
                     if "exporter" in phase:
                         exporter_checks.append(phase["exporter"] | {"phase": phase["label"]})
 
