@@ -212,19 +212,10 @@ def _json_messages(raw: Any) -> list[Message]:
         return []
     read = []
     for message in messages:
-        if not isinstance(message, dict):
-            continue
-        role = message.get("role")
-        if type(role) is not str or not role:
-            role = scalar_text(role) or "unknown"
-        parts = message["parts"] if "parts" in message else message.get("content")
-        # Nearly every message is one text part: read in place, without the general reader's objects.
-        if type(parts) is list and len(parts) == 1 and type(part := parts[0]) is dict \
-                and part.get("type", GenAI.PART_TEXT) == GenAI.PART_TEXT and type(text := part.get("content", "")) is str:
-            read.append(Message(role, text))
-            continue
-        read_parts = _read_parts(parts)
-        read.append(Message(role, read_parts.text, read_parts.tool_calls, read_parts.answered, read_parts.other_parts))
+        if isinstance(message, dict):
+            role, parts = _role_and_parts(message)
+            text = _single_text(parts)  # nearly every message: read in place, without the general reader's objects
+            read.append(Message(role, text) if text is not None else _general_message(role, parts))
     return read
 
 
@@ -235,21 +226,23 @@ def json_message_texts(messages: Any) -> list[tuple[str, str]]:
         return []
     read = []
     for message in messages:
-        if not isinstance(message, dict):
-            continue
-        # As _json_messages reads it, the usual message (one text part) in place.
-        role = message.get("role")
-        if type(role) is not str or not role:
-            role = scalar_text(role) or "unknown"
-        parts = message["parts"] if "parts" in message else message.get("content")
-        if type(parts) is list and len(parts) == 1 and type(part := parts[0]) is dict \
-                and part.get("type", GenAI.PART_TEXT) == GenAI.PART_TEXT and type(text := part.get("content", "")) is str:
-            read.append((role, text))
-            continue
-        read_parts = _read_parts(parts)
-        read.append((role, message_text(Message(role, read_parts.text, read_parts.tool_calls, read_parts.answered,
-                                                read_parts.other_parts))))
+        if isinstance(message, dict):
+            role, parts = _role_and_parts(message)
+            text = _single_text(parts)
+            read.append((role, text if text is not None else message_text(_general_message(role, parts))))
     return read
+
+
+def _role_and_parts(message: dict[str, Any]) -> tuple[str, Any]:
+    role = message.get("role")
+    if type(role) is not str or not role:
+        role = scalar_text(role) or "unknown"
+    return role, message["parts"] if "parts" in message else message.get("content")
+
+
+def _general_message(role: str, parts: Any) -> Message:
+    read = _read_parts(parts)
+    return Message(role, read.text, read.tool_calls, read.answered, read.other_parts)
 
 
 def _single_text(parts: Any) -> str | None:

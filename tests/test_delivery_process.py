@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 
 import pytest
+from servehelpers import wait_for
 from spanfixtures import generation_spans
 
 from otel_arthur import ArthurSpanExporter
@@ -40,15 +41,6 @@ def records(count: int, prefix: str = "r") -> list[InferenceRecord]:
 
 def ids(batch: list[InferenceRecord]) -> list[str]:
     return [r.partner_inference_id for r in batch]
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def alive(pid: int) -> bool:
