@@ -281,6 +281,13 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def own_and_children_cpu() -> float:
+    """CPU seconds of this process (all its threads, ``time.process_time``) and of the processes it started
+    (the exporter's delivery process, ``ARTHUR_DELIVERY=process``) that still run."""
+    me = os.getpid()
+    return time.process_time() + tree_cpu_seconds(me) - cpu_seconds(me)
+
+
 def tree_rss_mb(pid: int) -> float:
     return sum(rss_mb(member) for member in _process_tree(pid))
 

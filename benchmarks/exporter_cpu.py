@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,26 +25,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 
-def _cpu() -> float:
-    """CPU seconds of this process (all its threads) and of the delivery process it started, if any."""
-    me = os.getpid()
-    return time.process_time() + c.tree_cpu_seconds(me) - c.cpu_seconds(me)
-
-
 def measure(arthur_url: str, model_id: str, spool_dir: str, batch: int, spans: int) -> dict[str, float]:
     from export_bench import _fresh_copies
 
     generations = _fresh_copies(list(c.sdk_spans(len(c.generation_templates()))), spans)
     exporter = c.arthur_exporter(arthur_url, model_id, spool_dir, bind_with=generations)  # bound before the clock starts
     delivered_before = exporter.stats().delivered
-    cpu, wall = _cpu(), time.perf_counter()
+    cpu, wall = c.own_and_children_cpu(), time.perf_counter()
     export_cpu = 0.0
     for i in range(0, spans, batch):
         started = time.thread_time()
         exporter.export(generations[i:i + batch])
         export_cpu += time.thread_time() - started
     flushed = exporter.force_flush(600_000)
-    cpu, wall = _cpu() - cpu, time.perf_counter() - wall
+    cpu, wall = c.own_and_children_cpu() - cpu, time.perf_counter() - wall
     delivered = exporter.stats().delivered - delivered_before
     exporter.shutdown()
     return {"batch": batch, "spans": spans, "delivered": delivered, "flushed": flushed,
