@@ -177,8 +177,17 @@ class DeliveryProcess:
         os.close(from_child_w)
         # The levels as configured now (the application may have set its logging up after constructing us).
         # A few hundred bytes: the empty pipe takes them at once.
-        _write_all(to_child_w, _frame({"handover": self._handover, "levels": {
-            name: logging.getLogger(name).getEffectiveLevel() for name in ("", "otel_arthur")}}))
+        try:
+            _write_all(to_child_w, _frame({"handover": self._handover, "levels": {
+                name: logging.getLogger(name).getEffectiveLevel() for name in ("", "otel_arthur")}}))
+        except OSError as exc:  # it exited before reading (EPIPE): never into the application
+            for fd in (to_child_w, from_child_r):
+                os.close(fd)
+            process.kill()
+            code = process.wait()
+            self._died(f"exited with code {code} before it took its settings")
+            self._failed_to_start(str(exc))
+            return False
         os.set_blocking(to_child_w, False)  # a wake-up must never block the application
         with self._pipe_lock:
             self._process, self._to_child, self._from_child = process, to_child_w, from_child_r
