@@ -281,11 +281,19 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def children_cpu_seconds() -> dict[int, float]:
+    """``cpu_seconds`` of each process this one started (and theirs) that still runs, by pid: the exporter's
+    delivery process (``ARTHUR_DELIVERY=process``)."""
+    cpu = {}
+    for pid in _process_tree(os.getpid())[1:]:
+        with contextlib.suppress(OSError):
+            cpu[pid] = cpu_seconds(pid)
+    return cpu
+
+
 def own_and_children_cpu() -> float:
-    """CPU seconds of this process (all its threads, ``time.process_time``) and of the processes it started
-    (the exporter's delivery process, ``ARTHUR_DELIVERY=process``) that still run."""
-    me = os.getpid()
-    return time.process_time() + tree_cpu_seconds(me) - cpu_seconds(me)
+    """CPU seconds of this process (all its threads, ``time.process_time``) and of the processes it started."""
+    return time.process_time() + sum(children_cpu_seconds().values())
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import API_KEY, arthur_exporter, emit  # noqa: E402
+from _common import API_KEY, arthur_exporter, children_cpu_seconds, emit  # noqa: E402
 
 HISTORY = (
     ("system", "You are a helpful assistant. Answer in one short paragraph."),
@@ -58,25 +57,6 @@ def thread_cpu_ns() -> dict[int, int]:
     return times
 
 
-def child_processes_cpu_ns() -> dict[int, int]:
-    """CPU time so far of each process this one started (the exporter's delivery processes; ns, from /proc)."""
-    times, tick_ns = {}, 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children", encoding="ascii") as children:
-                pids = children.read().split()
-        except FileNotFoundError:
-            continue
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue
-            times[int(pid)] = (int(fields[11]) + int(fields[12])) * tick_ns  # utime + stime
-    return times
-
-
 def measure(llm: Any, messages: list[Any], warmup: int, calls: int,
             settle: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Wall time of each call on this (the caller's) thread; CPU of this thread and of all the others.
@@ -89,21 +69,21 @@ def measure(llm: Any, messages: list[Any], warmup: int, calls: int,
     settle()
     times_us: list[float] = []
     clock = time.perf_counter_ns
-    threads_start, children_start = thread_cpu_ns(), child_processes_cpu_ns()
+    threads_start, children_start = thread_cpu_ns(), children_cpu_seconds()
     wall_start = time.perf_counter()
     for _ in range(calls):
         start = clock()
         llm.invoke(messages)
         times_us.append((clock() - start) / 1000)
     wall = time.perf_counter() - wall_start
-    threads_end, children_end = thread_cpu_ns(), child_processes_cpu_ns()
+    threads_end, children_end = thread_cpu_ns(), children_cpu_seconds()
     caller = threading.main_thread().native_id
     background = sum(end - threads_start.get(tid, 0) for tid, end in threads_end.items() if tid != caller)
     return {"times_us": times_us, "wall_s": wall,
             "caller_thread_cpu_per_call_us": (threads_end[caller] - threads_start[caller]) / calls / 1000,
             "background_cpu_per_call_us": background / calls / 1000,
             "child_processes_cpu_per_call_us": sum(end - children_start.get(pid, 0)
-                                                   for pid, end in children_end.items()) / calls / 1000}
+                                                   for pid, end in children_end.items()) / calls * 1e6}
 
 
 def make_exporter(config: str, phase: dict[str, Any], args: dict[str, Any]) -> Any:
