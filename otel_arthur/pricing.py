@@ -153,6 +153,20 @@ def _priced_model(provider: str | None, model: str) -> tuple[Provider, ModelInfo
     return provider_info, model_info
 
 
+def load() -> bool:
+    """Import ``genai-prices`` and load its price table now (~0.9 s of CPU, once per process), not at the first
+    span with a model and token counts; whether costs can be computed.
+
+    ``serve`` and its decode processes call it before they take requests, so the first requests cost what
+    the others do (the load fell on them: twice the CPU per span over a process's first ~20 requests).
+    """
+    library = _genai_prices()
+    if library is None:
+        return False
+    library.data_snapshot.get_snapshot()
+    return True
+
+
 def _genai_prices() -> Any:
     """The ``genai_prices`` module, imported at first use; None when it cannot be."""
     global _library

@@ -511,6 +511,24 @@ def test_metrics_families_as_samples_lack_nothing_counted(served):
     assert Counter(line.split()[3] for line in text.splitlines() if line.startswith("# TYPE"))["histogram"] == 1
 
 
+def test_a_serving_process_that_maps_loads_the_price_table_before_its_first_request():
+    """``ready_to_serve``: the price table's load falls on no request (in processes of their own, as serve's are)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from otel_arthur.serve.warmup import ready_to_serve
+ready_to_serve(maps=sys.argv[1] == "maps")
+import genai_prices.data_snapshot as data  # noqa: E402
+print(data._bundled_snapshot.cache_info().currsize)
+"""
+    loaded = {maps: subprocess.run([sys.executable, "-c", script, maps], capture_output=True, text=True, timeout=120)
+              for maps in ("maps", "no")}
+    assert [completed.returncode for completed in loaded.values()] == [0, 0], [c.stderr for c in loaded.values()]
+    assert loaded["maps"].stdout.split() == ["1"] and loaded["no"].stdout.split() == ["0"]
+
+
 def test_serving_keeps_start_up_out_of_collections_and_still_frees_cycles():
     """``settle_gc`` (run once serve has started; in a process of its own here, as serve is one)."""
     import subprocess
@@ -518,7 +536,7 @@ def test_serving_keeps_start_up_out_of_collections_and_still_frees_cycles():
 
     script = """
 import gc, weakref
-from otel_arthur.serve.app import GC_YOUNG_THRESHOLD, settle_gc
+from otel_arthur.serve.warmup import GC_YOUNG_THRESHOLD, settle_gc
 settle_gc()
 assert gc.get_freeze_count() > 1000 and gc.get_threshold()[0] == GC_YOUNG_THRESHOLD and gc.isenabled()
 class Node: pass

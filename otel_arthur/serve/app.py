@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import signal
@@ -70,6 +69,7 @@ from otel_arthur.serve.connections import ConnectionGuard
 from otel_arthur.serve.grpc_receiver import GrpcReceiver
 from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
+from otel_arthur.serve.warmup import ready_to_serve
 from otel_arthur.stats import GAUGE, Sample
 
 # An idle kept-alive connection is closed by the client, not by serve: uvicorn's 5 s default equals
@@ -77,7 +77,7 @@ from otel_arthur.stats import GAUGE, Sample
 # reset by peer", one more retry); the Collector's HTTP client closes idle connections after 90 s.
 KEEP_ALIVE_SECONDS = 120
 
-__all__ = ["EXIT_GRACE", "GC_YOUNG_THRESHOLD", "TRACES_PATH", "Lifecycle", "create_app", "serve", "settle_gc"]
+__all__ = ["EXIT_GRACE", "TRACES_PATH", "Lifecycle", "create_app", "serve"]
 
 _logger = logging.getLogger(__name__)
 
@@ -85,9 +85,6 @@ TRACES_PATH = "/v1/traces"  # OTLP/HTTP's default path; the Collector's otlphttp
 _BACKLOG = 2048  # uvicorn's own default
 EXIT_GRACE = 0.5  # seconds past the shutdown timeout after which the process ends, whatever still runs
 _RESERVED_DESCRIPTORS = 64  # for the spool, logs, decode processes' pipes and Arthur, beside the connections
-# Tracked objects allocated (net) before a young collection: room for a request's spans, records and rows
-# (~10 a span, 512-span requests, two at once), which then die before any collection walks them.
-GC_YOUNG_THRESHOLD = 20_000
 
 
 class Lifecycle:
@@ -238,19 +235,6 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def settle_gc() -> None:
-    """The collector set for serving, once started: serve is its own process, not a host application's.
-
-    What start-up built (modules, the server stacks: ~75k objects) lives as long as the process, so it is
-    frozen out of every collection (each full one walked it: ~2 µs per generation span); and a young
-    collection waits for ``GC_YOUNG_THRESHOLD`` objects, not 700, so a request's objects are not walked and
-    promoted while they are still in use (~1 µs). Collections still run: cycles are freed as before.
-    """
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-
-
 def _exit_at_the_latest(seconds: float) -> None:
     """End the process ``seconds`` from now if it still runs: a daemon timer, so a timely exit cancels it."""
     def exit_now() -> None:
@@ -337,7 +321,7 @@ def serve(destinations: Sequence[ArthurSettings | EngineSettings], settings: Rec
                  "bearer token" if settings.auth_token else "none",
                  ("mutual" if settings.tls_client_ca_file else "on") if settings.tls else "off")
     previous = signal.signal(signal.SIGTERM, _drained)
-    settle_gc()
+    ready_to_serve(maps=decoder is None)  # else the decode processes map, each made ready as it started
     try:
         grpc_receiver.start()
         server.run(sockets=[sock])

@@ -28,6 +28,7 @@ from multiprocessing.synchronize import Barrier
 
 from otel_arthur.destinations import OtlpExtraction
 from otel_arthur.serve.receiver import Decoded, DecoderUnavailable, decode_request
+from otel_arthur.serve.warmup import ready_to_serve
 
 __all__ = ["DecodeProcesses"]
 
@@ -49,6 +50,7 @@ def _start_decoder(parent: int, all_started: Barrier) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(parent,), name="otel-arthur-parent-watch", daemon=True).start()
+    ready_to_serve(maps=True)
 
 
 def _exit_with(parent: int) -> None:
