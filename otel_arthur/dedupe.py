@@ -35,14 +35,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
 from otel_arthur import forking
 from otel_arthur.fields import COMPLETION, PROMPT
 from otel_arthur.mapping import InferenceRecord, SpanOrigin
+from otel_arthur.spool import Encoded
 
-__all__ = ["MAX_REMEMBERED", "ONE_SOURCE_REMEMBERED", "WINDOW", "CallMemory", "Choice"]
+__all__ = ["MAX_REMEMBERED", "ONE_SOURCE_REMEMBERED", "WINDOW", "Call", "CallMemory", "Choice", "call_of"]
 
 WINDOW = 300.0  # seconds a record can cover a later span: past the Collector's retries of one request
 MAX_REMEMBERED = 16_384  # spans remembered at most (~500 bytes each): beyond, the oldest are forgotten
@@ -79,6 +81,24 @@ class Choice:
 
     def taken(self) -> None:
         self.stored = True
+
+
+class Call(NamedTuple):
+    """What is compared of a record: where its span sits, and the digest of its service, prompt and completion."""
+
+    trace_id: str
+    span_id: str
+    origin: SpanOrigin
+    digest: bytes | None  # None when there is no completion
+
+
+def call_of(record: InferenceRecord) -> Call | None:
+    """What ``CallMemory`` compares of a record, None for one not from ``map_span`` (a spooled record read back).
+    Worked out where the record is mapped: a decode process hands it back with the record ``Encoded``."""
+    trace_id, span_id = record.fields.get("trace_id"), record.fields.get("span_id")
+    if record.origin is None or not isinstance(trace_id, str) or not isinstance(span_id, str):
+        return None
+    return Call(trace_id, span_id, record.origin, _call_digest(record))
 
 
 def _call_digest(record: InferenceRecord) -> bytes | None:
@@ -151,7 +171,8 @@ class CallMemory:
         batch: dict[bytes, dict[object, list[_Seen]]] = {}  # recorded earlier in this batch: they cover later spans too
         busy: set[int] = set()  # chosen to cover a span of this batch
         for record in records:
-            seen = self._spans.get(record.partner_inference_id)
+            identity = record.identity if type(record) is Encoded else record.partner_inference_id
+            seen = self._spans.get(identity)
             if seen is not None:  # sent again (a retried request): the same decision as before
                 if seen.recorded:
                     kept.append(record)
@@ -165,7 +186,7 @@ class CallMemory:
                 cover = (self._cover(span, self._calls.get(span.call), busy)
                          or self._cover(span, batch.get(span.call), busy))  # remembered ones were decided first
             if cover is not None:
-                covering.append((cover, record.partner_inference_id))
+                covering.append((cover, identity))
                 busy.add(id(cover))
                 span.recorded = False
             else:
@@ -176,11 +197,9 @@ class CallMemory:
         return Choice(kept, len(records) - len(kept), decided, covering)
 
     @staticmethod
-    def _seen(record: InferenceRecord, now: float, seq: int) -> _Seen | None:
-        trace_id, span_id = record.fields.get("trace_id"), record.fields.get("span_id")
-        if record.origin is None or not isinstance(trace_id, str) or not isinstance(span_id, str):
-            return None  # not from map_span (a spooled record read back): nothing to compare
-        return _Seen(trace_id, span_id, record.origin, _call_digest(record), True, now, seq)
+    def _seen(record: InferenceRecord | Encoded, now: float, seq: int) -> _Seen | None:
+        call = record.call if type(record) is Encoded else call_of(record)
+        return None if call is None else _Seen(*call, True, now, seq)
 
     @staticmethod
     def _cover(span: _Seen, by_scope: dict[object, list[_Seen]] | None, busy: set[int]) -> _Seen | None:

@@ -69,7 +69,7 @@ from otel_arthur.destinations.v3 import V3Destination
 from otel_arthur.mapping import InferenceRecord
 from otel_arthur.pacing import Pacer
 from otel_arthur.retry import RetryPolicy, RetrySender
-from otel_arthur.spool import Appended, Gauges, Refused, Spool, SpoolClosed, SpoolFull
+from otel_arthur.spool import Appended, Encoded, Gauges, Refused, Spool, SpoolClosed, SpoolFull, unspoolable
 from otel_arthur.stats import Counters, DropReason, PipelineStats
 
 if TYPE_CHECKING:  # imported when used: the thread needs none of it
@@ -177,11 +177,6 @@ class _Health:
             _logger.error("%s refuses the set-up: %s. Nothing is delivered until this is fixed; records keep"
                           " spooling in %s and are delivered once it is.", self._title, error, self._spool.path)
             self._state = self.BLOCKED
-
-
-def _unspoolable(identity: str, error: Exception) -> str:
-    # The exception's type only: its message may quote the record's content.
-    return f"record {identity} cannot be spooled: {type(error).__name__}"
 
 
 class Pipeline:
@@ -495,21 +490,21 @@ class Pipeline:
         prepared, prepare = [], self._destination.prepare
         for record in records:
             try:
-                prepared.append(prepare(record))
+                prepared.append(record if type(record) is Encoded else prepare(record))  # Encoded: prepared already
             except Exception as exc:  # a surprise (a hook's text that cannot be encoded…) costs only its record
-                failures.append(_unspoolable(self._spool.codec.identity(record), exc))
+                failures.append(unspoolable(self._spool.codec.identity(record), exc))
             if pacer is not None:  # redaction may cost tens of µs a record
                 pacer.pause_if_due()
         return prepared
 
     def _encodable(self, records: Sequence[Any], failures: list[str]) -> list[Any]:
         """The records the spool can store (its codec's text, in UTF-8); the others are said in ``failures``."""
-        encodable, encode, identity = [], self._spool.codec.encode, self._spool.codec.identity
+        encodable, codec = [], self._spool.codec
         for record in records:
             try:
-                encode(record).encode("utf-8")
+                (record.body if type(record) is Encoded else codec.encode(record)).encode("utf-8")
             except _UNENCODABLE as exc:
-                failures.append(_unspoolable(identity(record), exc))
+                failures.append(unspoolable(record.identity if type(record) is Encoded else codec.identity(record), exc))
             else:
                 encodable.append(record)
         return encodable

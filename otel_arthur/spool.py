@@ -291,6 +291,24 @@ class StoredRecord:
         return f"StoredRecord({self.partner_inference_id!r})"  # not its content: prompts stay out of logs
 
 
+class Encoded(NamedTuple):
+    """An item already as its spool row stores it: privacy applied, in its codec's text. What a decode process
+    (``serve --decode-processes``) hands back, so the serving process only stores it; ``append`` takes it as is.
+
+    ``call``: what ``dedupe`` compares of the item, worked out before privacy changed its texts (None: nothing).
+    """
+
+    identity: str
+    body: str
+    call: Any = None
+
+
+def unspoolable(identity: str, error: Exception) -> str:
+    """Why an item was left out, for the ``unmappable`` count: the exception's type only (its message may quote
+    the record's content)."""
+    return f"record {identity} cannot be spooled: {type(error).__name__}"
+
+
 class Codec(Protocol):
     """How one destination's items are stored: a row's body, and the identity a re-send keeps."""
 
@@ -516,7 +534,8 @@ class Spool:
 
     @_retried
     def append(self, records: Sequence[Any], *, refuse_when_full: bool = False) -> Appended:
-        """Store records as pending; past the bound, drop the oldest (a record alone over it is dropped itself).
+        """Store records (the codec's items, or ``Encoded`` ones) as pending; past the bound, drop the oldest (a
+        record alone over it is dropped itself).
 
         ``refuse_when_full``: dead letters still make room, pending records never do; if the records
         still do not fit, the transaction is rolled back and ``SpoolFull`` raised.
@@ -525,13 +544,16 @@ class Spool:
         rows, too_big, total = [], 0, 0
         encode, identity = self.codec.encode, self.codec.identity
         for record in records:
-            body = encode(record)
+            if type(record) is Encoded:
+                body, key = record.body, record.identity
+            else:
+                body, key = encode(record), identity(record)
             size = len(body) if body.isascii() else len(body.encode("utf-8"))  # isascii() reads a flag: no copy
             if size > self.max_bytes:
                 too_big += 1
                 continue
             total += size
-            rows.append((self.destination, identity(record), body, size, now))
+            rows.append((self.destination, key, body, size, now))
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO records (destination, partner_inference_id, body, size, enqueued_at)"

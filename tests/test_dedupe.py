@@ -20,8 +20,10 @@ from opentelemetry.trace import SpanContext
 
 from otel_arthur.config import ArthurSettings
 from otel_arthur.dedupe import ONE_SOURCE_REMEMBERED, CallMemory
+from otel_arthur.destinations import OtlpExtraction
 from otel_arthur.mapping import map_span
 from otel_arthur.pipeline import Pipeline
+from otel_arthur.serve.processes import DecodeProcesses
 from otel_arthur.serve.receiver import Receiver
 
 FRAMEWORK = InstrumentationScope("openinference.instrumentation.langchain")
@@ -158,7 +160,8 @@ def test_identical_concurrent_calls_are_never_lost(under_app_span, rng, batch_si
     assert len(calls) <= len(shuffled_in_batches(calls, rng, batch_size)) <= 2 * len(calls)
 
 
-def test_across_serve_requests_in_either_order(tmp_path):
+@pytest.mark.parametrize("decode_processes", [0, 1], ids=["in serve's process", "in a decode process"])
+def test_across_serve_requests_in_either_order(tmp_path, decode_processes):
     class NeverSends:  # records stay in the spool: what was spooled is what is counted
         def send(self, records):
             raise AssertionError("not delivering in this test")
@@ -169,8 +172,10 @@ def test_across_serve_requests_in_either_order(tmp_path):
     settings_ = ArthurSettings.resolve(url="http://127.0.0.1:9", api_key="k", model_id="m", allow_insecure=True,
                                        spool_dir=tmp_path)
     pipeline = Pipeline(settings_, transport=NeverSends())
+    # A decode process hands back the records encoded, with what dedupe compares worked out before.
+    decoders = DecodeProcesses(1, OtlpExtraction.of([pipeline.destination])) if decode_processes else None
     try:
-        receiver = Receiver(pipeline)
+        receiver = Receiver(pipeline, decoder=decoders.decode if decoders else None)
         calls = [one_call(1_000), one_call(2_000, under_app_span=False, question="Another?")]
         requests = [[calls[0][1]], [calls[1][0]], [calls[0][0], calls[1][1]]]  # provider first, framework first
         for request in requests:
@@ -178,6 +183,8 @@ def test_across_serve_requests_in_either_order(tmp_path):
         stats = pipeline.stats()
         assert (stats.generation_spans, stats.spooled, stats.deduplicated) == (4, 2, 2)
     finally:
+        if decoders is not None:
+            decoders.close()
         pipeline.shutdown(timeout=0)
 
 

@@ -392,3 +392,32 @@ def test_both_destinations_share_the_conversion_and_store_what_each_stores_alone
     assert both["v3"].unmappable == alone["v3"].unmappable
     spans = otlp.count_spans(request)
     assert conversions["any"] == len(both["engine"].records) and conversions["generation"] + conversions["any"] == spans
+
+
+def test_decode_processes_hand_back_each_destinations_items_as_its_spool_stores_them(arthur_env, tmp_path):
+    """``OtlpExtraction.encoded``: each item prepared and encoded by its destination, v3's with what dedupe compares."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from spanfixtures import SPANS_DIR, load_spans
+
+    from otel_arthur.config import ArthurSettings
+    from otel_arthur.dedupe import call_of
+    from otel_arthur.destinations import OtlpExtraction, destination_for
+    from otel_arthur.spool import Encoded
+
+    request = encode_spans([span for path in sorted(SPANS_DIR.glob("*.json")) for span in load_spans(path.name)])
+    v3 = ArthurSettings.resolve(url="http://127.0.0.1:9", api_key="k", model_id="m", allow_insecure=True,
+                                spool_dir=str(tmp_path), send_content=False)
+    engine = _settings(spool_dir=str(tmp_path), engine_spans="all")
+    extraction = OtlpExtraction(engine=engine, v3=v3)
+    mapped = extraction(request)
+    encoded = extraction.encoded(extraction(request))
+    for name, settings in (("v3", v3), ("engine", engine)):
+        destination = destination_for(settings)
+        codec, items = destination.codec, mapped[name].records
+        assert len(items) > 5 and encoded[name].unmappable == mapped[name].unmappable
+        assert encoded[name].records == [
+            Encoded(codec.identity(item), codec.encode(destination.prepare(item)),
+                    call_of(item) if name == "v3" else None) for item in items]
+    assert any(CONTENT_WITHHELD in item.body for item in encoded["v3"].records)  # v3's privacy applied
+    with pytest.raises(ValueError, match="settings are needed"):
+        OtlpExtraction().encoded(OtlpExtraction()(request))  # v3's privacy unknown: never spooled without it

@@ -55,7 +55,8 @@ class FakeIntake:
             raise self.error
         if self.refusal is not None:
             return self.refusal
-        self.records.extend(spool.decode(spool.encode(r)) for r in records)
+        # As the spool would store them: a decode process's (``Encoded``) already are.
+        self.records.extend(spool.decode(r.body if isinstance(r, spool.Encoded) else spool.encode(r)) for r in records)
         return Accepted()
 
     def count_received(self, spans, generations):

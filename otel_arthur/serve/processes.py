@@ -2,8 +2,10 @@
 
 Inflating, parsing protobuf and mapping spans is CPU work under the GIL: in one process ``serve``
 tops out at one core. With ``--decode-processes N`` the receiver hands each body to one of N
-processes (the standard library's process pool) and gets the records back. Spooling, delivery,
-counters, ``/metrics`` and shutdown stay in the serving process, so nothing about them changes.
+processes (the standard library's process pool) and gets the records back as their spool rows will
+hold them (privacy applied, encoded: ``OtlpExtraction.encoded``), so pickling them costs a tenth of
+what records cost and the serving process only stores them. Spooling, one record per LLM call
+(``dedupe``), delivery, counters, ``/metrics`` and shutdown stay in the serving process.
 
 The processes are spawned, never forked: the serving process already runs threads and holds
 SQLite connections, which a fork would copy in whatever state they were. All of them start before
@@ -38,13 +40,15 @@ START_TIMEOUT = 120.0  # seconds for a process to start and import what it needs
 PARENT_CHECK_INTERVAL = 1.0  # seconds between an orphaned decode process's looks at its parent
 
 
-_all_started: Barrier | None = None  # in a decode process: passed by the pool that started it
+# In a decode process: passed by the pool that started it.
+_all_started: Barrier | None = None
+_extraction: OtlpExtraction | None = None  # kept for the process's life, with the destinations it makes
 
 
-def _start_decoder(parent: int, all_started: Barrier) -> None:
+def _start_decoder(parent: int, all_started: Barrier, extraction: OtlpExtraction) -> None:
     """Set up a decode process: it stops when the serving process says so, or is gone."""
-    global _all_started
-    _all_started = all_started
+    global _all_started, _extraction
+    _all_started, _extraction = all_started, extraction
     # A SIGINT or SIGTERM sent to the whole process group (Ctrl-C, systemd) must not kill the
     # decoders under the requests the serving process is still draining.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -60,6 +64,11 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
+def _decode(body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int) -> Decoded:
+    assert _extraction is not None
+    return decode_request(body, encoding, media, max_body_bytes, max_spans, _extraction, encoded=True)
+
+
 def _started() -> int:
     """Returns once every process of the pool runs one: so each of them has started, and answers once."""
     assert _all_started is not None
@@ -70,8 +79,9 @@ def _started() -> int:
 class DecodeProcesses:
     """``decode`` is ``receiver.decode_request``, run in one of ``processes`` worker processes."""
 
-    def __init__(self, processes: int, extraction: OtlpExtraction = OtlpExtraction()) -> None:
-        """``extraction``: what each destination takes from a request (``receiver.decode_request``)."""
+    def __init__(self, processes: int, extraction: OtlpExtraction) -> None:
+        """``extraction``: what each destination takes from a request (``receiver.decode_request``), with the
+        settings of each (``OtlpExtraction.of``)."""
         if processes < 1:
             raise ValueError(f"decode processes must be at least 1, got {processes!r}")
         self.processes = processes
@@ -84,7 +94,7 @@ class DecodeProcesses:
     def _start(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_start_decoder,
-                                   initargs=(os.getpid(), context.Barrier(self.processes)))
+                                   initargs=(os.getpid(), context.Barrier(self.processes), self._extraction))
         # The pool starts a process per submission while none is idle: one task each starts them all now.
         futures = [pool.submit(_started) for _ in range(self.processes)]
         self.pids = sorted({future.result(timeout=START_TIMEOUT) for future in futures})
@@ -94,8 +104,7 @@ class DecodeProcesses:
     def decode(self, body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int) -> Decoded:
         pool = self._pool
         try:
-            return pool.submit(decode_request, body, encoding, media, max_body_bytes, max_spans,
-                               self._extraction).result()
+            return pool.submit(_decode, body, encoding, media, max_body_bytes, max_spans).result()
         except BrokenProcessPool:
             self._replace(pool)
             raise DecoderUnavailable("a decode process died; a new one was started") from None

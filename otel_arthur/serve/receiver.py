@@ -140,13 +140,15 @@ Decoder = Callable[[bytes, "str | None", str, int, int], Decoded]
 
 
 def decode_request(body: bytes, encoding: str | None, media: str, max_body_bytes: int, max_spans: int,
-                   extraction: OtlpExtraction = OtlpExtraction()) -> Decoded:
+                   extraction: OtlpExtraction = OtlpExtraction(), *, encoded: bool = False) -> Decoded:
     """Inflate, parse and map one body for each destination; ``otlp.RequestError`` when it is unusable as a whole.
 
-    Pure and module-level, so ``DecodeProcesses`` can run it in another process.
+    Pure and module-level, so ``DecodeProcesses`` can run it in another process; ``encoded``: the items as
+    their spools store them (``OtlpExtraction.encoded``), what such a process hands back.
     """
     request = otlp.parse_request(otlp.decompress(body, encoding, max_body_bytes), media, max_spans)
-    return Decoded(spans=otlp.count_spans(request), mapped=extraction(request))
+    mapped = extraction(request)
+    return Decoded(spans=otlp.count_spans(request), mapped=extraction.encoded(mapped) if encoded else mapped)
 
 
 class Receiver:
