@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
@@ -60,9 +60,9 @@ _ROLE_PREFIXES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class SpanOrigin:
-    """Where a record's span sits, for ``dedupe`` to tell one call traced twice; never spooled."""
+class SpanOrigin(NamedTuple):
+    """Where a record's span sits, for ``dedupe`` to tell one call traced twice; never spooled. A tuple: a decode
+    process hands it back with each record (``dedupe.Call``), and a tuple pickles in half a dataclass's time."""
 
     scope: str  # the instrumentation scope's name: which instrumentor made the span
     parent_span_id: int | None
