@@ -369,7 +369,7 @@ def table(results: dict[str, Any]) -> list[dict[str, str]]:
             tp["ratio"] >= 1.0)
         row("3 records per Arthur request", f"{tp['records_per_request']:.0f}", "", "", "≥ 100",
             tp["records_per_request"] >= 100)
-        row("3 exporter CPU per span (all its threads)",
+        row("3 exporter CPU per span (all its threads and its delivery process)",
             f"ArthurSpanExporter {tp['arthur']['cpu_us_per_span']:.0f} µs",
             f"OTLPSpanExporter {tp['otlp']['cpu_us_per_span']:.0f} µs", f"{tp['exporter_cpu_ratio']:.2f}× less")
         row("3 receiver CPU per span, on the same 2 cores",

@@ -135,8 +135,6 @@ class OtlpExtraction:
         return mapped
 
 
-
-
 def destination_for(settings: ArthurSettings | EngineSettings, redact: Callable[[str], str] | None = None) -> Destination:
     """The destination these settings configure."""
     if isinstance(settings, EngineSettings):
