@@ -124,9 +124,9 @@ def local_openai(log_dir: Path) -> Service:
                    f"http://127.0.0.1:{port}", "/v1/models", log_dir)
 
 
-def otlp_sink(log_dir: Path) -> Service:
+def otlp_sink(log_dir: Path, name: str = "otlp-sink") -> Service:
     port = free_port()
-    return Service("otlp-sink", [sys.executable, str(BENCH / "sink.py"), "--port", str(port)],
+    return Service(name, [sys.executable, str(BENCH / "sink.py"), "--port", str(port)],
                    f"http://127.0.0.1:{port}", "/stats", log_dir)
 
 
