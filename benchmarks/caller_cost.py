@@ -19,6 +19,8 @@ own exporter and span processor, flushed and shut down before the next phase sta
 Prints one JSON line: per configuration and phase, the wall time of each measured call (µs), the
 CPU per call of the caller's thread, of all other threads together (span processor, exporter,
 delivery on a thread) and of the processes it started (delivery processes), and what reached Arthur.
+The CPU counts until the measured calls' spans are delivered (Arthur up), which delivery's lingering
+puts after the last call.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ HISTORY = (
     ("human", "And how do spans become Arthur inference records?"),
 )
 BEFORE_INSTRUMENTATION = ("none", "seed")
+# Arthur down: long enough for the delivery process to start and fail its first attempt.
+OUTAGE_SETTLE_MS = 3_000
 
 
 def thread_cpu_ns() -> dict[int, int]:
@@ -58,11 +62,14 @@ def thread_cpu_ns() -> dict[int, int]:
 
 
 def measure(llm: Any, messages: list[Any], warmup: int, calls: int,
-            settle: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Wall time of each call on this (the caller's) thread; CPU of this thread and of all the others.
+            settle: Callable[[], None] = lambda: None, drain: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Wall time of each call on this (the caller's) thread; CPU of this thread, of the others and of the
+    processes this one started (the exporter's delivery process).
 
     ``settle`` runs after the warm-up: one-off start-up work (binding the model, importing the HTTP
-    client) then lands before the measured calls, not inside them.
+    client, starting the delivery process) then lands before the measured calls, not inside them.
+    ``drain`` runs after them, inside the CPU window but outside the calls' times: the work their spans
+    cause (exporting, delivering) counts in full, whenever it happens.
     """
     for _ in range(warmup):
         llm.invoke(messages)
@@ -76,6 +83,7 @@ def measure(llm: Any, messages: list[Any], warmup: int, calls: int,
         llm.invoke(messages)
         times_us.append((clock() - start) / 1000)
     wall = time.perf_counter() - wall_start
+    drain()
     threads_end, children_end = thread_cpu_ns(), children_cpu_seconds()
     caller = threading.main_thread().native_id
     background = sum(end - threads_start.get(tid, 0) for tid, end in threads_end.items() if tid != caller)
@@ -106,15 +114,28 @@ def make_exporter(config: str, phase: dict[str, Any], args: dict[str, Any]) -> A
 
 
 def steady_state(config: str, processor: Any, exporter: Any, phase: dict[str, Any]) -> Callable[[], None]:
-    """After the warm-up: the warm-up's spans exported and, Arthur being up, delivered (the model bound)."""
+    """After the warm-up: the warm-up's spans exported and, Arthur being up, delivered (the model bound);
+    Arthur being down, the delivery process started and failed its first attempt (backing off)."""
 
     def settle() -> None:
+        if processor is not None:
+            processor.force_flush()
+        if config == "otel_arthur":
+            exporter.force_flush(OUTAGE_SETTLE_MS if phase.get("outage") else 60_000)
+
+    return settle
+
+
+def delivered(config: str, processor: Any, exporter: Any, phase: dict[str, Any]) -> Callable[[], None]:
+    """After the measured calls: their spans exported and, Arthur being up, delivered."""
+
+    def drain() -> None:
         if processor is not None:
             processor.force_flush()
         if config == "otel_arthur" and not phase.get("outage"):
             exporter.force_flush(60_000)
 
-    return settle
+    return drain
 
 
 def main() -> None:
@@ -163,7 +184,8 @@ def main() -> None:
             llm = ChatOpenAI(base_url=args["openai_url"] + "/v1", api_key="unused", model="gpt-4o-mini",
                              temperature=0.1, max_retries=0, callbacks=callbacks)
             result = measure(llm, messages, args["warmup"], phase.get("calls", args["calls"]),
-                             settle=steady_state(config, processor, exporter, phase))
+                             settle=steady_state(config, processor, exporter, phase),
+                             drain=delivered(config, processor, exporter, phase))
             result["label"] = phase["label"]
             if processor is not None:  # this phase's spans leave, and its processor stops, before the next phase
                 processor.force_flush()
