@@ -25,6 +25,7 @@ puts after the last call.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -62,18 +63,24 @@ def thread_cpu_ns() -> dict[int, int]:
 
 
 def measure(llm: Any, messages: list[Any], warmup: int, calls: int,
-            settle: Callable[[], None] = lambda: None, drain: Callable[[], None] = lambda: None) -> dict[str, Any]:
+            settle: Callable[[], None] = lambda: None, exported: Callable[[], None] = lambda: None,
+            delivered: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Wall time of each call on this (the caller's) thread; CPU of this thread, of the others and of the
     processes this one started (the exporter's delivery process).
 
     ``settle`` runs after the warm-up: one-off start-up work (binding the model, importing the HTTP
     client, starting the delivery process) then lands before the measured calls, not inside them.
-    ``drain`` runs after them, inside the CPU window but outside the calls' times: the work their spans
-    cause (exporting, delivering) counts in full, whenever it happens.
+    After them, outside the calls' times, the work their spans cause counts in full, whenever it
+    happens: the threads' CPU is read once ``exported`` has exported them, the processes' once
+    ``delivered`` has delivered them (waiting for that is the harness's, not the application's, work).
     """
     for _ in range(warmup):
         llm.invoke(messages)
     settle()
+    # Every configuration alike: a previous phase's garbage is collected here, not in this window. A full
+    # collection of this process's heap (LangChain, OpenAI, the SDK) takes 60-90 ms on the caller's thread:
+    # in the phase after the first, one fell inside the window, every run (a call of ~88 ms).
+    gc.collect()
     times_us: list[float] = []
     clock = time.perf_counter_ns
     threads_start, children_start = thread_cpu_ns(), children_cpu_seconds()
@@ -83,8 +90,10 @@ def measure(llm: Any, messages: list[Any], warmup: int, calls: int,
         llm.invoke(messages)
         times_us.append((clock() - start) / 1000)
     wall = time.perf_counter() - wall_start
-    drain()
-    threads_end, children_end = thread_cpu_ns(), children_cpu_seconds()
+    exported()
+    threads_end = thread_cpu_ns()
+    delivered()
+    children_end = children_cpu_seconds()
     caller = threading.main_thread().native_id
     background = sum(end - threads_start.get(tid, 0) for tid, end in threads_end.items() if tid != caller)
     return {"times_us": times_us, "wall_s": wall,
@@ -126,12 +135,15 @@ def steady_state(config: str, processor: Any, exporter: Any, phase: dict[str, An
     return settle
 
 
-def delivered(config: str, processor: Any, exporter: Any, phase: dict[str, Any]) -> Callable[[], None]:
-    """After the measured calls: their spans exported and, Arthur being up, delivered."""
+def exported(processor: Any) -> Callable[[], None]:
+    """After the measured calls: their spans exported."""
+    return (lambda: None) if processor is None else processor.force_flush
+
+
+def delivered(config: str, exporter: Any, phase: dict[str, Any]) -> Callable[[], None]:
+    """After the measured calls' spans are exported: Arthur being up, delivered."""
 
     def drain() -> None:
-        if processor is not None:
-            processor.force_flush()
         if config == "otel_arthur" and not phase.get("outage"):
             exporter.force_flush(60_000)
 
@@ -185,7 +197,7 @@ def main() -> None:
                              temperature=0.1, max_retries=0, callbacks=callbacks)
             result = measure(llm, messages, args["warmup"], phase.get("calls", args["calls"]),
                              settle=steady_state(config, processor, exporter, phase),
-                             drain=delivered(config, processor, exporter, phase))
+                             exported=exported(processor), delivered=delivered(config, exporter, phase))
             result["label"] = phase["label"]
             if processor is not None:  # this phase's spans leave, and its processor stops, before the next phase
                 processor.force_flush()
