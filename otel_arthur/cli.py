@@ -8,19 +8,20 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from otel_arthur import exit_codes
+from otel_arthur import __version__, exit_codes
 from otel_arthur.config import ConfigurationError, as_flags
 
-# subcommand -> module providing ``add_arguments(parser)`` and ``run(args) -> int``; imported only
-# when chosen, so ``--help`` stays fast and the exporter never pays for the servers or the SDK.
+# subcommand -> module providing ``add_arguments(parser)`` and ``run(args) -> int``, in the order
+# ``--help`` lists them: the operator's commands, then the local stand-ins. Each module imports its
+# servers and SDKs inside ``run``, so building every parser keeps ``--help`` fast.
 _SUBCOMMANDS = {
-    "local-arthur": ("otel_arthur.local.arthur_cli", "Run a local server speaking Arthur's v3 API."),
-    "local-engine": ("otel_arthur.local.engine_cli", "Run a local stand-in of the Arthur Engine's trace ingest."),
-    "local-openai": ("otel_arthur.local.openai_cli", "Run a local OpenAI-compatible chat completions server."),
-    "create-model": ("otel_arthur.onboarding", "Onboard an Arthur generative-text model for these records."),
     "serve": ("otel_arthur.serve.cli", "Receive OTLP/HTTP and OTLP/gRPC traces beside a Collector and send the LLM calls to Arthur."),
     "doctor": ("otel_arthur.doctor", "Check that records would reach Arthur: credentials, model, binding, spool."),
     "spool": ("otel_arthur.spool_cli", "Inspect the spool, replay dead letters after a fix, purge them."),
+    "create-model": ("otel_arthur.onboarding", "Onboard an Arthur generative-text model for these records."),
+    "local-arthur": ("otel_arthur.local.arthur_cli", "Run a local server speaking Arthur's v3 API."),
+    "local-engine": ("otel_arthur.local.engine_cli", "Run a local stand-in of the Arthur Engine's trace ingest."),
+    "local-openai": ("otel_arthur.local.openai_cli", "Run a local OpenAI-compatible chat completions server."),
 }
 
 DEBUG_FLAG = "--debug"
@@ -40,12 +41,14 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-arthur",
-        description="Carry LLM generation spans from OpenTelemetry into Arthur inference records.",
+        description="Carry LLM calls from OpenTelemetry traces into Arthur:\ninference records for its v3 API,"
+                    " OpenInference traces for Arthur Engine.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(DEBUG_FLAG, action="store_true",
                         help="log at DEBUG level and show tracebacks; also accepted after the command")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, summary) in _SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import textwrap
 
 import pytest
 
-from otel_arthur import cli, exit_codes
+from otel_arthur import __version__, cli, exit_codes
 
 COMMANDS = [
     (), ("doctor",), ("spool",), ("spool", "stats"), ("spool", "dead-letters"), ("spool", "replay"), ("spool", "purge"),
@@ -88,3 +89,11 @@ def test_debug_is_accepted_after_a_nested_command_and_other_strays_are_still_ref
         cli.main(["spool", "stats", "--debug", "--verbose"])
     assert exit_.value.code == exit_codes.USAGE
     assert "unrecognized arguments: --verbose" in capsys.readouterr().err
+
+
+def test_version_is_the_installed_distributions(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"otel-arthur {importlib.metadata.version('otel-arthur')}\n"
+    assert __version__ == importlib.metadata.version("otel-arthur")  # the package says what pyproject.toml says
