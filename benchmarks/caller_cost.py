@@ -19,8 +19,8 @@ own exporter and span processor, flushed and shut down before the next phase sta
 Prints one JSON line: per configuration and phase, the wall time of each measured call (µs), the
 CPU per call of the caller's thread, of all other threads together (span processor, exporter,
 delivery on a thread) and of the processes it started (delivery processes), and what reached Arthur.
-The CPU counts until the measured calls' spans are delivered (Arthur up), which delivery's lingering
-puts after the last call.
+The threads' CPU counts until the measured calls' spans are exported, the processes' until they are
+delivered (Arthur up): delivery lingers past the last call.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def measure(llm: Any, messages: list[Any], warmup: int, calls: int,
         llm.invoke(messages)
     settle()
     # Every configuration alike: a previous phase's garbage is collected here, not in this window. A full
-    # collection of this process's heap (LangChain, OpenAI, the SDK) takes 60-90 ms on the caller's thread:
+    # collection of this process's heap (LangChain, OpenAI, the SDK) takes 50-90 ms on the caller's thread:
     # in the phase after the first, one fell inside the window, every run (a call of ~88 ms).
     gc.collect()
     times_us: list[float] = []
