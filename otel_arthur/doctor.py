@@ -31,6 +31,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
 import re
 import sqlite3
 import sys
@@ -44,7 +45,7 @@ from http import HTTPStatus
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
-from otel_arthur import exit_codes
+from otel_arthur import __version__, exit_codes
 from otel_arthur.binding import Binding, BindingError, bind
 from otel_arthur.clients.http import is_uuid, network_reason
 from otel_arthur.clients.v3 import ArthurModel, ModelAttribute, parse_model
@@ -720,6 +721,7 @@ def _spool(report: Report, directory: str, destinations: list[str]) -> None:
 
 def diagnose(args: argparse.Namespace) -> Report:
     report = Report()
+    report.lines.append(f"otel-arthur {__version__} (Python {platform.python_version()})")  # for a bug report
     wants_engine = engine_configured(args.engine_url, v3_url=args.url)
     settings = None
     if v3_configured(args.url) or not wants_engine:  # with neither, the v3 lines say what is missing, as ever

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import uuid
 
 import pytest
 import requests
 
-from otel_arthur import cli, exit_codes
+from otel_arthur import __version__, cli, exit_codes
 from otel_arthur.fields import FIELDS
 from otel_arthur.local import arthur
 from otel_arthur.mapping import InferenceRecord
@@ -65,6 +66,7 @@ def test_a_good_configuration_from_the_environment(capsys, clean_env, client, lo
         clean_env.setenv(name, value)
     code, out, err = doctor(capsys, "--client", client)
     assert code == exit_codes.OK and err == "", out + err
+    assert out.startswith(f"otel-arthur {__version__} (Python {platform.python_version()})\n\nConfiguration\n")
     assert "credentials    API key (from $ARTHUR_API_KEY)" in out
     assert f"organization   {local_arthur.organization_id} (the credentials' own)" in out
     assert f"(id {model_id}), {len(FIELDS)} attributes" in out
