@@ -38,7 +38,7 @@ from servehelpers import (  # noqa: F401
 )
 from spanfixtures import generation_spans, load_spans, reidentified
 
-from otel_arthur import cli, exit_codes
+from otel_arthur import __version__, cli, exit_codes
 from otel_arthur import config as c
 from otel_arthur.config import EngineSettings, ReceiverSettings
 from otel_arthur.conventions import CONVENTIONS
@@ -299,6 +299,7 @@ FAMILIES = {
     "otel_arthur_spool_depth_records": "gauge", "otel_arthur_spool_size_bytes": "gauge",
     "otel_arthur_spool_dead_letters": "gauge", "otel_arthur_oldest_undelivered_age_seconds": "gauge",
     "otel_arthur_arthur_request_duration_seconds": "histogram", "otel_arthur_ready": "gauge",
+    "otel_arthur_build_info": "gauge",
 }
 
 
@@ -324,6 +325,7 @@ def test_metrics_exposes_the_listed_families(served, local_arthur, figures):
     assert value[("otel_arthur_records_delivered_total", v3)] >= 1
     assert value[("otel_arthur_spool_depth_records", ())] >= 0  # the spool file's gauges: every destination's
     assert value[("otel_arthur_ready", ())] == 1
+    assert value[("otel_arthur_build_info", (("version", __version__),))] == 1
     assert value[("otel_arthur_receiver_spans_received_total", ())] == \
         value[("otel_arthur_receiver_spans_ignored_total", ())] + \
         value[("otel_arthur_receiver_spans_rejected_total", ())] + value[("otel_arthur_generation_spans_total", v3)]

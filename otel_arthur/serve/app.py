@@ -53,6 +53,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from otel_arthur import __version__
 from otel_arthur.config import (
     OTEL_ARTHUR_RECEIVER_ALLOW_PLAINTEXT_TOKEN,
     ArthurSettings,
@@ -85,6 +86,7 @@ TRACES_PATH = "/v1/traces"  # OTLP/HTTP's default path; the Collector's otlphttp
 _BACKLOG = 2048  # uvicorn's own default
 EXIT_GRACE = 0.5  # seconds past the shutdown timeout after which the process ends, whatever still runs
 _RESERVED_DESCRIPTORS = 64  # for the spool, logs, decode processes' pipes and Arthur, beside the connections
+BUILD_INFO = Sample("otel_arthur_build_info", GAUGE, {"version": __version__}, 1.0)  # Prometheus' *_build_info idiom
 
 
 class Lifecycle:
@@ -160,7 +162,7 @@ def create_app(pipeline: Pipeline | Sequence[Pipeline], settings: ReceiverSettin
                        "destinations": {name: dataclasses.asdict(r) | {"ready": r.ready} for name, r in each.items()}}
 
     def ready_samples() -> list[Sample]:
-        return [Sample("otel_arthur_ready", GAUGE, {}, 1.0 if ready()[0] else 0.0)]
+        return [Sample("otel_arthur_ready", GAUGE, {}, 1.0 if ready()[0] else 0.0), BUILD_INFO]
 
     collectors = metrics.registry(receiver.counters.samples,
                                   metrics.pipeline_samples([(p.destination.name, p) for p in pipelines]),

@@ -21,7 +21,7 @@ Families (``_total`` counters, gauges, one histogram)::
     otel_arthur_records_dropped_total{destination,reason}
     otel_arthur_spool_{depth_records,size_bytes,dead_letters}, otel_arthur_oldest_undelivered_age_seconds
     otel_arthur_arthur_request_duration_seconds{destination} (histogram of the requests that carry records)
-    otel_arthur_ready (1 when /readyz answers 200)
+    otel_arthur_ready (1 when /readyz answers 200), otel_arthur_build_info{version} (always 1)
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ _HELP = {
     "otel_arthur_arthur_request_duration_seconds": "Duration of requests carrying records to Arthur (v3 inferences,"
                                                    " Engine traces), answered or not.",
     "otel_arthur_ready": "1 when ready: model fetched, Arthur reachable at the last attempt, spool writable.",
+    "otel_arthur_build_info": "Always 1; the version label says which otel-arthur serves.",
 }
 
 # Labelled families that have no sample until something happens: exposed (HELP and TYPE) from the
