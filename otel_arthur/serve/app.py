@@ -161,12 +161,12 @@ def create_app(pipeline: Pipeline | Sequence[Pipeline], settings: ReceiverSettin
                        "accepting": receiver.accepting, "receivers": receivers,
                        "destinations": {name: dataclasses.asdict(r) | {"ready": r.ready} for name, r in each.items()}}
 
-    def ready_samples() -> list[Sample]:
+    def service_samples() -> list[Sample]:  # readiness and the version
         return [Sample("otel_arthur_ready", GAUGE, {}, 1.0 if ready()[0] else 0.0), BUILD_INFO]
 
     collectors = metrics.registry(receiver.counters.samples,
                                   metrics.pipeline_samples([(p.destination.name, p) for p in pipelines]),
-                                  ready_samples, *([grpc_receiver.samples] if grpc_receiver else []))
+                                  service_samples, *([grpc_receiver.samples] if grpc_receiver else []))
 
     async def traces(request: Request) -> Response:
         reply = receiver.answer_from_headers(request.headers)
